@@ -1,0 +1,398 @@
+//! The bytecode: the contract between the compiler, which produces it, and the VM, which runs it.
+//!
+//! A stack machine. Every instruction documents its stack effect as `[before] -> [after]`, top of
+//! stack on the right. Instructions carry no spans: `Function::spans` is a side table with one
+//! span per instruction. See docs/bytecode.md for the design.
+
+use crate::span::{LineIndex, Span};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+pub type FunctionId = u32;
+
+/// A compiled source file: every function, the literal pool and the tables instructions index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub functions: Vec<Function>,
+    pub constants: Vec<Constant>,
+    /// Names of the top-level constants, by global slot.
+    pub globals: Vec<String>,
+    /// The function that computes the globals; run once before any program.
+    pub init: FunctionId,
+    /// Host and standard-library functions the program calls, by name; the VM links them at load.
+    pub natives: Vec<String>,
+    /// Parameter lists of `gen`/`select` call sites.
+    pub call_specs: Vec<CallSpec>,
+    /// Keyword-argument name lists of native and method calls.
+    pub keyword_lists: Vec<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Function {
+    pub name: String,
+    pub params: Vec<String>,
+    /// Slots for parameters, `let`s and loop variables; parameters come first.
+    pub local_count: u32,
+    /// The first parameter is used as the program state (`s += ...`, `s.fork()`, ...).
+    pub is_program: bool,
+    pub code: Vec<Instr>,
+    /// `spans[i]` is the source span of `code[i]`.
+    pub spans: Vec<Span>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Constant {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        match name {
+            "system" => Some(Role::System),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrimitiveKind {
+    Gen,
+    Select,
+}
+
+/// The arguments a `gen` or `select` call site passes, in stack order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallSpec {
+    pub kind: PrimitiveKind,
+    pub params: Vec<GenParam>,
+}
+
+/// Every parameter `gen` and `select` accept (the SGLang set, plus `seed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GenParam {
+    Name,
+    MaxTokens,
+    MinTokens,
+    Stop,
+    StopTokenIds,
+    Temperature,
+    TopP,
+    TopK,
+    MinP,
+    FrequencyPenalty,
+    PresencePenalty,
+    IgnoreEos,
+    Regex,
+    JsonSchema,
+    Choices,
+    Dtype,
+    Seed,
+    ChoicesMethod,
+}
+
+impl GenParam {
+    /// `gen`'s parameters in positional order.
+    pub const GEN: &'static [GenParam] = &[
+        GenParam::Name,
+        GenParam::MaxTokens,
+        GenParam::MinTokens,
+        GenParam::Stop,
+        GenParam::StopTokenIds,
+        GenParam::Temperature,
+        GenParam::TopP,
+        GenParam::TopK,
+        GenParam::MinP,
+        GenParam::FrequencyPenalty,
+        GenParam::PresencePenalty,
+        GenParam::IgnoreEos,
+        GenParam::Regex,
+        GenParam::JsonSchema,
+        GenParam::Choices,
+        GenParam::Dtype,
+        GenParam::Seed,
+    ];
+    /// `select`'s parameters in positional order.
+    pub const SELECT: &'static [GenParam] = &[
+        GenParam::Name,
+        GenParam::Choices,
+        GenParam::Temperature,
+        GenParam::ChoicesMethod,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GenParam::Name => "name",
+            GenParam::MaxTokens => "max_tokens",
+            GenParam::MinTokens => "min_tokens",
+            GenParam::Stop => "stop",
+            GenParam::StopTokenIds => "stop_token_ids",
+            GenParam::Temperature => "temperature",
+            GenParam::TopP => "top_p",
+            GenParam::TopK => "top_k",
+            GenParam::MinP => "min_p",
+            GenParam::FrequencyPenalty => "frequency_penalty",
+            GenParam::PresencePenalty => "presence_penalty",
+            GenParam::IgnoreEos => "ignore_eos",
+            GenParam::Regex => "regex",
+            GenParam::JsonSchema => "json_schema",
+            GenParam::Choices => "choices",
+            GenParam::Dtype => "dtype",
+            GenParam::Seed => "seed",
+            GenParam::ChoicesMethod => "choices_method",
+        }
+    }
+}
+
+/// Marks "no keyword arguments" in `CallNative` and `CallMethod`.
+pub const NO_KEYWORDS: u32 = u32::MAX;
+
+/// The instruction set. Stack effects are written `[before] -> [after]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Instr {
+    /// `[] -> [none]`
+    PushNone,
+    /// `[] -> [bool]`
+    PushBool(bool),
+    /// `[] -> [int]`
+    PushInt(i64),
+    /// `[] -> [constants[i]]`
+    Const(u32),
+    /// `[] -> [locals[i]]`
+    LoadLocal(u32),
+    /// `[v] -> []`, sets `locals[i] = v`
+    StoreLocal(u32),
+    /// `[] -> [globals[i]]`
+    LoadGlobal(u32),
+    /// `[v] -> []`; only the init function stores globals.
+    StoreGlobal(u32),
+    /// `[] -> [function]`
+    LoadFunction(FunctionId),
+    /// `[v] -> []`
+    Pop,
+    /// `[v] -> [v, v]`
+    Dup,
+
+    /// `[a, b] -> [a + b]`: numbers add, strings and lists concatenate, prompt fragments join.
+    Add,
+    /// `[a, b] -> [a - b]`
+    Sub,
+    /// `[a, b] -> [a * b]`; also `str * int` and `list * int` repeat.
+    Mul,
+    /// `[a, b] -> [a / b]`: always a float, as in Python 3.
+    Div,
+    /// `[a, b] -> [a % b]`: floored, as in Python.
+    Mod,
+    /// `[a] -> [-a]`
+    Neg,
+    /// `[a] -> [not a]`
+    Not,
+    /// `[a, b] -> [a == b]`
+    Eq,
+    /// `[a, b] -> [a != b]`
+    NotEq,
+    /// `[a, b] -> [a < b]`
+    Lt,
+    /// `[a, b] -> [a <= b]`
+    Le,
+    /// `[a, b] -> [a > b]`
+    Gt,
+    /// `[a, b] -> [a >= b]`
+    Ge,
+    /// `[a, b] -> [a in b]`
+    In,
+    /// `[a, b] -> [a not in b]`
+    NotIn,
+
+    /// `[] -> []`, continues at instruction `target`.
+    Jump(u32),
+    /// `[c] -> []`, jumps when `c` is falsy.
+    JumpIfFalse(u32),
+    /// `[c] -> [c]` and jumps when `c` is falsy, else `[c] -> []` (for `and`).
+    JumpIfFalseOrPop(u32),
+    /// `[c] -> [c]` and jumps when `c` is truthy, else `[c] -> []` (for `or`).
+    JumpIfTrueOrPop(u32),
+    /// `[iterable] -> [iterator]`
+    GetIter,
+    /// `[iterator] -> [iterator, item]`, or when exhausted `[iterator] -> []` and jump to `exit`.
+    ForIter { exit: u32 },
+    /// `[sequence] -> [x_n, ..., x_1]`: unpacks exactly `n` items, the first on top.
+    Unpack(u32),
+
+    /// `[x_1, ..., x_n] -> [list]`
+    BuildList(u32),
+    /// `[k_1, v_1, ..., k_n, v_n] -> [map]`
+    BuildMap(u32),
+    /// `[list, ...depth values, item] -> [list, ...depth values]`: appends `item` to the list
+    /// `depth` slots below it (comprehensions keep their iterator above the list).
+    ListAppendUnder(u32),
+    /// `[obj, key] -> [obj[key]]`. On a state, reading a variable waits until the state's
+    /// pending calls are done.
+    Index,
+    /// `[obj, key, v] -> []`, sets `obj[key] = v`
+    StoreIndex,
+    /// `[obj, lo?, hi?] -> [obj[lo:hi]]`: the bounds present are on the stack.
+    Slice { lo: bool, hi: bool },
+    /// `[v] -> [str(v)]`, for f-string parts.
+    FormatValue,
+    /// `[s_1, ..., s_n] -> [s_1 + ... + s_n]`, all strings.
+    BuildString(u32),
+
+    /// `[a_1, ..., a_argc] -> [result]`: calls a function of this program.
+    Call { function: FunctionId, argc: u32 },
+    /// `[callee, a_1, ..., a_argc] -> [result]`: calls a function value.
+    CallValue { argc: u32 },
+    /// `[a_1, ..., a_argc, k_1, ..., k_m] -> [result]`: calls `natives[native]`; the keyword
+    /// values' names are `keyword_lists[keywords]`.
+    CallNative {
+        native: u32,
+        argc: u32,
+        keywords: u32,
+    },
+    /// `[receiver, a_1, ..., a_argc, k_1, ..., k_m] -> [result]`: calls the method named by
+    /// string constant `name`.
+    CallMethod { name: u32, argc: u32, keywords: u32 },
+    /// `[v] -> ` returns `v` to the caller.
+    Return,
+
+    /// `[a_1, ..., a_n] -> [fragment]`: a `gen`/`select` call as a value, with its arguments
+    /// in `call_specs[spec]` order.
+    MakeCall(u32),
+    /// `[v] -> [fragment]`: `role(v)` as a value.
+    MakeRole(Role),
+    /// `[state, v] -> [state]`: appends a string or fragment to the state's prompt.
+    AppendState,
+    /// `[state, a_1, ..., a_n] -> [state]`: queues a `gen`/`select` on the state.
+    CallInto(u32),
+    /// `[state] -> [state]`: opens a chat role on the state.
+    RoleBegin(Role),
+    /// `[state] -> [state]`: closes the chat role.
+    RoleEnd(Role),
+    /// `[target, v] -> [result]`: `target += v`. A state appends `v` and stays itself; a list
+    /// extends in place; anything else adds.
+    AddAssign,
+}
+
+impl Program {
+    /// Finds a function by name.
+    pub fn function(&self, name: &str) -> Option<FunctionId> {
+        self.functions
+            .iter()
+            .position(|f| f.name == name)
+            .map(|i| i as FunctionId)
+    }
+
+    /// The functions a user can run: everything except the compiler's init function.
+    pub fn entry_points(&self) -> impl Iterator<Item = &Function> {
+        self.functions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 != self.init)
+            .map(|(_, f)| f)
+    }
+
+    /// A listing of every function with source locations, for `sglc disasm`.
+    pub fn disassemble(&self, source: &str) -> String {
+        let lines = LineIndex::new(source);
+        let mut out = String::new();
+        for (id, function) in self.functions.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "fn {}({}) #{id}{} locals={}",
+                function.name,
+                function.params.join(", "),
+                if function.is_program { " program" } else { "" },
+                function.local_count
+            );
+            let mut last_line = 0;
+            for (ip, (instr, span)) in function.code.iter().zip(&function.spans).enumerate() {
+                let (line, col) = lines.line_col(source, span.start);
+                let location = if line != last_line {
+                    last_line = line;
+                    format!("{line:>4}:{col:<3}")
+                } else {
+                    "        ".to_string()
+                };
+                let _ = writeln!(out, "  {location} {ip:>4}  {}", self.describe(instr));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn describe(&self, instr: &Instr) -> String {
+        let constant = |i: u32| match self.constants.get(i as usize) {
+            Some(Constant::Int(n)) => n.to_string(),
+            Some(Constant::Float(x)) => format!("{x:?}"),
+            Some(Constant::Str(s)) => format!("{s:?}"),
+            None => "?".to_string(),
+        };
+        let keywords = |k: u32| {
+            if k == NO_KEYWORDS {
+                String::new()
+            } else {
+                format!(" kw=[{}]", self.keyword_lists[k as usize].join(", "))
+            }
+        };
+        match *instr {
+            Instr::Const(i) => format!("Const {}", constant(i)),
+            Instr::LoadGlobal(i) => format!("LoadGlobal {}", self.globals[i as usize]),
+            Instr::StoreGlobal(i) => format!("StoreGlobal {}", self.globals[i as usize]),
+            Instr::LoadFunction(f) => format!("LoadFunction {}", self.functions[f as usize].name),
+            Instr::Call { function, argc } => {
+                format!(
+                    "Call {} argc={argc}",
+                    self.functions[function as usize].name
+                )
+            }
+            Instr::CallNative {
+                native,
+                argc,
+                keywords: k,
+            } => format!(
+                "CallNative {} argc={argc}{}",
+                self.natives[native as usize],
+                keywords(k)
+            ),
+            Instr::CallMethod {
+                name,
+                argc,
+                keywords: k,
+            } => format!(
+                "CallMethod .{} argc={argc}{}",
+                constant(name).trim_matches('"'),
+                keywords(k)
+            ),
+            Instr::MakeCall(spec) | Instr::CallInto(spec) => {
+                let spec = &self.call_specs[spec as usize];
+                let params: Vec<_> = spec.params.iter().map(|p| p.name()).collect();
+                let op = if matches!(instr, Instr::MakeCall(_)) {
+                    "MakeCall"
+                } else {
+                    "CallInto"
+                };
+                format!("{op} {:?}({})", spec.kind, params.join(", "))
+            }
+            other => format!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The sglc compiler core. It is pure: text in, a program plus diagnostics out, no IO.
+//!
+//! Stages: [`lexer`] (logos) → [`parser`] (chumsky, with recovery) → [`check`] (names, arity,
+//! primitive arguments) → [`lower`] (bytecode). Diagnostics are data ([`diagnostic`]);
+//! [`render`] is the only module that draws them.
+
+pub mod ast;
+pub mod bytecode;
+pub mod diagnostic;
+pub mod lexer;
+pub mod lower;
+pub mod parser;
+pub mod render;
+pub mod span;
+
+pub use bytecode::Program;
+pub use diagnostic::{Diagnostic, Severity};
+pub use lower::{CompileEnv, HostFunction};
+pub use span::Span;
+
+/// What `compile` returns: the program when there were no errors, and every diagnostic
+/// (warnings included) either way.
+#[derive(Debug)]
+pub struct Compiled {
+    pub program: Option<Program>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Compiles one source file against the names the host provides.
+pub fn compile(source: &str, env: &CompileEnv) -> Compiled {
+    let (module, mut diagnostics) = parse(source);
+    let (program, mut lower_diagnostics) = lower::lower(&module, env);
+    diagnostics.append(&mut lower_diagnostics);
+    diagnostics.sort_by_key(|d| (d.primary.span.start, d.primary.span.end));
+    let failed = diagnostics.iter().any(Diagnostic::is_error);
+    Compiled {
+        program: (!failed).then_some(program),
+        diagnostics,
+    }
+}
+
+/// Lexes and parses a source file. The module is always returned, with `Error` nodes where
+/// text could not be parsed.
+pub fn parse(source: &str) -> (ast::Module, Vec<Diagnostic>) {
+    let lexed = lexer::lex(source);
+    let (module, mut diagnostics) = parser::parse_tokens(&lexed.tokens, source.len());
+    let mut all = lexed.diagnostics;
+    all.append(&mut diagnostics);
+    all.sort_by_key(|d| (d.primary.span.start, d.primary.span.end));
+    (module, all)
+}
+
+#[cfg(test)]
+mod smoke {
+    #[test]
+    fn parses_judge_example() {
+        let src = include_str!("../../examples/judge.sgl");
+        let (module, diags) = crate::parse(src);
+        assert!(diags.is_empty(), "{diags:#?}");
+        assert_eq!(module.items.len(), 2);
+        for bad in [
+            "fn f(s) {\n  let x = = 3\n  let y = 2\n}\n",
+            "fn f(s) {\n  s += gen(\"a\"\n  return 1\n}\nfn g(s) { return 2 }\n",
+            "fn f(s) {\n  return 1 +\n}\n",
+            "fn g( {\n}\nfn h() {}\n",
+            "let = 3\nfn h() {}\n",
+        ] {
+            let (module, diags) = crate::parse(bad);
+            eprintln!(
+                "{}",
+                crate::render::render_diagnostics("bad.sgl", bad, &diags, false)
+            );
+            eprintln!("{module:?}");
+        }
+    }
+}

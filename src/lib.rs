@@ -1,0 +1,273 @@
+//! sglc as a library: compile `.sgl` programs and run them, once or in batches, from Rust.
+//!
+//! ```
+//! use sglc::{Engine, RunConfig, TestBackend};
+//! use serde_json::json;
+//!
+//! let source = r#"
+//! fn summarize(s, text) {
+//!     s += system("You are a concise assistant.")
+//!     s += user(f"Summarize: {text}")
+//!     s += assistant(gen("summary", max_tokens=100))
+//!     return shout(s["summary"])
+//! }
+//! "#;
+//!
+//! let mut engine = Engine::new(TestBackend::new());
+//! // A host function scripts can call; scripts have no other way out.
+//! engine.register_fn("shout", 1, |args| Ok(json!(args[0].as_str().unwrap_or("").to_uppercase())));
+//! let script = engine.compile("summarize.sgl", source).map_err(|e| e.render(false)).unwrap();
+//!
+//! // One run, with sampling defaults for gens that leave them unset.
+//! let config = RunConfig::default().with_temperature(0.3).with_max_new_tokens(200);
+//! let state = engine.run(&script, "summarize", json!({"text": "Rust is fast."}), &config).unwrap();
+//! let summary = state["summary"].as_str().unwrap();
+//! assert!(state.text().contains("Summarize: Rust is fast."));
+//! assert_eq!(state.messages.len(), 3);
+//! assert_eq!(state.return_value, json!(summary.to_uppercase()));
+//!
+//! // A batch: one result per input, in input order; a failing input does not stop the rest.
+//! let inputs = vec![json!({"text": "a"}), json!({"text": "b"}), json!({"wrong": 1})];
+//! let results = engine.run_batch(&script, "summarize", inputs, &config).unwrap();
+//! assert!(results[0].is_ok() && results[1].is_ok());
+//! assert!(results[2].as_ref().unwrap_err().message.contains("missing argument `text`"));
+//! ```
+
+use sglc_compiler::render::render_diagnostics;
+use std::sync::Arc;
+
+pub use sglc_compiler::{Diagnostic, Program, Severity, bytecode};
+pub use sglc_vm::backend::{self, Backend, BackendError, Message};
+pub use sglc_vm::{
+    GenDefaults, Limits, Natives, ProgramState, RunConfig, RuntimeError, TestBackend, Value,
+};
+
+/// A compiled source file, ready to run any of its functions.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub name: String,
+    pub source: Arc<str>,
+    pub program: Arc<Program>,
+    /// Warnings found while compiling (errors make `compile` fail instead).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Script {
+    /// The function to run when none is named: `main`, else the file's only function.
+    pub fn default_function(&self) -> Option<&str> {
+        let mut entries = self.program.entry_points();
+        if self.program.function("main").is_some() {
+            return Some("main");
+        }
+        match (entries.next(), entries.next()) {
+            (Some(only), None) => Some(&only.name),
+            _ => None,
+        }
+    }
+
+    pub fn function_names(&self) -> Vec<&str> {
+        self.program
+            .entry_points()
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
+    /// The bytecode listing with source locations.
+    pub fn disassemble(&self) -> String {
+        self.program.disassemble(&self.source)
+    }
+
+    /// Renders diagnostics (warnings, or a runtime error's) against this script's source.
+    pub fn render(&self, diagnostics: &[Diagnostic], color: bool) -> String {
+        render_diagnostics(&self.name, &self.source, diagnostics, color)
+    }
+}
+
+/// A source file that did not compile, with every diagnostic found.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{name}: {} error(s)", .diagnostics.iter().filter(|d| d.is_error()).count())]
+pub struct CompileError {
+    pub name: String,
+    pub source_text: Arc<str>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl CompileError {
+    pub fn render(&self, color: bool) -> String {
+        render_diagnostics(&self.name, &self.source_text, &self.diagnostics, color)
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("no function `{name}` in this program (functions: {})", .available.join(", "))]
+    UnknownFunction {
+        name: String,
+        available: Vec<String>,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Compiles and runs programs against one backend, with the standard library and any host
+/// functions registered.
+pub struct Engine {
+    natives: Natives,
+    backend: Arc<dyn Backend>,
+}
+
+impl Engine {
+    pub fn new(backend: impl Backend) -> Engine {
+        Engine::with_backend(Arc::new(backend))
+    }
+
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Engine {
+        Engine {
+            natives: sglc_stdlib::natives(),
+            backend,
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Registers a host function over JSON values, callable from scripts as `name(...)`.
+    pub fn register_fn(
+        &mut self,
+        name: &str,
+        arity: usize,
+        f: impl Fn(&[serde_json::Value]) -> Result<serde_json::Value, String> + Send + Sync + 'static,
+    ) {
+        self.natives.register_json(name, arity, f);
+    }
+
+    /// The native table, for hosts that register functions over VM values directly.
+    pub fn natives_mut(&mut self) -> &mut Natives {
+        &mut self.natives
+    }
+
+    pub fn compile(&self, name: &str, source: &str) -> Result<Script, CompileError> {
+        let compiled = sglc_compiler::compile(source, &self.natives.compile_env());
+        let source: Arc<str> = Arc::from(source);
+        match compiled.program {
+            Some(program) => Ok(Script {
+                name: name.to_string(),
+                source,
+                program: Arc::new(program),
+                warnings: compiled.diagnostics,
+            }),
+            None => Err(CompileError {
+                name: name.to_string(),
+                source_text: source,
+                diagnostics: compiled.diagnostics,
+            }),
+        }
+    }
+
+    /// Runs `function` once; `args` is a JSON object naming its parameters after the state.
+    pub fn run(
+        &self,
+        script: &Script,
+        function: &str,
+        args: serde_json::Value,
+        config: &RunConfig,
+    ) -> Result<ProgramState, Error> {
+        let mut results = self.run_batch(script, function, vec![args], config)?;
+        Ok(results.pop().expect("one input gives one result")?)
+    }
+
+    /// Runs `function` once per input; returns one result per input, in input order.
+    pub fn run_batch(
+        &self,
+        script: &Script,
+        function: &str,
+        inputs: Vec<serde_json::Value>,
+        config: &RunConfig,
+    ) -> Result<Vec<Result<ProgramState, RuntimeError>>, Error> {
+        let mut results: Vec<Option<Result<ProgramState, RuntimeError>>> = vec![None; inputs.len()];
+        self.run_batch_with(script, function, inputs, config, |index, result| {
+            results[index] = Some(result);
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(RuntimeError::without_location(
+                        "the program produced no result",
+                    ))
+                })
+            })
+            .collect())
+    }
+
+    /// Runs a batch and hands each result to `on_done(input_index, result)` as soon as that
+    /// program finishes (completion order), for hosts that stream results out.
+    pub fn run_batch_with(
+        &self,
+        script: &Script,
+        function: &str,
+        inputs: impl IntoIterator<Item = serde_json::Value, IntoIter: Send>,
+        config: &RunConfig,
+        on_done: impl FnMut(usize, Result<ProgramState, RuntimeError>) + Send,
+    ) -> Result<(), Error> {
+        let function_id = script
+            .program
+            .function(function)
+            .filter(|id| *id != script.program.init)
+            .ok_or_else(|| Error::UnknownFunction {
+                name: function.to_string(),
+                available: script
+                    .function_names()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            })?;
+        let inputs = inputs.into_iter();
+        let program = &script.program;
+        let natives = &self.natives;
+        let backend = &self.backend;
+        // Values are single-threaded (`Rc`), so a batch runs on a thread of its own with a
+        // current-thread runtime; this also works when the caller is inside a tokio runtime.
+        let outcome = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+                    let mut on_done = on_done;
+                    let objects = inputs.map(|v| match v {
+                        serde_json::Value::Object(map) => Ok(map),
+                        other => Err(format!("arguments must be a JSON object, got {other}")),
+                    });
+                    runtime.block_on(sglc_vm::run_batch(
+                        program,
+                        natives,
+                        backend,
+                        function_id,
+                        objects,
+                        config,
+                        |i, r| on_done(i, r),
+                    ));
+                    Ok(())
+                })
+                .join()
+        });
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".to_string());
+                Err(Error::Internal(message))
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The `Backend` trait: how the VM hands batches of gen/select calls to a model, and the
+//! request and response types that cross it.
+//!
+//! **Architecture Invariant:** the VM never calls a backend one request at a time; the scheduler
+//! collects every call that is ready and passes them as one batch.
+
+pub mod test_backend;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sglc_compiler::bytecode::Role;
+use std::sync::Arc;
+
+pub use test_backend::TestBackend;
+
+/// One chat message as the backend sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// How roles render into prompt text: the text before and after a message of each role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatTemplate {
+    pub system: (String, String),
+    pub user: (String, String),
+    pub assistant: (String, String),
+}
+
+impl ChatTemplate {
+    /// ChatML, the format of the SmolLM, Qwen and many other instruct models.
+    pub fn chatml() -> ChatTemplate {
+        let role = |name: &str| (format!("<|im_start|>{name}\n"), "<|im_end|>\n".to_string());
+        ChatTemplate {
+            system: role("system"),
+            user: role("user"),
+            assistant: role("assistant"),
+        }
+    }
+
+    pub fn prefix(&self, role: Role) -> &str {
+        match role {
+            Role::System => &self.system.0,
+            Role::User => &self.user.0,
+            Role::Assistant => &self.assistant.0,
+        }
+    }
+
+    pub fn suffix(&self, role: Role) -> &str {
+        match role {
+            Role::System => &self.system.1,
+            Role::User => &self.user.1,
+            Role::Assistant => &self.assistant.1,
+        }
+    }
+}
+
+/// What a backend can do; a program that needs more is refused before it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub select: bool,
+    pub regex: bool,
+    pub json_schema: bool,
+    pub streaming: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendInfo {
+    /// Shown in errors, e.g. `test` or `openai:https://...`.
+    pub name: String,
+    pub chat_template: ChatTemplate,
+    pub capabilities: Capabilities,
+    /// The most requests one `execute` call should carry.
+    pub max_batch: usize,
+    /// Programs in flight for `--concurrency auto`.
+    pub default_concurrency: usize,
+}
+
+/// Sampling parameters of one gen call, after the run's defaults are applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub max_new_tokens: u32,
+    pub min_new_tokens: u32,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: i64,
+    pub min_p: f64,
+    pub frequency_penalty: f64,
+    pub presence_penalty: f64,
+    pub ignore_eos: bool,
+    pub regex: Option<String>,
+    pub json_schema: Option<String>,
+    pub choices: Option<Vec<String>>,
+    pub dtype: Option<String>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChoicesMethod {
+    TokenLengthNormalized,
+    Greedy,
+    UnconditionalLikelihoodNormalized,
+}
+
+impl ChoicesMethod {
+    pub fn from_name(name: &str) -> Option<ChoicesMethod> {
+        match name {
+            "token_length_normalized" => Some(ChoicesMethod::TokenLengthNormalized),
+            "greedy" => Some(ChoicesMethod::Greedy),
+            "unconditional_likelihood_normalized" => {
+                Some(ChoicesMethod::UnconditionalLikelihoodNormalized)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelectParams {
+    pub choices: Vec<String>,
+    pub method: ChoicesMethod,
+    pub temperature: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RequestKind {
+    Gen(SamplingParams),
+    Select(SelectParams),
+}
+
+/// One call as the backend receives it: the prompt text so far, the same prompt as chat
+/// messages (for chat APIs), and what to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub prompt: Arc<str>,
+    pub messages: Vec<Message>,
+    /// The role left open at the end of the prompt (gen inside `assistant(...)`).
+    pub open_role: Option<Role>,
+    pub kind: RequestKind,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub cached_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenOutput {
+    pub text: String,
+    pub finish_reason: String,
+    pub usage: Usage,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelectOutput {
+    /// Index of the chosen choice.
+    pub index: usize,
+    /// The score of each choice under the requested method (higher is better).
+    pub scores: Vec<f64>,
+    pub usage: Usage,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Gen(GenOutput),
+    Select(SelectOutput),
+}
+
+/// A failed call. The message names the backend and what came back, never a secret.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("backend {backend}: {message}")]
+pub struct BackendError {
+    pub backend: String,
+    pub message: String,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    fn info(&self) -> &BackendInfo;
+
+    /// Runs a batch of calls; the result has one entry per request, in order.
+    fn execute(
+        &self,
+        batch: Vec<Request>,
+    ) -> BoxFuture<'static, Vec<Result<Response, BackendError>>>;
+}

@@ -1,0 +1,1378 @@
+//! The interpreter: runs one program instance until it finishes, must wait for a state, or
+//! uses up its slice of instructions. One `match` dispatches to one small `op_*` method per
+//! instruction.
+//!
+//! **Architecture Invariant:** the interpreter never blocks and never calls a backend. A call
+//! becomes a request in the outbox; a read of a busy state halts with `Halt::Wait` and the same
+//! instruction runs again when the scheduler resumes the instance.
+
+use crate::backend::{ChatTemplate, ChoicesMethod, RequestKind, SamplingParams, SelectParams};
+use crate::error::{RuntimeError, TraceFrame};
+use crate::native::{MethodFn, NativeCtx, NativeFn, Natives};
+use crate::state::{self, CallOp, Outbox, Part, Site, StateData, StateRef};
+use crate::value::{Iter, Str, Value};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use sglc_compiler::bytecode::{
+    CallSpec, Constant, FunctionId, GenParam, Instr, NO_KEYWORDS, PrimitiveKind, Program,
+};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Run-level defaults for parameters a `gen` or `select` leaves unset (SGLang's `run(...)`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenDefaults {
+    pub max_new_tokens: u32,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: i64,
+    pub min_p: f64,
+    pub frequency_penalty: f64,
+    pub presence_penalty: f64,
+    pub seed: Option<u64>,
+}
+
+impl Default for GenDefaults {
+    fn default() -> Self {
+        GenDefaults {
+            max_new_tokens: 128,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: -1,
+            min_p: 0.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            seed: None,
+        }
+    }
+}
+
+/// Bounds on what one program instance may do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_call_depth: usize,
+    pub max_forks: usize,
+    /// Instructions an instance runs before others get a turn.
+    pub slice: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_call_depth: 512,
+            max_forks: 1024,
+            slice: 20_000,
+        }
+    }
+}
+
+/// A program linked against its natives, with constants turned into values.
+pub struct Linked<'p> {
+    pub program: &'p Program,
+    natives: Vec<NativeFn>,
+    constants: Vec<Value>,
+    /// Method-name constants, resolved once: `method_names[const] = name`.
+    pub globals: Vec<Value>,
+    pub natives_table: &'p Natives,
+}
+
+impl<'p> Linked<'p> {
+    pub fn new(
+        program: &'p Program,
+        natives_table: &'p Natives,
+    ) -> Result<Linked<'p>, RuntimeError> {
+        let natives = program
+            .natives
+            .iter()
+            .map(|name| {
+                natives_table
+                    .function(name)
+                    .map(|f| f.call.clone())
+                    .ok_or_else(|| {
+                        RuntimeError::without_location(format!(
+                            "the host provides no function `{name}`"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let constants = program
+            .constants
+            .iter()
+            .map(|c| match c {
+                Constant::Int(n) => Value::Int(*n),
+                Constant::Float(x) => Value::Float(*x),
+                Constant::Str(s) => Value::str(s),
+            })
+            .collect();
+        Ok(Linked {
+            program,
+            natives,
+            constants,
+            globals: vec![Value::None; program.globals.len()],
+            natives_table,
+        })
+    }
+}
+
+/// Everything an instance needs from outside while it runs.
+pub struct Env<'a, 'p> {
+    pub linked: &'a Linked<'p>,
+    pub template: &'a ChatTemplate,
+    pub defaults: &'a GenDefaults,
+    pub limits: &'a Limits,
+    pub outbox: &'a mut Outbox,
+}
+
+struct Frame {
+    function: FunctionId,
+    ip: u32,
+    base: u32,
+    /// `CallValue` leaves the callee below the arguments; drop it on return.
+    drop_callee: bool,
+}
+
+/// Why `run` stopped.
+pub enum Halt {
+    /// The entry function returned this value.
+    Done(Value),
+    /// The instance reads this state, which is busy; resume it when the state is idle.
+    Wait(StateRef),
+    /// The instruction slice is used up; run it again later.
+    Yield,
+    Error(RuntimeError),
+}
+
+enum Flow {
+    Wait(StateRef),
+    Done(Value),
+    Error(String, Option<String>),
+    /// A state this instance reads failed; the error points at the call that failed.
+    Failed(StateRef),
+}
+
+type OpResult = Result<(), Flow>;
+
+fn fail<T>(message: impl Into<String>) -> Result<T, Flow> {
+    Err(Flow::Error(message.into(), None))
+}
+
+fn fail_with_help<T>(message: impl Into<String>, help: impl Into<String>) -> Result<T, Flow> {
+    Err(Flow::Error(message.into(), Some(help.into())))
+}
+
+/// One running program: its call frames, value stack and the states it created.
+pub struct Instance {
+    frames: Vec<Frame>,
+    stack: Vec<Value>,
+    /// The state passed to the entry function.
+    pub root: StateRef,
+    /// Every state this instance created (the root and all forks); the program is finished
+    /// only when all are idle.
+    pub states: Vec<StateRef>,
+    /// Lines printed by `print`.
+    pub output: Vec<String>,
+    entry: FunctionId,
+    /// Where `StoreGlobal` writes; only the init function has it.
+    globals_out: Option<Vec<Value>>,
+}
+
+impl Instance {
+    /// Prepares a call of `function` with `args`; the state is prepended when it is a program.
+    /// Prepares a call of `function`. `args` are the values after the state; the state goes
+    /// first when the function takes one more parameter than `args` holds.
+    pub fn new(program: &Program, function: FunctionId, args: Vec<Value>) -> Instance {
+        let root = StateData::new();
+        let f = &program.functions[function as usize];
+        let mut stack = Vec::with_capacity(f.local_count as usize + 8);
+        if args.len() < f.params.len() {
+            stack.push(Value::State(root.clone()));
+        }
+        stack.extend(args);
+        stack.resize(f.local_count as usize, Value::None);
+        Instance {
+            frames: vec![Frame {
+                function,
+                ip: 0,
+                base: 0,
+                drop_callee: false,
+            }],
+            stack,
+            states: vec![root.clone()],
+            root,
+            output: Vec::new(),
+            entry: function,
+            globals_out: None,
+        }
+    }
+
+    /// The function this instance was started with.
+    pub fn entry_function(&self) -> FunctionId {
+        self.entry
+    }
+
+    /// Runs the init function to completion and returns the globals it computed.
+    pub fn run_init(&mut self, env: &mut Env) -> Result<Vec<Value>, RuntimeError> {
+        self.globals_out = Some(vec![Value::None; env.linked.program.globals.len()]);
+        match self.run(env) {
+            Halt::Done(_) if env.outbox.is_empty() => {
+                Ok(self.globals_out.take().unwrap_or_default())
+            }
+            Halt::Error(error) => Err(error),
+            _ => Err(RuntimeError::without_location(
+                "top-level constants must be computed without gen, select or waiting",
+            )),
+        }
+    }
+
+    fn pop(&mut self) -> Value {
+        self.stack.pop().unwrap_or_default()
+    }
+
+    fn peek(&self, depth: usize) -> &Value {
+        &self.stack[self.stack.len() - 1 - depth]
+    }
+
+    fn pop_n(&mut self, n: usize) -> Vec<Value> {
+        let at = self.stack.len() - n;
+        self.stack.split_off(at)
+    }
+
+    fn frame(&self) -> &Frame {
+        self.frames.last().expect("a running instance has a frame")
+    }
+
+    /// The error at the instruction being executed, with the trace of callers.
+    fn locate(&self, program: &Program, message: String, help: Option<String>) -> RuntimeError {
+        let trace = self
+            .frames
+            .iter()
+            .rev()
+            .map(|frame| {
+                let function = &program.functions[frame.function as usize];
+                let ip = (frame.ip as usize).saturating_sub(1);
+                TraceFrame {
+                    function: function.name.clone(),
+                    span: function.spans.get(ip).copied().unwrap_or(function.span),
+                }
+            })
+            .collect();
+        RuntimeError {
+            message,
+            trace,
+            help,
+        }
+    }
+
+    /// Runs until the instance finishes, waits or uses up `limits.slice` instructions.
+    pub fn run(&mut self, env: &mut Env) -> Halt {
+        let program = env.linked.program;
+        for _ in 0..env.limits.slice {
+            let frame = self
+                .frames
+                .last_mut()
+                .expect("a running instance has a frame");
+            let code = &program.functions[frame.function as usize].code;
+            let instr = code[frame.ip as usize];
+            frame.ip += 1;
+            let result = self.step(instr, env);
+            if let Err(flow) = result {
+                return match flow {
+                    Flow::Wait(state) => {
+                        if let Some(frame) = self.frames.last_mut() {
+                            frame.ip -= 1;
+                        }
+                        Halt::Wait(state)
+                    }
+                    Flow::Done(value) => Halt::Done(value),
+                    Flow::Error(message, help) => Halt::Error(self.locate(program, message, help)),
+                    Flow::Failed(state) => {
+                        Halt::Error(state_failure(program, &state).unwrap_or_else(|| {
+                            self.locate(program, "a state failed".to_string(), None)
+                        }))
+                    }
+                };
+            }
+        }
+        Halt::Yield
+    }
+
+    fn step(&mut self, instr: Instr, env: &mut Env) -> OpResult {
+        match instr {
+            Instr::PushNone => self.stack.push(Value::None),
+            Instr::PushBool(b) => self.stack.push(Value::Bool(b)),
+            Instr::PushInt(n) => self.stack.push(Value::Int(n)),
+            Instr::Const(i) => self.stack.push(env.linked.constants[i as usize].clone()),
+            Instr::LoadLocal(slot) => {
+                let v = self.stack[(self.frame().base + slot) as usize].clone();
+                self.stack.push(v);
+            }
+            Instr::StoreLocal(slot) => {
+                let v = self.pop();
+                let at = (self.frame().base + slot) as usize;
+                self.stack[at] = v;
+            }
+            Instr::LoadGlobal(slot) => self.stack.push(env.linked.globals[slot as usize].clone()),
+            Instr::StoreGlobal(slot) => {
+                let v = self.pop();
+                match self.globals_out.as_mut() {
+                    Some(globals) => globals[slot as usize] = v,
+                    None => return fail("globals are set only while loading"),
+                }
+            }
+            Instr::LoadFunction(id) => self.stack.push(Value::Function(id)),
+            Instr::Pop => {
+                self.pop();
+            }
+            Instr::Dup => self.stack.push(self.peek(0).clone()),
+            Instr::Add => self.op_binary(binary_add)?,
+            Instr::Sub => {
+                self.op_binary(|a, b| arith(a, b, "-", i64::checked_sub, |x, y| x - y))?
+            }
+            Instr::Mul => self.op_binary(binary_mul)?,
+            Instr::Div => self.op_binary(binary_div)?,
+            Instr::Mod => self.op_binary(binary_mod)?,
+            Instr::Neg => self.op_neg()?,
+            Instr::Not => {
+                let v = self.pop();
+                self.stack.push(Value::Bool(!v.is_truthy()));
+            }
+            Instr::Eq => self.op_binary(|a, b| Ok(Value::Bool(a.equals(b))))?,
+            Instr::NotEq => self.op_binary(|a, b| Ok(Value::Bool(!a.equals(b))))?,
+            Instr::Lt => self.op_compare("<", |o| o.is_lt())?,
+            Instr::Le => self.op_compare("<=", |o| o.is_le())?,
+            Instr::Gt => self.op_compare(">", |o| o.is_gt())?,
+            Instr::Ge => self.op_compare(">=", |o| o.is_ge())?,
+            Instr::In => self.op_binary(|a, b| contains(b, a).map(Value::Bool))?,
+            Instr::NotIn => self.op_binary(|a, b| contains(b, a).map(|c| Value::Bool(!c)))?,
+            Instr::Jump(target) => self.jump(target),
+            Instr::JumpIfFalse(target) => {
+                if !self.pop().is_truthy() {
+                    self.jump(target);
+                }
+            }
+            Instr::JumpIfFalseOrPop(target) => {
+                if self.peek(0).is_truthy() {
+                    self.pop();
+                } else {
+                    self.jump(target);
+                }
+            }
+            Instr::JumpIfTrueOrPop(target) => {
+                if self.peek(0).is_truthy() {
+                    self.jump(target);
+                } else {
+                    self.pop();
+                }
+            }
+            Instr::GetIter => self.op_get_iter()?,
+            Instr::ForIter { exit } => self.op_for_iter(exit),
+            Instr::Unpack(n) => self.op_unpack(n as usize)?,
+            Instr::BuildList(n) => {
+                let items = self.pop_n(n as usize);
+                self.stack.push(Value::list(items));
+            }
+            Instr::BuildMap(n) => self.op_build_map(n as usize)?,
+            Instr::ListAppendUnder(depth) => {
+                let item = self.pop();
+                match self.peek(depth as usize) {
+                    Value::List(list) => list.borrow_mut().push(item),
+                    other => return fail(format!("cannot append to {}", other.type_name())),
+                }
+            }
+            Instr::Index => self.op_index()?,
+            Instr::StoreIndex => self.op_store_index()?,
+            Instr::Slice { lo, hi } => self.op_slice(lo, hi)?,
+            Instr::FormatValue => {
+                let v = self.pop();
+                let s = match v {
+                    Value::Str(_) => v,
+                    other => Value::str(&other.to_display()),
+                };
+                self.stack.push(s);
+            }
+            Instr::BuildString(n) => {
+                let parts = self.pop_n(n as usize);
+                let mut s = String::new();
+                for p in &parts {
+                    s.push_str(p.as_str().unwrap_or_default());
+                }
+                self.stack.push(Value::str(&s));
+            }
+            Instr::Call { function, argc } => self.op_call(env, function, argc, false)?,
+            Instr::CallValue { argc } => self.op_call_value(env, argc)?,
+            Instr::CallNative {
+                native,
+                argc,
+                keywords,
+            } => self.op_call_native(env, native, argc, keywords)?,
+            Instr::CallMethod {
+                name,
+                argc,
+                keywords,
+            } => self.op_call_method(env, name, argc, keywords)?,
+            Instr::Return => self.op_return()?,
+            Instr::MakeCall(spec) => {
+                let op = self.build_call(env, spec)?;
+                self.stack
+                    .push(Value::Fragment(Rc::from(vec![Part::Call(Rc::new(op))])));
+            }
+            Instr::MakeRole(role) => {
+                let v = self.pop();
+                let mut parts = vec![Part::RoleBegin(role)];
+                parts.extend(fragment_parts(&v, role.name())?);
+                parts.push(Part::RoleEnd(role));
+                self.stack.push(Value::Fragment(Rc::from(parts)));
+            }
+            Instr::AppendState => {
+                let v = self.pop();
+                let state = self.state_on_top()?;
+                for part in fragment_parts(&v, "+=")? {
+                    state::push_part(&state, part, env.template, env.outbox);
+                }
+            }
+            Instr::CallInto(spec) => {
+                let op = self.build_call(env, spec)?;
+                let state = self.state_on_top()?;
+                state::push_part(&state, Part::Call(Rc::new(op)), env.template, env.outbox);
+            }
+            Instr::RoleBegin(role) => self.op_role(env, Part::RoleBegin(role))?,
+            Instr::RoleEnd(role) => self.op_role(env, Part::RoleEnd(role))?,
+            Instr::AddAssign => self.op_add_assign(env)?,
+        }
+        Ok(())
+    }
+
+    fn jump(&mut self, target: u32) {
+        self.frames.last_mut().expect("frame").ip = target;
+    }
+
+    fn op_binary(&mut self, f: impl FnOnce(&Value, &Value) -> Result<Value, String>) -> OpResult {
+        let b = self.pop();
+        let a = self.pop();
+        match f(&a, &b) {
+            Ok(v) => {
+                self.stack.push(v);
+                Ok(())
+            }
+            Err(message) => fail(message),
+        }
+    }
+
+    fn op_compare(&mut self, symbol: &str, test: fn(std::cmp::Ordering) -> bool) -> OpResult {
+        let b = self.pop();
+        let a = self.pop();
+        match a.compare(&b) {
+            Some(ordering) => {
+                self.stack.push(Value::Bool(test(ordering)));
+                Ok(())
+            }
+            None => fail(format!(
+                "cannot compare {} {symbol} {}",
+                a.type_name(),
+                b.type_name()
+            )),
+        }
+    }
+
+    fn op_neg(&mut self) -> OpResult {
+        let v = self.pop();
+        let r = match v {
+            Value::Int(n) => match n.checked_neg() {
+                Some(r) => Value::Int(r),
+                None => return fail("integer overflow in negation"),
+            },
+            Value::Float(x) => Value::Float(-x),
+            other => return fail(format!("cannot negate {}", other.type_name())),
+        };
+        self.stack.push(r);
+        Ok(())
+    }
+
+    fn op_get_iter(&mut self) -> OpResult {
+        let v = self.pop();
+        let iter = match v {
+            Value::List(list) => Iter::List { list, next: 0 },
+            Value::Str(s) => Iter::Chars {
+                chars: s.chars().collect(),
+                next: 0,
+            },
+            Value::Map(m) => Iter::List {
+                list: Rc::new(RefCell::new(
+                    m.borrow().keys().map(|k| Value::Str(k.clone())).collect(),
+                )),
+                next: 0,
+            },
+            Value::Iterator(it) => {
+                self.stack.push(Value::Iterator(it));
+                return Ok(());
+            }
+            other => {
+                return fail_with_help(
+                    format!("cannot iterate over {}", other.type_name()),
+                    "`for` works on lists, strings and maps; use range(n) for numbers",
+                );
+            }
+        };
+        self.stack
+            .push(Value::Iterator(Rc::new(RefCell::new(iter))));
+        Ok(())
+    }
+
+    fn op_for_iter(&mut self, exit: u32) {
+        let next = match self.peek(0) {
+            Value::Iterator(it) => it.borrow_mut().next(),
+            _ => None,
+        };
+        match next {
+            Some(item) => self.stack.push(item),
+            None => {
+                self.pop();
+                self.jump(exit);
+            }
+        }
+    }
+
+    fn op_unpack(&mut self, n: usize) -> OpResult {
+        let v = self.pop();
+        let items: Vec<Value> = match &v {
+            Value::List(list) => list.borrow().clone(),
+            other => {
+                return fail(format!(
+                    "cannot unpack {} into {n} names",
+                    other.type_name()
+                ));
+            }
+        };
+        if items.len() != n {
+            return fail(format!(
+                "cannot unpack {} items into {n} names",
+                items.len()
+            ));
+        }
+        self.stack.extend(items.into_iter().rev());
+        Ok(())
+    }
+
+    fn op_build_map(&mut self, n: usize) -> OpResult {
+        let flat = self.pop_n(n * 2);
+        let mut map = IndexMap::with_capacity(n);
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            match k {
+                Value::Str(s) => {
+                    map.insert(s, v);
+                }
+                other => {
+                    return fail(format!(
+                        "map keys must be strings, not {}",
+                        other.type_name()
+                    ));
+                }
+            }
+        }
+        self.stack.push(Value::map(map));
+        Ok(())
+    }
+
+    fn op_index(&mut self) -> OpResult {
+        if let Value::State(state) = self.peek(1) {
+            wait_until_idle(state)?;
+        }
+        let key = self.pop();
+        let obj = self.pop();
+        let v = index(&obj, &key)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn op_store_index(&mut self) -> OpResult {
+        let v = self.pop();
+        let key = self.pop();
+        let obj = self.pop();
+        match (&obj, &key) {
+            (Value::List(list), Value::Int(i)) => {
+                let mut list = list.borrow_mut();
+                let len = list.len();
+                match normalize_index(*i, len) {
+                    Some(at) => list[at] = v,
+                    None => return fail(format!("list index {i} out of range for length {len}")),
+                }
+            }
+            (Value::Map(map), Value::Str(k)) => {
+                map.borrow_mut().insert(k.clone(), v);
+            }
+            (Value::State(state), Value::Str(k)) => {
+                state.borrow_mut().vars.insert(k.clone(), v);
+            }
+            _ => {
+                return fail(format!(
+                    "cannot set an item of {} with a {} key",
+                    obj.type_name(),
+                    key.type_name()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn op_slice(&mut self, has_lo: bool, has_hi: bool) -> OpResult {
+        let hi = if has_hi { Some(self.pop()) } else { None };
+        let lo = if has_lo { Some(self.pop()) } else { None };
+        let target = self.pop();
+        let bound = |v: Option<Value>| -> Result<Option<i64>, Flow> {
+            match v {
+                None | Some(Value::None) => Ok(None),
+                Some(Value::Int(n)) => Ok(Some(n)),
+                Some(other) => fail(format!(
+                    "slice bounds must be ints, not {}",
+                    other.type_name()
+                )),
+            }
+        };
+        let (lo, hi) = (bound(lo)?, bound(hi)?);
+        let range = |len: usize| {
+            let clamp = |i: i64| -> usize {
+                if i < 0 {
+                    (len as i64 + i).max(0) as usize
+                } else {
+                    (i as usize).min(len)
+                }
+            };
+            let start = lo.map_or(0, clamp);
+            let end = hi.map_or(len, clamp);
+            start..end.max(start)
+        };
+        let v = match &target {
+            Value::List(list) => {
+                let list = list.borrow();
+                Value::list(list[range(list.len())].to_vec())
+            }
+            Value::Str(s) => {
+                let chars: Vec<char> = s.chars().collect();
+                Value::str(&chars[range(chars.len())].iter().collect::<String>())
+            }
+            other => return fail(format!("cannot slice {}", other.type_name())),
+        };
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn enter(&mut self, env: &Env, function: FunctionId, argc: u32, drop_callee: bool) -> OpResult {
+        if self.frames.len() >= env.limits.max_call_depth {
+            return fail_with_help(
+                format!("call depth limit of {} exceeded", env.limits.max_call_depth),
+                "is a function calling itself without end?",
+            );
+        }
+        let f = &env.linked.program.functions[function as usize];
+        let base = self.stack.len() - argc as usize;
+        self.stack
+            .resize(base + f.local_count as usize, Value::None);
+        self.frames.push(Frame {
+            function,
+            ip: 0,
+            base: base as u32,
+            drop_callee,
+        });
+        Ok(())
+    }
+
+    fn op_call(
+        &mut self,
+        env: &Env,
+        function: FunctionId,
+        argc: u32,
+        drop_callee: bool,
+    ) -> OpResult {
+        self.enter(env, function, argc, drop_callee)
+    }
+
+    fn op_call_value(&mut self, env: &Env, argc: u32) -> OpResult {
+        let callee = self.peek(argc as usize).clone();
+        match callee {
+            Value::Function(id) => {
+                let f = &env.linked.program.functions[id as usize];
+                if f.params.len() != argc as usize {
+                    return fail(format!(
+                        "`{}` takes {} arguments but {argc} were given",
+                        f.name,
+                        f.params.len()
+                    ));
+                }
+                self.enter(env, id, argc, true)
+            }
+            other => fail(format!("{} is not callable", other.type_name())),
+        }
+    }
+
+    fn op_return(&mut self) -> OpResult {
+        let v = self.pop();
+        let frame = self.frames.pop().expect("returning from a frame");
+        let base = frame.base as usize - usize::from(frame.drop_callee);
+        self.stack.truncate(base);
+        if self.frames.is_empty() {
+            return Err(Flow::Done(v));
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn pop_keywords(&mut self, env: &Env, keywords: u32) -> Vec<(Str, Value)> {
+        if keywords == NO_KEYWORDS {
+            return Vec::new();
+        }
+        let names = &env.linked.program.keyword_lists[keywords as usize];
+        let values = self.pop_n(names.len());
+        names
+            .iter()
+            .map(|n| Rc::from(n.as_str()))
+            .zip(values)
+            .collect()
+    }
+
+    fn op_call_native(&mut self, env: &Env, native: u32, argc: u32, keywords: u32) -> OpResult {
+        let kwargs = self.pop_keywords(env, keywords);
+        let args = self.pop_n(argc as usize);
+        let f = &env.linked.natives[native as usize];
+        let mut ctx = NativeCtx {
+            output: &mut self.output,
+        };
+        match f(&mut ctx, &args, &kwargs) {
+            Ok(v) => {
+                self.stack.push(v);
+                Ok(())
+            }
+            Err(message) => fail(format!(
+                "{}: {message}",
+                env.linked.program.natives[native as usize]
+            )),
+        }
+    }
+
+    fn op_call_method(&mut self, env: &mut Env, name: u32, argc: u32, keywords: u32) -> OpResult {
+        let keyword_count = if keywords == NO_KEYWORDS {
+            0
+        } else {
+            env.linked.program.keyword_lists[keywords as usize].len()
+        };
+        let name_str = match &env.linked.constants[name as usize] {
+            Value::Str(s) => s.clone(),
+            _ => return fail("method name is not a string"),
+        };
+        let receiver = self.peek(argc as usize + keyword_count).clone();
+        if let Some(result) = self.state_method(env, &receiver, &name_str, argc as usize)? {
+            self.pop_n(argc as usize + keyword_count + 1);
+            self.stack.push(result);
+            return Ok(());
+        }
+        let method: Option<MethodFn> = env
+            .linked
+            .natives_table
+            .method(receiver.type_name(), &name_str)
+            .cloned();
+        let Some(method) = method else {
+            return fail(format!(
+                "{} has no method `{name_str}`",
+                receiver.type_name()
+            ));
+        };
+        let kwargs = self.pop_keywords(env, keywords);
+        let args = self.pop_n(argc as usize);
+        self.pop();
+        let mut ctx = NativeCtx {
+            output: &mut self.output,
+        };
+        match method(&mut ctx, &receiver, &args, &kwargs) {
+            Ok(v) => {
+                self.stack.push(v);
+                Ok(())
+            }
+            Err(message) => fail(format!("{}.{name_str}: {message}", receiver.type_name())),
+        }
+    }
+
+    /// Methods the VM implements itself: on states, and `join` on a list of forks. Returns
+    /// `None` when the receiver and name are not one of them. Arguments stay on the stack
+    /// until the method can run, so a wait can retry the instruction.
+    fn state_method(
+        &mut self,
+        env: &mut Env,
+        receiver: &Value,
+        name: &str,
+        argc: usize,
+    ) -> Result<Option<Value>, Flow> {
+        let arg = |i: usize| self.peek(argc - 1 - i).clone();
+        match receiver {
+            Value::State(state) => {
+                wait_until_idle(state)?;
+                let v = match (name, argc) {
+                    ("fork", 0 | 1) => {
+                        let n = if argc == 1 {
+                            match arg(0) {
+                                Value::Int(n) if n >= 1 && n as usize <= env.limits.max_forks => {
+                                    n as usize
+                                }
+                                Value::Int(n) => {
+                                    return fail(format!(
+                                        "fork size must be between 1 and {}, got {n}",
+                                        env.limits.max_forks
+                                    ));
+                                }
+                                other => {
+                                    return fail(format!(
+                                        "fork size must be an int, not {}",
+                                        other.type_name()
+                                    ));
+                                }
+                            }
+                        } else {
+                            1
+                        };
+                        let forks: Vec<Value> = (0..n)
+                            .map(|_| {
+                                let fork = StateData::fork(state);
+                                self.states.push(fork.clone());
+                                Value::State(fork)
+                            })
+                            .collect();
+                        Value::list(forks)
+                    }
+                    ("text", 0) => Value::str(&state.borrow().text),
+                    ("messages", 0) => Value::list(
+                        state
+                            .borrow()
+                            .messages
+                            .iter()
+                            .map(|m| {
+                                let mut map = IndexMap::new();
+                                map.insert(Rc::from("role"), Value::str(&m.role));
+                                map.insert(Rc::from("content"), Value::str(&m.content));
+                                Value::map(map)
+                            })
+                            .collect(),
+                    ),
+                    ("get_var", 1) => index(receiver, &arg(0))?,
+                    ("get_meta_info", 1) => {
+                        let key = arg(0);
+                        let s = state.borrow();
+                        match key.as_str().and_then(|k| s.meta.get(k)) {
+                            Some(meta) => Value::from_json(meta),
+                            None => Value::None,
+                        }
+                    }
+                    ("join", 0) => Value::None,
+                    ("fork" | "text" | "messages" | "get_var" | "get_meta_info" | "join", _) => {
+                        return fail(format!(
+                            "state.{name} takes a different number of arguments"
+                        ));
+                    }
+                    _ => return fail(format!("state has no method `{name}`")),
+                };
+                Ok(Some(v))
+            }
+            Value::List(list) if name == "join" && argc == 0 => {
+                let forks: Vec<StateRef> = list
+                    .borrow()
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::State(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if forks.len() != list.borrow().len() {
+                    return Ok(None);
+                }
+                for fork in &forks {
+                    wait_until_idle(fork)?;
+                }
+                join_forks(&forks);
+                Ok(Some(Value::None))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn state_on_top(&self) -> Result<StateRef, Flow> {
+        match self.peek(0) {
+            Value::State(s) => Ok(s.clone()),
+            other => fail_with_help(
+                format!("cannot append a prompt to {}", other.type_name()),
+                "gen, select and roles are appended to a program state: `s += gen(\"x\")`",
+            ),
+        }
+    }
+
+    fn op_role(&mut self, env: &mut Env, part: Part) -> OpResult {
+        let state = self.state_on_top()?;
+        state::push_part(&state, part, env.template, env.outbox);
+        Ok(())
+    }
+
+    fn op_add_assign(&mut self, env: &mut Env) -> OpResult {
+        let v = self.pop();
+        let target = self.pop();
+        match &target {
+            Value::State(state) => {
+                for part in fragment_parts(&v, "+=")? {
+                    state::push_part(state, part, env.template, env.outbox);
+                }
+            }
+            Value::List(list) => match &v {
+                Value::List(other) => {
+                    let items = other.borrow().clone();
+                    list.borrow_mut().extend(items);
+                }
+                other => return fail(format!("cannot extend a list with {}", other.type_name())),
+            },
+            _ => {
+                let sum = binary_add(&target, &v).or_else(fail)?;
+                self.stack.push(sum);
+                return Ok(());
+            }
+        }
+        self.stack.push(target);
+        Ok(())
+    }
+
+    /// Pops a primitive's arguments and resolves them against the run's defaults.
+    fn build_call(&mut self, env: &Env, spec: u32) -> Result<CallOp, Flow> {
+        let spec: &CallSpec = &env.linked.program.call_specs[spec as usize];
+        let values = self.pop_n(spec.params.len());
+        let frame = self.frame();
+        let site = Site {
+            function: frame.function,
+            ip: frame.ip - 1,
+        };
+        let d = env.defaults;
+        let mut name = None;
+        let mut p = SamplingParams {
+            max_new_tokens: d.max_new_tokens,
+            min_new_tokens: 0,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            temperature: d.temperature,
+            top_p: d.top_p,
+            top_k: d.top_k,
+            min_p: d.min_p,
+            frequency_penalty: d.frequency_penalty,
+            presence_penalty: d.presence_penalty,
+            ignore_eos: false,
+            regex: None,
+            json_schema: None,
+            choices: None,
+            dtype: None,
+            seed: d.seed,
+        };
+        let mut method = ChoicesMethod::TokenLengthNormalized;
+        for (param, value) in spec.params.iter().zip(values) {
+            if matches!(value, Value::None) {
+                continue;
+            }
+            let what = param.name();
+            match param {
+                GenParam::Name => name = Some(expect_str(&value, what)?),
+                GenParam::MaxTokens => p.max_new_tokens = expect_count(&value, what)?,
+                GenParam::MinTokens => p.min_new_tokens = expect_count(&value, what)?,
+                GenParam::Stop => p.stop = expect_str_list(&value, what, true)?,
+                GenParam::StopTokenIds => {
+                    p.stop_token_ids = expect_list(&value, what)?
+                        .iter()
+                        .map(|v| expect_count(v, what))
+                        .collect::<Result<_, _>>()?
+                }
+                GenParam::Temperature => p.temperature = expect_number(&value, what)?,
+                GenParam::TopP => p.top_p = expect_number(&value, what)?,
+                GenParam::TopK => p.top_k = expect_int(&value, what)?,
+                GenParam::MinP => p.min_p = expect_number(&value, what)?,
+                GenParam::FrequencyPenalty => p.frequency_penalty = expect_number(&value, what)?,
+                GenParam::PresencePenalty => p.presence_penalty = expect_number(&value, what)?,
+                GenParam::IgnoreEos => p.ignore_eos = value.is_truthy(),
+                GenParam::Regex => p.regex = Some(expect_str(&value, what)?.to_string()),
+                GenParam::JsonSchema => {
+                    p.json_schema = Some(match &value {
+                        Value::Str(s) => s.to_string(),
+                        Value::Map(_) => value.to_json().to_string(),
+                        other => {
+                            return fail(format!(
+                                "json_schema must be a string or a map, not {}",
+                                other.type_name()
+                            ));
+                        }
+                    })
+                }
+                GenParam::Choices => p.choices = Some(expect_str_list(&value, what, false)?),
+                GenParam::Dtype => {
+                    let dtype = expect_str(&value, what)?;
+                    if !["int", "float", "bool", "str"].contains(&&*dtype) {
+                        return fail(format!(
+                            "dtype must be \"int\", \"float\", \"bool\" or \"str\", not {dtype:?}"
+                        ));
+                    }
+                    p.dtype = Some(dtype.to_string());
+                }
+                GenParam::Seed => p.seed = Some(expect_int(&value, what)? as u64),
+                GenParam::ChoicesMethod => {
+                    let m = expect_str(&value, what)?;
+                    method = ChoicesMethod::from_name(&m).ok_or_else(|| {
+                        Flow::Error(format!("unknown choices_method {m:?}"), None)
+                    })?;
+                }
+            }
+        }
+        let kind = match spec.kind {
+            PrimitiveKind::Gen => RequestKind::Gen(p),
+            PrimitiveKind::Select => {
+                let choices = p.choices.unwrap_or_default();
+                if choices.is_empty() {
+                    return fail("select needs at least one choice");
+                }
+                RequestKind::Select(SelectParams {
+                    choices,
+                    method,
+                    temperature: p.temperature,
+                })
+            }
+        };
+        Ok(CallOp { name, kind, site })
+    }
+}
+
+/// Halts the instance until `state` is idle; fails it if the state failed.
+fn wait_until_idle(state: &StateRef) -> OpResult {
+    let s = state.borrow();
+    if s.is_busy() {
+        return Err(Flow::Wait(state.clone()));
+    }
+    if s.error.is_some() {
+        return Err(Flow::Failed(state.clone()));
+    }
+    Ok(())
+}
+
+/// Copies the variables generated in each fork back to the parent, as lists (SGLang's
+/// `gather_variable` join).
+fn join_forks(forks: &[StateRef]) {
+    let Some(parent) = forks
+        .first()
+        .and_then(|f| f.borrow().parent.as_ref().and_then(|p| p.upgrade()))
+    else {
+        return;
+    };
+    let mut names: Vec<Str> = Vec::new();
+    for fork in forks {
+        for name in &fork.borrow().generated {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    let mut p = parent.borrow_mut();
+    for name in names {
+        let values = forks
+            .iter()
+            .map(|f| f.borrow().vars.get(&name).cloned().unwrap_or_default())
+            .collect();
+        p.vars.insert(name, Value::list(values));
+    }
+}
+
+/// The parts a value contributes to a prompt: a string is text, a fragment its parts.
+fn fragment_parts(v: &Value, context: &str) -> Result<Vec<Part>, Flow> {
+    match v {
+        Value::Str(s) => Ok(vec![Part::Text(s.clone())]),
+        Value::Fragment(parts) => Ok(parts.to_vec()),
+        other => fail_with_help(
+            format!(
+                "cannot use {} as prompt text in `{context}`",
+                other.type_name()
+            ),
+            "convert it first, e.g. `str(x)`",
+        ),
+    }
+}
+
+fn index(obj: &Value, key: &Value) -> Result<Value, Flow> {
+    match (obj, key) {
+        (Value::List(list), Value::Int(i)) => {
+            let list = list.borrow();
+            match normalize_index(*i, list.len()) {
+                Some(at) => Ok(list[at].clone()),
+                None => fail(format!(
+                    "list index {i} out of range for length {}",
+                    list.len()
+                )),
+            }
+        }
+        (Value::Str(s), Value::Int(i)) => {
+            let count = s.chars().count();
+            match normalize_index(*i, count) {
+                Some(at) => Ok(Value::str(
+                    &s.chars().nth(at).map(String::from).unwrap_or_default(),
+                )),
+                None => fail(format!("string index {i} out of range for length {count}")),
+            }
+        }
+        (Value::Map(map), Value::Str(k)) => match map.borrow().get(k) {
+            Some(v) => Ok(v.clone()),
+            None => fail_with_help(
+                format!("map has no key {:?}", &**k),
+                "use `m.get(key, default)` when a key may be missing",
+            ),
+        },
+        (Value::State(state), Value::Str(k)) => {
+            let s = state.borrow();
+            match s.vars.get(k) {
+                Some(v) => Ok(v.clone()),
+                None => {
+                    let known: Vec<&str> = s.vars.keys().map(|k| &**k).collect();
+                    let help = if known.is_empty() {
+                        "no variable has been generated on this state yet".to_string()
+                    } else {
+                        format!("variables on this state: {}", known.join(", "))
+                    };
+                    fail_with_help(format!("state has no variable {:?}", &**k), help)
+                }
+            }
+        }
+        _ => fail(format!(
+            "cannot index {} with {}",
+            obj.type_name(),
+            key.type_name()
+        )),
+    }
+}
+
+fn normalize_index(i: i64, len: usize) -> Option<usize> {
+    let at = if i < 0 { len as i64 + i } else { i };
+    (0..len as i64).contains(&at).then_some(at as usize)
+}
+
+fn contains(container: &Value, item: &Value) -> Result<bool, String> {
+    match (container, item) {
+        (Value::Str(s), Value::Str(sub)) => Ok(s.contains(&**sub)),
+        (Value::List(list), _) => Ok(list.borrow().iter().any(|v| v.equals(item))),
+        (Value::Map(map), Value::Str(k)) => Ok(map.borrow().contains_key(k)),
+        _ => Err(format!(
+            "cannot test {} in {}",
+            item.type_name(),
+            container.type_name()
+        )),
+    }
+}
+
+fn arith(
+    a: &Value,
+    b: &Value,
+    symbol: &str,
+    int_op: fn(i64, i64) -> Option<i64>,
+    float_op: fn(f64, f64) -> f64,
+) -> Result<Value, String> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => int_op(*x, *y)
+            .map(Value::Int)
+            .ok_or_else(|| format!("integer overflow in {x} {symbol} {y}")),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            Ok(Value::Float(float_op(
+                a.as_float().unwrap_or_default(),
+                b.as_float().unwrap_or_default(),
+            )))
+        }
+        _ => Err(format!(
+            "unsupported operand types for {symbol}: {} and {}",
+            a.type_name(),
+            b.type_name()
+        )),
+    }
+}
+
+pub fn binary_add(a: &Value, b: &Value) -> Result<Value, String> {
+    match (a, b) {
+        (Value::Str(x), Value::Str(y)) => {
+            let mut s = String::with_capacity(x.len() + y.len());
+            s.push_str(x);
+            s.push_str(y);
+            Ok(Value::str(&s))
+        }
+        (Value::List(x), Value::List(y)) => {
+            let mut items = x.borrow().clone();
+            items.extend(y.borrow().iter().cloned());
+            Ok(Value::list(items))
+        }
+        (Value::Fragment(_) | Value::Str(_), Value::Fragment(_) | Value::Str(_)) => {
+            let mut parts = fragment_parts(a, "+").map_err(flow_message)?;
+            parts.extend(fragment_parts(b, "+").map_err(flow_message)?);
+            Ok(Value::Fragment(Rc::from(parts)))
+        }
+        (Value::Str(_), _) | (_, Value::Str(_)) => Err(format!(
+            "cannot add {} and {}; convert with str(...) first",
+            a.type_name(),
+            b.type_name()
+        )),
+        _ => arith(a, b, "+", i64::checked_add, |x, y| x + y),
+    }
+}
+
+fn flow_message(flow: Flow) -> String {
+    match flow {
+        Flow::Error(m, _) => m,
+        _ => "unexpected suspension".to_string(),
+    }
+}
+
+fn binary_mul(a: &Value, b: &Value) -> Result<Value, String> {
+    match (a, b) {
+        (Value::Str(s), Value::Int(n)) | (Value::Int(n), Value::Str(s)) => {
+            let n = (*n).max(0) as usize;
+            if s.len().saturating_mul(n) > 1 << 30 {
+                return Err("string repetition too large".to_string());
+            }
+            Ok(Value::str(&s.repeat(n)))
+        }
+        (Value::List(l), Value::Int(n)) | (Value::Int(n), Value::List(l)) => {
+            let n = (*n).max(0) as usize;
+            let items = l.borrow();
+            if items.len().saturating_mul(n) > 1 << 26 {
+                return Err("list repetition too large".to_string());
+            }
+            let mut out = Vec::with_capacity(items.len() * n);
+            for _ in 0..n {
+                out.extend(items.iter().cloned());
+            }
+            Ok(Value::list(out))
+        }
+        _ => arith(a, b, "*", i64::checked_mul, |x, y| x * y),
+    }
+}
+
+fn binary_div(a: &Value, b: &Value) -> Result<Value, String> {
+    let numeric = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_));
+    match (a.as_float(), b.as_float()) {
+        (Some(_), Some(y)) if numeric(a) && numeric(b) && y == 0.0 => {
+            Err("division by zero".to_string())
+        }
+        (Some(x), Some(y)) if numeric(a) && numeric(b) => Ok(Value::Float(x / y)),
+        _ => Err(format!(
+            "unsupported operand types for /: {} and {}",
+            a.type_name(),
+            b.type_name()
+        )),
+    }
+}
+
+fn binary_mod(a: &Value, b: &Value) -> Result<Value, String> {
+    match (a, b) {
+        (Value::Int(_), Value::Int(0)) => Err("modulo by zero".to_string()),
+        (Value::Int(x), Value::Int(y)) => {
+            // Floored, as in Python: the result takes the divisor's sign.
+            let r = x.wrapping_rem(*y);
+            Ok(Value::Int(if r != 0 && (r < 0) != (*y < 0) {
+                r + y
+            } else {
+                r
+            }))
+        }
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            let (x, y) = (
+                a.as_float().unwrap_or_default(),
+                b.as_float().unwrap_or_default(),
+            );
+            if y == 0.0 {
+                return Err("modulo by zero".to_string());
+            }
+            Ok(Value::Float(x - y * (x / y).floor()))
+        }
+        _ => Err(format!(
+            "unsupported operand types for %: {} and {}",
+            a.type_name(),
+            b.type_name()
+        )),
+    }
+}
+
+fn expect_str(v: &Value, what: &str) -> Result<Str, Flow> {
+    match v {
+        Value::Str(s) => Ok(s.clone()),
+        other => fail(format!(
+            "{what} must be a string, not {}",
+            other.type_name()
+        )),
+    }
+}
+
+fn expect_int(v: &Value, what: &str) -> Result<i64, Flow> {
+    match v {
+        Value::Int(n) => Ok(*n),
+        other => fail(format!("{what} must be an int, not {}", other.type_name())),
+    }
+}
+
+fn expect_count(v: &Value, what: &str) -> Result<u32, Flow> {
+    let n = expect_int(v, what)?;
+    u32::try_from(n).or_else(|_| {
+        fail(format!(
+            "{what} must be between 0 and {}, got {n}",
+            u32::MAX
+        ))
+    })
+}
+
+fn expect_number(v: &Value, what: &str) -> Result<f64, Flow> {
+    match v {
+        Value::Int(n) => Ok(*n as f64),
+        Value::Float(x) => Ok(*x),
+        other => fail(format!(
+            "{what} must be a number, not {}",
+            other.type_name()
+        )),
+    }
+}
+
+fn expect_list(v: &Value, what: &str) -> Result<Vec<Value>, Flow> {
+    match v {
+        Value::List(l) => Ok(l.borrow().clone()),
+        other => fail(format!("{what} must be a list, not {}", other.type_name())),
+    }
+}
+
+/// A list of strings; with `single_ok` a lone string stands for a list of one.
+fn expect_str_list(v: &Value, what: &str, single_ok: bool) -> Result<Vec<String>, Flow> {
+    match v {
+        Value::Str(s) if single_ok => Ok(vec![s.to_string()]),
+        Value::List(l) => l
+            .borrow()
+            .iter()
+            .map(|item| match item {
+                Value::Str(s) => Ok(s.to_string()),
+                other => fail(format!(
+                    "{what} must hold strings, found {}",
+                    other.type_name()
+                )),
+            })
+            .collect(),
+        other => fail(format!(
+            "{what} must be a list of strings, not {}",
+            other.type_name()
+        )),
+    }
+}
+
+/// The error that ended an instance because one of its states failed.
+pub fn state_failure(program: &Program, state: &StateRef) -> Option<RuntimeError> {
+    let s = state.borrow();
+    let error = s.error.as_ref()?;
+    let trace = match error.site {
+        Some(site) => {
+            let f = &program.functions[site.function as usize];
+            vec![TraceFrame {
+                function: f.name.clone(),
+                span: f.spans.get(site.ip as usize).copied().unwrap_or(f.span),
+            }]
+        }
+        None => Vec::new(),
+    };
+    Some(RuntimeError {
+        message: error.message.clone(),
+        trace,
+        help: None,
+    })
+}

@@ -1,0 +1,18 @@
+//! The sglc virtual machine: values, program states, the bytecode interpreter, the `Backend`
+//! trait with a deterministic test backend, and the scheduler that runs many programs at once
+//! and batches their calls to the backend.
+
+pub mod backend;
+pub mod error;
+pub mod interp;
+pub mod native;
+pub mod scheduler;
+pub mod state;
+pub mod value;
+
+pub use backend::{Backend, BackendError, BackendInfo, TestBackend};
+pub use error::RuntimeError;
+pub use interp::{GenDefaults, Limits};
+pub use native::Natives;
+pub use scheduler::{ProgramResult, ProgramState, RunConfig, run_batch};
+pub use value::Value;

@@ -1,0 +1,113 @@
+//! Functions and methods implemented in Rust: the standard library and whatever the host
+//! registers. Scripts reach the outside world only through these.
+
+use crate::value::{Str, Value};
+use indexmap::IndexMap;
+use sglc_compiler::HostFunction;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a native function may touch besides its arguments.
+pub struct NativeCtx<'a> {
+    /// Lines printed by `print`, kept with the program's result.
+    pub output: &'a mut Vec<String>,
+}
+
+/// Keyword arguments as passed: names and values in call order.
+pub type Keywords<'a> = &'a [(Str, Value)];
+
+pub type NativeFn =
+    Arc<dyn Fn(&mut NativeCtx, &[Value], Keywords) -> Result<Value, String> + Send + Sync>;
+pub type MethodFn =
+    Arc<dyn Fn(&mut NativeCtx, &Value, &[Value], Keywords) -> Result<Value, String> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct NativeFunction {
+    pub signature: HostFunction,
+    pub call: NativeFn,
+}
+
+/// The table of native functions (by name) and methods (by receiver type and name).
+#[derive(Clone, Default)]
+pub struct Natives {
+    functions: IndexMap<String, NativeFunction>,
+    methods: HashMap<(&'static str, String), MethodFn>,
+}
+
+impl Natives {
+    pub fn new() -> Natives {
+        Natives::default()
+    }
+
+    /// Registers a function taking `min_args..=max_args` positional arguments (`None`: any).
+    pub fn register(
+        &mut self,
+        name: &str,
+        min_args: usize,
+        max_args: Option<usize>,
+        f: impl Fn(&mut NativeCtx, &[Value], Keywords) -> Result<Value, String> + Send + Sync + 'static,
+    ) {
+        self.functions.insert(
+            name.to_string(),
+            NativeFunction {
+                signature: HostFunction {
+                    name: name.to_string(),
+                    min_args,
+                    max_args,
+                },
+                call: Arc::new(f),
+            },
+        );
+    }
+
+    /// Registers a host function over JSON data: the simplest way for a host to give scripts
+    /// a capability (a lookup, a tool, a database query).
+    pub fn register_json(
+        &mut self,
+        name: &str,
+        arity: usize,
+        f: impl Fn(&[serde_json::Value]) -> Result<serde_json::Value, String> + Send + Sync + 'static,
+    ) {
+        self.register(name, arity, Some(arity), move |_, args, _| {
+            let args: Vec<serde_json::Value> = args.iter().map(Value::to_json).collect();
+            f(&args).map(|v| Value::from_json(&v))
+        });
+    }
+
+    /// Registers a method on values of type `type_name` (as `Value::type_name` reports it).
+    pub fn register_method(
+        &mut self,
+        type_name: &'static str,
+        name: &str,
+        f: impl Fn(&mut NativeCtx, &Value, &[Value], Keywords) -> Result<Value, String>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        self.methods
+            .insert((type_name, name.to_string()), Arc::new(f));
+    }
+
+    pub fn function(&self, name: &str) -> Option<&NativeFunction> {
+        self.functions.get(name)
+    }
+
+    pub fn method(&self, type_name: &'static str, name: &str) -> Option<&MethodFn> {
+        self.methods.get(&(type_name, name.to_string()))
+    }
+
+    /// What the compiler needs to check calls: every function's signature and every method name.
+    pub fn compile_env(&self) -> sglc_compiler::CompileEnv {
+        let mut methods: Vec<String> = self.methods.keys().map(|(_, m)| m.clone()).collect();
+        methods.sort();
+        methods.dedup();
+        sglc_compiler::CompileEnv {
+            functions: self
+                .functions
+                .values()
+                .map(|f| f.signature.clone())
+                .collect(),
+            methods,
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The scheduler: runs many program instances on one thread, collects the gen/select calls they
+//! make into batches for the backend, and resumes each instance when what it waits for is done.
+//!
+//! **Architecture Invariant:** a program instance is a small object in a slab (frames, a value
+//! stack, its states); no OS thread or tokio task per program or per fork branch. The only
+//! futures are the backend's batch calls.
+
+use crate::backend::{Backend, BackendError, Message, Request, Response};
+use crate::error::RuntimeError;
+use crate::interp::{Env, GenDefaults, Halt, Instance, Limits, Linked, state_failure};
+use crate::native::Natives;
+use crate::state::{self, Outbox, StateRef};
+use crate::value::Value;
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use sglc_compiler::bytecode::{FunctionId, Program};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// How a run or batch runs: sampling defaults, limits and how many programs run at once.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub defaults: GenDefaults,
+    pub limits: Limits,
+    /// Programs in flight at once; `None` lets the backend choose.
+    pub concurrency: Option<usize>,
+    /// Requests per backend call; `None` uses the backend's maximum.
+    pub max_batch: Option<usize>,
+}
+
+impl RunConfig {
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
+        self.defaults.temperature = temperature;
+        self
+    }
+
+    pub fn with_max_new_tokens(mut self, max_new_tokens: u32) -> Self {
+        self.defaults.max_new_tokens = max_new_tokens;
+        self
+    }
+
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = Some(concurrency);
+        self
+    }
+}
+
+/// The finished state of one program: what SGLang's `ProgramState` exposes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgramState {
+    pub function: String,
+    /// What the function returned (`none` when it returned nothing).
+    pub return_value: serde_json::Value,
+    /// Every variable on the root state, in the order they were first set.
+    pub variables: IndexMap<String, serde_json::Value>,
+    /// The whole prompt and generated text.
+    pub text: String,
+    pub messages: Vec<Message>,
+    /// Per-variable meta info: token counts, finish reason, select scores.
+    pub meta: IndexMap<String, serde_json::Value>,
+    /// Lines the program printed.
+    pub output: Vec<String>,
+}
+
+impl std::ops::Index<&str> for ProgramState {
+    type Output = serde_json::Value;
+
+    /// `state["summary"]`; `Null` for a variable that was never set.
+    fn index(&self, name: &str) -> &serde_json::Value {
+        static NULL: serde_json::Value = serde_json::Value::Null;
+        self.variables.get(name).unwrap_or(&NULL)
+    }
+}
+
+impl ProgramState {
+    /// The whole transcript: prompt and generated text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// A variable as a string, when it is one.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.variables.get(name).and_then(|v| v.as_str())
+    }
+}
+
+pub type ProgramResult = Result<ProgramState, RuntimeError>;
+
+/// Binds a JSON argument object to an entry function's parameters. The first parameter gets
+/// the state when the function is a program or when the arguments do not name it.
+pub fn bind_arguments(
+    program: &Program,
+    function: FunctionId,
+    args: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<Value>, String> {
+    let f = &program.functions[function as usize];
+    let takes_state = f
+        .params
+        .first()
+        .is_some_and(|first| f.is_program || !args.contains_key(first));
+    let value_params = &f.params[usize::from(takes_state)..];
+    let mut values = Vec::with_capacity(value_params.len());
+    let mut missing = Vec::new();
+    for name in value_params {
+        match args.get(name) {
+            Some(v) => values.push(Value::from_json(v)),
+            None => missing.push(name.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing argument{} {} for `{}`",
+            if missing.len() > 1 { "s" } else { "" },
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            f.name
+        ));
+    }
+    if let Some(extra) = args.keys().find(|k| !value_params.contains(k)) {
+        return Err(format!(
+            "`{}` has no parameter `{extra}` (parameters: {})",
+            f.name,
+            value_params.join(", ")
+        ));
+    }
+    Ok(values)
+}
+
+struct Slot {
+    index: usize,
+    instance: Instance,
+    /// Set once the entry function returned; the program ends when its states are idle.
+    returned: Option<Value>,
+}
+
+type BatchFuture = futures::future::BoxFuture<'static, (u64, Vec<Result<Response, BackendError>>)>;
+
+/// Runs `function` once per input, calling `on_done(input_index, result)` as each finishes.
+/// Results arrive in completion order; the index says which input each belongs to.
+pub async fn run_batch(
+    program: &Program,
+    natives: &Natives,
+    backend: &Arc<dyn Backend>,
+    function: FunctionId,
+    inputs: impl IntoIterator<Item = Result<serde_json::Map<String, serde_json::Value>, String>>,
+    config: &RunConfig,
+    mut on_done: impl FnMut(usize, ProgramResult),
+) {
+    let mut inputs = inputs.into_iter().enumerate();
+    let mut linked = match Linked::new(program, natives) {
+        Ok(linked) => linked,
+        Err(error) => {
+            for (i, _) in inputs {
+                on_done(i, Err(error.clone()));
+            }
+            return;
+        }
+    };
+    let info = backend.info();
+    let template = info.chat_template.clone();
+    let concurrency = config
+        .concurrency
+        .unwrap_or(info.default_concurrency)
+        .max(1);
+    let max_batch = config.max_batch.unwrap_or(info.max_batch).max(1);
+    let mut outbox: Outbox = Vec::new();
+
+    // Constants are computed once per batch, before any program runs.
+    if let Err(error) = compute_globals(&mut linked, &template, config) {
+        for (i, _) in inputs {
+            on_done(i, Err(error.clone()));
+        }
+        return;
+    }
+
+    let mut slots: Vec<Option<Slot>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut runnable: VecDeque<usize> = VecDeque::new();
+    let mut active = 0usize;
+    let mut inputs_done = false;
+    let mut pending_batches: HashMap<u64, Vec<StateRef>> = HashMap::new();
+    let mut in_flight: FuturesUnordered<BatchFuture> = FuturesUnordered::new();
+    let mut next_batch_id = 0u64;
+
+    loop {
+        // Admit new programs up to the concurrency bound.
+        while !inputs_done && active < concurrency {
+            let Some((index, args)) = inputs.next() else {
+                inputs_done = true;
+                break;
+            };
+            match args.and_then(|args| bind_arguments(program, function, &args)) {
+                Ok(values) => {
+                    let slot = Slot {
+                        index,
+                        instance: Instance::new(program, function, values),
+                        returned: None,
+                    };
+                    let id = match free.pop() {
+                        Some(id) => {
+                            slots[id] = Some(slot);
+                            id
+                        }
+                        None => {
+                            slots.push(Some(slot));
+                            slots.len() - 1
+                        }
+                    };
+                    active += 1;
+                    runnable.push_back(id);
+                }
+                Err(message) => on_done(index, Err(RuntimeError::without_location(message))),
+            }
+        }
+
+        // Run everything that can run.
+        while let Some(id) = runnable.pop_front() {
+            let Some(slot) = slots[id].as_mut() else {
+                continue;
+            };
+            let halt = if slot.returned.is_some() {
+                None
+            } else {
+                let mut env = Env {
+                    linked: &linked,
+                    template: &template,
+                    defaults: &config.defaults,
+                    limits: &config.limits,
+                    outbox: &mut outbox,
+                };
+                Some(slot.instance.run(&mut env))
+            };
+            let outcome = match halt {
+                None => finish_or_wait(program, id, slot),
+                Some(Halt::Done(value)) => {
+                    slot.returned = Some(value);
+                    finish_or_wait(program, id, slot)
+                }
+                Some(Halt::Wait(state)) => {
+                    state.borrow_mut().waiters.push(id);
+                    None
+                }
+                Some(Halt::Yield) => {
+                    runnable.push_back(id);
+                    None
+                }
+                Some(Halt::Error(error)) => Some(Err(error)),
+            };
+            if let Some(result) = outcome {
+                let slot = slots[id].take().expect("slot is live");
+                free.push(id);
+                active -= 1;
+                on_done(slot.index, result);
+            }
+        }
+
+        // Send every ready call, in batches.
+        if !outbox.is_empty() {
+            let ready = std::mem::take(&mut outbox);
+            let mut ready = ready.into_iter().peekable();
+            while ready.peek().is_some() {
+                let (states, requests): (Vec<StateRef>, Vec<Request>) =
+                    ready.by_ref().take(max_batch).unzip();
+                let id = next_batch_id;
+                next_batch_id += 1;
+                pending_batches.insert(id, states);
+                in_flight.push(
+                    backend
+                        .execute(requests)
+                        .map(move |results| (id, results))
+                        .boxed(),
+                );
+            }
+        }
+
+        if in_flight.is_empty() {
+            if runnable.is_empty() && (inputs_done || active >= concurrency) {
+                if active == 0 && inputs_done {
+                    break;
+                }
+                if active > 0 {
+                    // Nothing in flight and nothing runnable, yet programs wait: a bug, not a
+                    // user error. Fail them rather than hang.
+                    for slot in slots.iter_mut() {
+                        if let Some(slot) = slot.take() {
+                            on_done(
+                                slot.index,
+                                Err(RuntimeError::without_location(
+                                    "internal error: program waits on nothing",
+                                )),
+                            );
+                        }
+                    }
+                    break;
+                }
+            }
+            continue;
+        }
+
+        // Wait for one batch, then take every other batch that is already done.
+        let mut finished = vec![in_flight.next().await.expect("a batch is in flight")];
+        while let Some(Some(done)) = in_flight.next().now_or_never() {
+            finished.push(done);
+        }
+        for (batch_id, results) in finished {
+            let states = pending_batches.remove(&batch_id).unwrap_or_default();
+            let mut results = results.into_iter();
+            for state in states {
+                let result = results.next().unwrap_or_else(|| {
+                    Err(BackendError {
+                        backend: info.name.clone(),
+                        message: "returned fewer results than requests".to_string(),
+                    })
+                });
+                if state::complete(&state, result, &template, &mut outbox) {
+                    runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
+                }
+            }
+        }
+    }
+}
+
+/// The program returned: it is finished when all its states are idle. Parks it on the first
+/// busy state, or returns its result.
+fn finish_or_wait(program: &Program, id: usize, slot: &mut Slot) -> Option<ProgramResult> {
+    for state in &slot.instance.states {
+        if state.borrow().is_busy() {
+            state.borrow_mut().waiters.push(id);
+            return None;
+        }
+    }
+    for state in &slot.instance.states {
+        if let Some(error) = state_failure(program, state) {
+            return Some(Err(error));
+        }
+    }
+    let root = slot.instance.root.borrow();
+    let function = &program.functions[slot.instance.entry_function() as usize];
+    Some(Ok(ProgramState {
+        function: function.name.clone(),
+        return_value: slot.returned.take().unwrap_or_default().to_json(),
+        variables: root
+            .vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_json()))
+            .collect(),
+        text: root.text.clone(),
+        messages: root.messages.clone(),
+        meta: root
+            .meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        output: std::mem::take(&mut slot.instance.output),
+    }))
+}
+
+/// Runs the program's init function, which computes the top-level constants.
+fn compute_globals(
+    linked: &mut Linked,
+    template: &crate::backend::ChatTemplate,
+    config: &RunConfig,
+) -> Result<(), RuntimeError> {
+    let program = linked.program;
+    let mut instance = Instance::new(program, program.init, Vec::new());
+    let mut outbox = Vec::new();
+    let mut limits = config.limits.clone();
+    limits.slice = u32::MAX;
+    let globals = {
+        let mut env = Env {
+            linked,
+            template,
+            defaults: &config.defaults,
+            limits: &limits,
+            outbox: &mut outbox,
+        };
+        instance.run_init(&mut env)?
+    };
+    linked.globals = globals;
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Program states: the prompt text, chat messages and variables of one `s`, and the queue of
+//! appends and calls waiting on it.
+//!
+//! As in SGLang's stream executor, `s += gen(...)` does not block the program: the call is
+//! queued on the state and the program runs on; only reading the state (`s["x"]`, `s.text()`,
+//! `fork`, `join`, the end of the program) waits for it.
+
+use crate::backend::{
+    BackendError, ChatTemplate, Message, Request, RequestKind, Response, SamplingParams,
+};
+use crate::value::{Str, Value};
+use indexmap::IndexMap;
+use sglc_compiler::bytecode::{FunctionId, Role};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+pub type StateRef = Rc<RefCell<StateData>>;
+
+/// Where a call was made, to point errors at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub function: FunctionId,
+    pub ip: u32,
+}
+
+/// A `gen` or `select` waiting to run, with every parameter resolved.
+#[derive(Debug)]
+pub struct CallOp {
+    pub name: Option<Str>,
+    pub kind: RequestKind,
+    pub site: Site,
+}
+
+/// One piece of a prompt fragment.
+#[derive(Clone, Debug)]
+pub enum Part {
+    Text(Str),
+    RoleBegin(Role),
+    RoleEnd(Role),
+    Call(Rc<CallOp>),
+}
+
+impl Part {
+    pub fn describe(&self) -> String {
+        match self {
+            Part::Text(t) => format!("{:?}", &**t),
+            Part::RoleBegin(r) => format!("{}(", r.name()),
+            Part::RoleEnd(_) => ")".to_string(),
+            Part::Call(op) => {
+                let what = match op.kind {
+                    RequestKind::Gen(_) => "gen",
+                    RequestKind::Select(_) => "select",
+                };
+                match &op.name {
+                    Some(n) => format!("{what}({:?})", &**n),
+                    None => format!("{what}()"),
+                }
+            }
+        }
+    }
+}
+
+/// A failure recorded on a state: a backend error or a malformed append.
+#[derive(Clone, Debug)]
+pub struct StateError {
+    pub message: String,
+    pub site: Option<Site>,
+}
+
+/// Calls that became ready while the VM ran: each goes to the backend in the next batch.
+pub type Outbox = Vec<(StateRef, Request)>;
+
+pub struct StateData {
+    pub text: String,
+    pub messages: Vec<Message>,
+    open_role: Option<(Role, usize)>,
+    pub vars: IndexMap<Str, Value>,
+    /// Variables generated in this state itself (not inherited from a fork parent), for `join`.
+    pub generated: Vec<Str>,
+    pub meta: IndexMap<Str, serde_json::Value>,
+    queue: VecDeque<Part>,
+    in_flight: Option<Rc<CallOp>>,
+    pub error: Option<StateError>,
+    /// Program instances parked until this state is idle.
+    pub waiters: Vec<usize>,
+    pub parent: Option<Weak<RefCell<StateData>>>,
+}
+
+impl StateData {
+    pub fn new() -> StateRef {
+        Rc::new(RefCell::new(StateData {
+            text: String::new(),
+            messages: Vec::new(),
+            open_role: None,
+            vars: IndexMap::new(),
+            generated: Vec::new(),
+            meta: IndexMap::new(),
+            queue: VecDeque::new(),
+            in_flight: None,
+            error: None,
+            waiters: Vec::new(),
+            parent: None,
+        }))
+    }
+
+    /// True while an append or call is queued or running.
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.is_some() || !self.queue.is_empty()
+    }
+
+    /// A new state starting from this one's prompt and variables, as `s.fork(n)` makes.
+    pub fn fork(this: &StateRef) -> StateRef {
+        let parent = this.borrow();
+        Rc::new(RefCell::new(StateData {
+            text: parent.text.clone(),
+            messages: parent.messages.clone(),
+            open_role: parent.open_role,
+            vars: parent.vars.clone(),
+            generated: Vec::new(),
+            meta: IndexMap::new(),
+            queue: VecDeque::new(),
+            in_flight: None,
+            error: None,
+            waiters: Vec::new(),
+            parent: Some(Rc::downgrade(this)),
+        }))
+    }
+}
+
+/// Appends a part: applied at once when the state is idle, queued behind its pending work
+/// otherwise. A call that starts goes to `outbox`.
+pub fn push_part(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Outbox) {
+    let mut s = state.borrow_mut();
+    if s.error.is_some() {
+        return;
+    }
+    if s.is_busy() {
+        s.queue.push_back(part);
+        return;
+    }
+    drop(s);
+    apply(state, part, template, outbox);
+}
+
+fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Outbox) {
+    let mut s = state.borrow_mut();
+    match part {
+        Part::Text(text) => s.text.push_str(&text),
+        Part::RoleBegin(role) => {
+            if let Some((open, _)) = s.open_role {
+                s.error = Some(StateError {
+                    message: format!(
+                        "`{}(...)` opened inside `{}(...)`",
+                        role.name(),
+                        open.name()
+                    ),
+                    site: None,
+                });
+                return;
+            }
+            s.text.push_str(template.prefix(role));
+            let start = s.text.len();
+            s.open_role = Some((role, start));
+        }
+        Part::RoleEnd(role) => {
+            if let Some((_, start)) = s.open_role.take() {
+                let content = s.text[start..].to_string();
+                s.messages.push(Message {
+                    role: role.name().to_string(),
+                    content,
+                });
+                s.text.push_str(template.suffix(role));
+            }
+        }
+        Part::Call(op) => {
+            let request = Request {
+                prompt: Arc::from(s.text.as_str()),
+                messages: s.messages.clone(),
+                open_role: s.open_role.map(|(r, _)| r),
+                kind: op.kind.clone(),
+            };
+            s.in_flight = Some(op);
+            drop(s);
+            outbox.push((state.clone(), request));
+        }
+    }
+}
+
+/// Applies a backend's answer to the call in flight, then runs the queue on. Returns true
+/// when the state became idle (its waiters can be woken).
+pub fn complete(
+    state: &StateRef,
+    result: Result<Response, BackendError>,
+    template: &ChatTemplate,
+    outbox: &mut Outbox,
+) -> bool {
+    {
+        let mut s = state.borrow_mut();
+        let Some(op) = s.in_flight.take() else {
+            return !s.is_busy();
+        };
+        match (result, &op.kind) {
+            (Ok(Response::Gen(out)), RequestKind::Gen(params)) => {
+                s.text.push_str(&out.text);
+                if let Some(name) = &op.name {
+                    let value = typed_value(&out.text, params);
+                    let meta = serde_json::json!({
+                        "finish_reason": out.finish_reason,
+                        "prompt_tokens": out.usage.prompt_tokens,
+                        "cached_tokens": out.usage.cached_tokens,
+                        "completion_tokens": out.usage.completion_tokens,
+                    });
+                    s.vars.insert(name.clone(), value);
+                    s.generated.push(name.clone());
+                    s.meta.insert(name.clone(), meta);
+                }
+            }
+            (Ok(Response::Select(out)), RequestKind::Select(params)) => {
+                let Some(choice) = params.choices.get(out.index) else {
+                    s.error = Some(StateError {
+                        message: format!(
+                            "the backend chose choice {} of {}",
+                            out.index,
+                            params.choices.len()
+                        ),
+                        site: Some(op.site),
+                    });
+                    s.queue.clear();
+                    return true;
+                };
+                s.text.push_str(choice);
+                if let Some(name) = &op.name {
+                    let meta = serde_json::json!({
+                        "choices": params.choices,
+                        "scores": out.scores,
+                        "method": params.method,
+                        "prompt_tokens": out.usage.prompt_tokens,
+                    });
+                    s.vars.insert(name.clone(), Value::str(choice));
+                    s.generated.push(name.clone());
+                    s.meta.insert(name.clone(), meta);
+                }
+            }
+            (Ok(_), _) => {
+                s.error = Some(StateError {
+                    message: "the backend answered a different kind of call".to_string(),
+                    site: Some(op.site),
+                });
+            }
+            (Err(e), _) => {
+                s.error = Some(StateError {
+                    message: e.to_string(),
+                    site: Some(op.site),
+                });
+            }
+        }
+        if s.error.is_some() {
+            s.queue.clear();
+            return true;
+        }
+    }
+    loop {
+        let next = {
+            let mut s = state.borrow_mut();
+            if s.in_flight.is_some() {
+                return false;
+            }
+            s.queue.pop_front()
+        };
+        match next {
+            Some(part) => apply(state, part, template, outbox),
+            None => return true,
+        }
+    }
+}
+
+/// `dtype` turns a generated string into an int, float or bool where it parses.
+fn typed_value(text: &str, params: &SamplingParams) -> Value {
+    let trimmed = text.trim();
+    match params.dtype.as_deref() {
+        Some("int") => trimmed
+            .parse()
+            .map_or_else(|_| Value::str(text), Value::Int),
+        Some("float") => trimmed
+            .parse()
+            .map_or_else(|_| Value::str(text), Value::Float),
+        Some("bool") => match trimmed.to_ascii_lowercase().as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::str(text),
+        },
+        _ => Value::str(text),
+    }
+}

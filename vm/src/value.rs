@@ -1,0 +1,318 @@
+//! Runtime values. Cheap to clone: scalars inline, everything else behind an `Rc`.
+//!
+//! **Architecture Invariant:** values never leave the scheduler's thread; data crosses the
+//! library boundary as `serde_json::Value` (see `to_json` / `from_json`).
+
+use crate::state::{Part, StateRef};
+use indexmap::IndexMap;
+use sglc_compiler::bytecode::FunctionId;
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+pub type Str = Rc<str>;
+pub type List = Rc<RefCell<Vec<Value>>>;
+pub type Map = Rc<RefCell<IndexMap<Str, Value>>>;
+
+#[derive(Clone, Default)]
+pub enum Value {
+    #[default]
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Str),
+    List(List),
+    Map(Map),
+    Function(FunctionId),
+    /// A program state: the prompt so far, its variables and its pending calls.
+    State(StateRef),
+    /// A prompt fragment: what `gen(...)`, `select(...)`, roles and `+` between them build.
+    Fragment(Rc<[Part]>),
+    /// A `for` loop's position; never visible to scripts.
+    Iterator(Rc<RefCell<Iter>>),
+}
+
+pub enum Iter {
+    List { list: List, next: usize },
+    Chars { chars: Vec<char>, next: usize },
+}
+
+impl Iter {
+    pub fn next(&mut self) -> Option<Value> {
+        match self {
+            Iter::List { list, next } => {
+                let item = list.borrow().get(*next).cloned();
+                *next += 1;
+                item
+            }
+            Iter::Chars { chars, next } => {
+                let item = chars.get(*next).map(|c| Value::str(&c.to_string()));
+                *next += 1;
+                item
+            }
+        }
+    }
+}
+
+impl Value {
+    pub fn str(s: &str) -> Value {
+        Value::Str(Rc::from(s))
+    }
+
+    pub fn list(items: Vec<Value>) -> Value {
+        Value::List(Rc::new(RefCell::new(items)))
+    }
+
+    pub fn map(entries: IndexMap<Str, Value>) -> Value {
+        Value::Map(Rc::new(RefCell::new(entries)))
+    }
+
+    /// The type name shown in error messages and used to find methods.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::None => "none",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::List(_) => "list",
+            Value::Map(_) => "map",
+            Value::Function(_) => "function",
+            Value::State(_) => "state",
+            Value::Fragment(_) => "fragment",
+            Value::Iterator(_) => "iterator",
+        }
+    }
+
+    pub fn is_truthy(&self) -> bool {
+        match self {
+            Value::None => false,
+            Value::Bool(b) => *b,
+            Value::Int(n) => *n != 0,
+            Value::Float(x) => *x != 0.0,
+            Value::Str(s) => !s.is_empty(),
+            Value::List(l) => !l.borrow().is_empty(),
+            Value::Map(m) => !m.borrow().is_empty(),
+            _ => true,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(n) => Some(*n),
+            Value::Bool(b) => Some(i64::from(*b)),
+            _ => None,
+        }
+    }
+
+    pub fn as_float(&self) -> Option<f64> {
+        match self {
+            Value::Int(n) => Some(*n as f64),
+            Value::Float(x) => Some(*x),
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        }
+    }
+
+    /// Structural equality, with ints and floats comparing by value (as in Python).
+    pub fn equals(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::None, Value::None) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+                self.as_float() == other.as_float()
+            }
+            (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::List(a), Value::List(b)) => {
+                Rc::ptr_eq(a, b) || {
+                    let (a, b) = (a.borrow(), b.borrow());
+                    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(y))
+                }
+            }
+            (Value::Map(a), Value::Map(b)) => {
+                Rc::ptr_eq(a, b) || {
+                    let (a, b) = (a.borrow(), b.borrow());
+                    a.len() == b.len()
+                        && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.equals(w)))
+                }
+            }
+            (Value::Function(a), Value::Function(b)) => a == b,
+            (Value::State(a), Value::State(b)) => Rc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Ordering for `<` and `sorted`: numbers, strings and lists of those; `None` when unordered.
+    pub fn compare(&self, other: &Value) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
+            (
+                Value::Int(_) | Value::Float(_) | Value::Bool(_),
+                Value::Int(_) | Value::Float(_) | Value::Bool(_),
+            ) => self.as_float()?.partial_cmp(&other.as_float()?),
+            (Value::Str(a), Value::Str(b)) => Some(a.cmp(b)),
+            (Value::List(a), Value::List(b)) => {
+                let (a, b) = (a.borrow(), b.borrow());
+                for (x, y) in a.iter().zip(b.iter()) {
+                    match x.compare(y)? {
+                        std::cmp::Ordering::Equal => continue,
+                        other => return Some(other),
+                    }
+                }
+                Some(a.len().cmp(&b.len()))
+            }
+            _ => None,
+        }
+    }
+
+    /// `str(v)`: strings as they are, everything else as its repr.
+    pub fn to_display(&self) -> String {
+        match self {
+            Value::Str(s) => s.to_string(),
+            _ => self.repr(),
+        }
+    }
+
+    /// The printed form: strings quoted, as in a list.
+    pub fn repr(&self) -> String {
+        let mut out = String::new();
+        self.write_repr(&mut out, 0);
+        out
+    }
+
+    fn write_repr(&self, out: &mut String, depth: usize) {
+        if depth > 64 {
+            out.push_str("...");
+            return;
+        }
+        match self {
+            Value::None => out.push_str("none"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Int(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::Float(x) => out.push_str(&format_float(*x)),
+            Value::Str(s) => {
+                let _ = write!(out, "{:?}", &**s);
+            }
+            Value::List(items) => {
+                out.push('[');
+                for (i, item) in items.borrow().iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write_repr(out, depth + 1);
+                }
+                out.push(']');
+            }
+            Value::Map(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.borrow().iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    let _ = write!(out, "{:?}: ", &**k);
+                    v.write_repr(out, depth + 1);
+                }
+                out.push('}');
+            }
+            Value::Function(id) => {
+                let _ = write!(out, "<function #{id}>");
+            }
+            Value::State(_) => out.push_str("<state>"),
+            Value::Fragment(parts) => {
+                out.push_str("<fragment ");
+                for (i, part) in parts.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" + ");
+                    }
+                    out.push_str(&part.describe());
+                }
+                out.push('>');
+            }
+            Value::Iterator(_) => out.push_str("<iterator>"),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        self.to_json_depth(0)
+    }
+
+    fn to_json_depth(&self, depth: usize) -> serde_json::Value {
+        use serde_json::Value as J;
+        if depth > 128 {
+            return J::String("...".into());
+        }
+        match self {
+            Value::None => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(n) => J::from(*n),
+            Value::Float(x) => serde_json::Number::from_f64(*x)
+                .map_or_else(|| J::String(format_float(*x)), J::Number),
+            Value::Str(s) => J::String(s.to_string()),
+            Value::List(items) => J::Array(
+                items
+                    .borrow()
+                    .iter()
+                    .map(|v| v.to_json_depth(depth + 1))
+                    .collect(),
+            ),
+            Value::Map(entries) => J::Object(
+                entries
+                    .borrow()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_json_depth(depth + 1)))
+                    .collect(),
+            ),
+            other => J::String(other.repr()),
+        }
+    }
+
+    pub fn from_json(json: &serde_json::Value) -> Value {
+        use serde_json::Value as J;
+        match json {
+            J::Null => Value::None,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            J::String(s) => Value::str(s),
+            J::Array(items) => Value::list(items.iter().map(Value::from_json).collect()),
+            J::Object(entries) => Value::map(
+                entries
+                    .iter()
+                    .map(|(k, v)| (Rc::from(k.as_str()), Value::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Floats print like Python's: always with a decimal point or an exponent.
+pub fn format_float(x: f64) -> String {
+    if x.is_nan() {
+        "nan".to_string()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf" } else { "-inf" }.to_string()
+    } else if x == x.trunc() && x.abs() < 1e16 {
+        format!("{x:.1}")
+    } else {
+        format!("{x}")
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.repr())
+    }
+}
