@@ -71,10 +71,10 @@ pub enum Token {
     #[token("'", |lex| scan_string(lex, "'"))]
     #[token("\"\"\"", |lex| scan_string(lex, "\"\"\""))]
     #[token("'''", |lex| scan_string(lex, "'''"))]
-    #[token("f\"", |lex| scan_string(lex, "\""))]
-    #[token("f'", |lex| scan_string(lex, "'"))]
-    #[token("f\"\"\"", |lex| scan_string(lex, "\"\"\""))]
-    #[token("f'''", |lex| scan_string(lex, "'''"))]
+    #[token("f\"", |lex| scan_fstring(lex, "\""))]
+    #[token("f'", |lex| scan_fstring(lex, "'"))]
+    #[token("f\"\"\"", |lex| scan_fstring(lex, "\"\"\""))]
+    #[token("f'''", |lex| scan_fstring(lex, "'''"))]
     RawString,
 
     #[token("(")]
@@ -188,6 +188,47 @@ fn scan_string(lex: &mut logos::Lexer<Token>, close: &str) -> Result<(), LexErro
     Err(LexError::UnterminatedString)
 }
 
+/// Like `scan_string`, but quotes inside `{...}` interpolations belong to the expression
+/// (`f"{m["key"]}"`), so they do not close the literal.
+fn scan_fstring(lex: &mut logos::Lexer<Token>, close: &str) -> Result<(), LexError> {
+    let rest = lex.remainder();
+    let single_line = close.len() == 1;
+    let mut depth = 0usize;
+    let mut inner_quote: Option<char> = None;
+    let mut chars = rest.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
+            continue;
+        }
+        if single_line && c == '\n' {
+            lex.bump(i);
+            return Err(LexError::UnterminatedString);
+        }
+        if let Some(q) = inner_quote {
+            if c == q {
+                inner_quote = None;
+            }
+            continue;
+        }
+        match c {
+            '{' if depth == 0 && chars.peek().map(|(_, n)| *n) == Some('{') => {
+                chars.next();
+            }
+            '{' => depth += 1,
+            '}' if depth > 0 => depth -= 1,
+            '"' | '\'' if depth > 0 => inner_quote = Some(c),
+            _ if depth == 0 && rest[i..].starts_with(close) => {
+                lex.bump(i + close.len());
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    lex.bump(rest.len());
+    Err(LexError::UnterminatedString)
+}
+
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
@@ -263,7 +304,7 @@ pub fn lex(source: &str) -> Lexed {
         diagnostics: Vec::new(),
     };
     lex_into(source, 0, &mut out);
-    out.tokens = drop_bracketed_newlines(std::mem::take(&mut out.tokens));
+    out.tokens = drop_bracketed_newlines(std::mem::take(&mut out.tokens), &mut out.diagnostics);
     out
 }
 
@@ -530,23 +571,62 @@ fn unescape(body: &str, offset: usize, out: &mut Lexed) -> String {
 }
 
 /// Newlines end statements only outside `(...)` and `[...]`; repeated newlines collapse to one.
-fn drop_bracketed_newlines(tokens: Vec<(Token, Span)>) -> Vec<(Token, Span)> {
-    let mut stack: Vec<Token> = Vec::new();
+/// A bracket still open where a new statement plainly starts (a line beginning with `fn`, `let`
+/// or `return`, which never continue an expression) or at the end of the file is reported and
+/// forgotten, so one missing `)` does not swallow the rest of the file.
+fn drop_bracketed_newlines(
+    tokens: Vec<(Token, Span)>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<(Token, Span)> {
+    let mut stack: Vec<(Token, Span)> = Vec::new();
     let mut out: Vec<(Token, Span)> = Vec::with_capacity(tokens.len());
+    let report_unclosed = |stack: &mut Vec<(Token, Span)>, diagnostics: &mut Vec<Diagnostic>| {
+        for (open, span) in stack.drain(..) {
+            let close = match open {
+                Token::LParen => ")",
+                Token::LBracket => "]",
+                _ => continue,
+            };
+            diagnostics.push(
+                Diagnostic::error(
+                    "E0010",
+                    format!("unclosed `{}`", &open.to_string()[1..2]),
+                    span,
+                )
+                .with_label("this bracket is never closed")
+                .with_help(format!("add the missing `{close}`")),
+            );
+        }
+    };
     let mut tokens = tokens.into_iter().peekable();
     while let Some((token, span)) = tokens.next() {
         match token {
             Token::LParen | Token::LBracket | Token::LBrace | Token::InterpStart => {
-                stack.push(token.clone())
+                stack.push((token.clone(), span))
             }
             Token::RParen | Token::RBracket | Token::RBrace | Token::InterpEnd => {
                 stack.pop();
             }
-            // `fn` never continues an expression: an unclosed bracket before it must not swallow
-            // the rest of the file.
-            Token::Newline if matches!(tokens.peek(), Some((Token::Fn, _))) => stack.clear(),
+            Token::Newline
+                if matches!(
+                    tokens.peek(),
+                    Some((Token::Fn | Token::Let | Token::Return, _))
+                ) && stack
+                    .iter()
+                    .any(|(t, _)| matches!(t, Token::LParen | Token::LBracket)) =>
+            {
+                let keep_braces: Vec<_> = stack
+                    .iter()
+                    .take_while(|(t, _)| *t == Token::LBrace)
+                    .cloned()
+                    .collect();
+                let mut unclosed: Vec<_> = stack.drain(keep_braces.len()..).collect();
+                report_unclosed(&mut unclosed, diagnostics);
+                stack = keep_braces;
+            }
             Token::Newline => {
-                let in_brackets = matches!(stack.last(), Some(Token::LParen | Token::LBracket));
+                let in_brackets =
+                    matches!(stack.last(), Some((Token::LParen | Token::LBracket, _)));
                 let after_newline = matches!(out.last(), Some((Token::Newline, _)) | None);
                 if in_brackets || after_newline {
                     continue;
@@ -556,6 +636,7 @@ fn drop_bracketed_newlines(tokens: Vec<(Token, Span)>) -> Vec<(Token, Span)> {
         }
         out.push((token, span));
     }
+    report_unclosed(&mut stack, diagnostics);
     out
 }
 

@@ -20,7 +20,13 @@ pub fn parse_tokens(tokens: &[(Token, Span)], source_len: usize) -> (Module, Vec
     let eoi = SimpleSpan::from(source_len..source_len);
     let input = tokens.as_slice().map(eoi, |(t, s)| (t, s));
     let (module, errors) = module_parser().parse(input).into_output_errors();
-    let diagnostics = errors.into_iter().map(rich_to_diagnostic).collect();
+    // An `Error` token was already reported by the lexer; saying "unexpected invalid token"
+    // about it again would only add noise.
+    let diagnostics = errors
+        .into_iter()
+        .filter(|e| !matches!(e.found(), Some(Token::Error)))
+        .map(rich_to_diagnostic)
+        .collect();
     (module.unwrap_or(Module { items: Vec::new() }), diagnostics)
 }
 

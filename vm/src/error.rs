@@ -42,8 +42,23 @@ impl RuntimeError {
                 None => String::new(),
             },
         );
-        for frame in self.trace.iter().skip(1) {
-            d = d.with_secondary(frame.span, format!("called from `{}`", frame.function));
+        // Deep recursion repeats one frame many times: show each run of equal frames once.
+        let mut callers = self.trace.iter().skip(1).peekable();
+        while let Some(frame) = callers.next() {
+            let mut repeats = 1;
+            while callers.peek() == Some(&frame) {
+                callers.next();
+                repeats += 1;
+            }
+            let times = if repeats > 1 {
+                format!(" ({repeats} times)")
+            } else {
+                String::new()
+            };
+            d = d.with_secondary(
+                frame.span,
+                format!("called from `{}`{times}", frame.function),
+            );
         }
         if let Some(help) = &self.help {
             d = d.with_help(help.clone());

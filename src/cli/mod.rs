@@ -1,0 +1,330 @@
+//! Command definitions (clap) and the `run`, `check` and `disasm` commands.
+
+mod batch;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sglc::{Engine, Error, RunConfig, Script, TestBackend};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The program ran but failed, or the source did not compile.
+pub const EXIT_FAILURE: u8 = 1;
+/// Some programs of a batch failed; the others' results were written.
+pub const EXIT_PARTIAL: u8 = 3;
+
+const EXAMPLES: &str = "\
+Examples:
+  sglc run examples/hello.sgl --backend test
+  sglc run examples/summarize.sgl --backend test --arg text='Rust is a systems language.'
+  sglc run examples/summarize.sgl summarize --backend test --batch inputs.jsonl --out results.jsonl
+  sglc check examples/judge.sgl
+  sglc disasm examples/hello.sgl";
+
+#[derive(Parser, Debug)]
+#[command(name = "sglc", version, about = "A compiled language for LLM programs", after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a function of a program once, or once per line of a JSONL file with --batch.
+    Run(RunArgs),
+    /// Compile a program and report its diagnostics (exit 1 when there are errors).
+    Check {
+        file: PathBuf,
+        /// Also print an intermediate form of the program.
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+    },
+    /// Print the bytecode of a program with source locations.
+    Disasm {
+        file: PathBuf,
+        /// Only this function.
+        function: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Emit {
+    Tokens,
+    Ast,
+    Bytecode,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The .sgl source file.
+    file: PathBuf,
+    /// The function to run; defaults to `main` or the file's only function.
+    function: Option<String>,
+    /// An argument as NAME=VALUE (the value is a string); repeatable.
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    arg: Vec<String>,
+    /// Arguments as a JSON object, for values that are not strings.
+    #[arg(long, value_name = "JSON")]
+    args: Option<String>,
+    /// The model backend: `test` (deterministic, no model).
+    #[arg(long, env = "SGLC_BACKEND")]
+    backend: Option<String>,
+    /// Default max_tokens for gens that do not set it.
+    #[arg(long, value_name = "N")]
+    max_new_tokens: Option<u32>,
+    /// Default sampling temperature.
+    #[arg(long, value_name = "T")]
+    temperature: Option<f64>,
+    /// Default nucleus sampling threshold.
+    #[arg(long, value_name = "P")]
+    top_p: Option<f64>,
+    /// Default top-k (-1: off).
+    #[arg(long, value_name = "K")]
+    top_k: Option<i64>,
+    /// Print the result as JSON: variables, text, messages, meta.
+    #[arg(long)]
+    json: bool,
+    /// Run once per line of this JSONL file of argument objects (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    batch: Option<PathBuf>,
+    /// Where batch results go, one JSON line per input (default: stdout).
+    #[arg(long, value_name = "FILE", requires = "batch")]
+    out: Option<PathBuf>,
+    /// Programs in flight at once for --batch: `auto` or a number.
+    #[arg(long, default_value = "auto", value_name = "auto|N")]
+    concurrency: String,
+    /// Show a progress bar on stderr during --batch.
+    #[arg(long)]
+    progress: bool,
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check { file, emit } => check(&file, emit),
+        Command::Disasm { file, function } => disasm(&file, function.as_deref()),
+    }
+}
+
+fn color_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn read_source(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 (first bad byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn make_backend(spec: Option<&str>) -> Result<TestBackend> {
+    match spec {
+        Some("test") => Ok(TestBackend::new()),
+        Some(other) => bail!("unknown backend `{other}`; available: test"),
+        None => bail!(
+            "no backend given: pass `--backend test` for the deterministic test backend \
+             (the embedded model becomes the default in a later release)"
+        ),
+    }
+}
+
+/// Compiles a file, printing warnings; on errors prints them and returns `None`.
+fn compile(engine: &Engine, path: &Path) -> Result<Option<Script>> {
+    let source = read_source(path)?;
+    let name = path.display().to_string();
+    match engine.compile(&name, &source) {
+        Ok(script) => {
+            if !script.warnings.is_empty() {
+                eprint!("{}", script.render(&script.warnings, color_stderr()));
+            }
+            Ok(Some(script))
+        }
+        Err(error) => {
+            eprint!("{}", error.render(color_stderr()));
+            Ok(None)
+        }
+    }
+}
+
+fn run_config(args: &RunArgs) -> Result<RunConfig> {
+    let mut config = RunConfig::default();
+    if let Some(n) = args.max_new_tokens {
+        config.defaults.max_new_tokens = n;
+    }
+    if let Some(t) = args.temperature {
+        config.defaults.temperature = t;
+    }
+    if let Some(p) = args.top_p {
+        config.defaults.top_p = p;
+    }
+    if let Some(k) = args.top_k {
+        config.defaults.top_k = k;
+    }
+    config.concurrency = match args.concurrency.as_str() {
+        "auto" => None,
+        n => Some(
+            n.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| {
+                    format!("--concurrency must be `auto` or a positive number, not `{n}`")
+                })?,
+        ),
+    };
+    Ok(config)
+}
+
+fn run_arguments(args: &RunArgs) -> Result<serde_json::Value> {
+    let mut object = match &args.args {
+        Some(json) => match serde_json::from_str(json).context("--args is not valid JSON")? {
+            serde_json::Value::Object(map) => map,
+            other => bail!("--args must be a JSON object, got {other}"),
+        },
+        None => serde_json::Map::new(),
+    };
+    for pair in &args.arg {
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--arg expects NAME=VALUE, got `{pair}`"))?;
+        object.insert(
+            name.to_string(),
+            serde_json::Value::String(value.to_string()),
+        );
+    }
+    Ok(serde_json::Value::Object(object))
+}
+
+fn choose_function(script: &Script, requested: Option<&str>) -> Result<String> {
+    match requested {
+        Some(name) => Ok(name.to_string()),
+        None => script
+            .default_function()
+            .map(str::to_string)
+            .with_context(|| {
+                format!(
+                    "{} has several functions and no `main`; name one: {}",
+                    script.name,
+                    script.function_names().join(", ")
+                )
+            }),
+    }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let backend = make_backend(args.backend.as_deref())?;
+    let engine = Engine::new(backend);
+    let Some(script) = compile(&engine, &args.file)? else {
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    };
+    let function = choose_function(&script, args.function.as_deref())?;
+    let config = run_config(&args)?;
+    if let Some(batch_path) = &args.batch {
+        return batch::run_batch(
+            &engine,
+            &script,
+            &function,
+            batch_path,
+            args.out.as_deref(),
+            &config,
+            args.progress,
+        );
+    }
+    let arguments = run_arguments(&args)?;
+    match engine.run(&script, &function, arguments, &config) {
+        Ok(state) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&state)?);
+            } else {
+                for line in &state.output {
+                    println!("{line}");
+                }
+                print!("{}", state.text);
+                if !state.text.ends_with('\n') && !state.text.is_empty() {
+                    println!();
+                }
+                if !state.return_value.is_null() {
+                    println!("=> {}", state.return_value);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::Runtime(error)) => {
+            if args.json {
+                println!("{}", serde_json::json!({ "error": error }));
+            }
+            eprint!(
+                "{}",
+                script.render(&[error.to_diagnostic()], color_stderr())
+            );
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn check(path: &Path, emit: Option<Emit>) -> Result<ExitCode> {
+    let source = read_source(path)?;
+    match emit {
+        Some(Emit::Tokens) => {
+            let lexed = sglc_compiler::lexer::lex(&source);
+            let lines = sglc_compiler::span::LineIndex::new(&source);
+            for (token, span) in &lexed.tokens {
+                let (line, col) = lines.line_col(&source, span.start);
+                println!("{line:>4}:{col:<4} {token:?}");
+            }
+        }
+        Some(Emit::Ast) => {
+            let (module, _) = sglc_compiler::parse(&source);
+            print!("{}", sglc_compiler::ast::dump(&module));
+        }
+        Some(Emit::Bytecode) | None => {}
+    }
+    let engine = Engine::new(TestBackend::new());
+    let name = path.display().to_string();
+    match engine.compile(&name, &source) {
+        Ok(script) => {
+            eprint!("{}", script.render(&script.warnings, color_stderr()));
+            if matches!(emit, Some(Emit::Bytecode)) {
+                print!("{}", script.disassemble());
+            }
+            eprintln!("{name}: ok ({} warning(s))", script.warnings.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprint!("{}", error.render(color_stderr()));
+            let errors = error.diagnostics.iter().filter(|d| d.is_error()).count();
+            eprintln!("{name}: {errors} error(s)");
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
+    }
+}
+
+fn disasm(path: &Path, function: Option<&str>) -> Result<ExitCode> {
+    let engine = Engine::new(TestBackend::new());
+    let Some(script) = compile(&engine, path)? else {
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    };
+    let listing = script.disassemble();
+    match function {
+        None => print!("{listing}"),
+        Some(name) => {
+            let header = format!("fn {name}(");
+            let block = listing
+                .split("\n\n")
+                .find(|block| block.starts_with(&header))
+                .with_context(|| {
+                    format!(
+                        "no function `{name}`; functions: {}",
+                        script.function_names().join(", ")
+                    )
+                })?;
+            println!("{block}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
