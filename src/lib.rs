@@ -240,7 +240,7 @@ impl Engine {
                         .enable_all()
                         .build()
                         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
-                    let mut on_done = on_done;
+                    let on_done = on_done;
                     let objects = inputs.map(|v| match v {
                         serde_json::Value::Object(map) => Ok(map),
                         other => Err(format!("arguments must be a JSON object, got {other}")),
@@ -252,7 +252,7 @@ impl Engine {
                         function_id,
                         objects,
                         config,
-                        |i, r| on_done(i, r),
+                        on_done,
                     ));
                     Ok(())
                 })

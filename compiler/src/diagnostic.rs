@@ -76,7 +76,7 @@ impl Diagnostic {
 
 /// Did-you-mean: the candidate closest to `name` by edit distance, if it is close enough.
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() + 2) / 3;
+    let limit = name.chars().count().div_ceil(3);
     candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))

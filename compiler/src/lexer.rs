@@ -361,7 +361,7 @@ fn decode_string_literal(raw: &str, span: Span, out: &mut Lexed) {
     // An unterminated literal was already reported; it has no closing quote to strip.
     let body_end = if raw.len() >= prefix_len + quote_len
         && raw.ends_with(&unprefixed[..quote_len])
-        && !(raw.len() == prefix_len)
+        && (raw.len() != prefix_len)
     {
         raw.len() - quote_len
     } else {

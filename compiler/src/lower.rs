@@ -1068,8 +1068,8 @@ impl<'a> Lowerer<'a> {
     }
 
     fn check_method_name(&mut self, name: &Ident) {
-        let known = STATE_METHODS.contains(&name.name.as_str())
-            || self.env.methods.iter().any(|m| *m == name.name);
+        let known =
+            STATE_METHODS.contains(&name.name.as_str()) || self.env.methods.contains(&name.name);
         if !known && !self.env.methods.is_empty() {
             let candidates = STATE_METHODS
                 .iter()

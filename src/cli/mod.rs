@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a function of a program once, or once per line of a JSONL file with --batch.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compile a program and report its diagnostics (exit 1 when there are errors).
     Check {
         file: PathBuf,
@@ -101,7 +101,7 @@ struct RunArgs {
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Check { file, emit } => check(&file, emit),
         Command::Disasm { file, function } => disasm(&file, function.as_deref()),
     }

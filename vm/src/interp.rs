@@ -520,7 +520,7 @@ impl Instance {
 
     fn op_for_iter(&mut self, exit: u32) {
         let next = match self.peek(0) {
-            Value::Iterator(it) => it.borrow_mut().next(),
+            Value::Iterator(it) => it.borrow_mut().next_item(),
             _ => None,
         };
         match next {

@@ -39,7 +39,7 @@ pub enum Iter {
 }
 
 impl Iter {
-    pub fn next(&mut self) -> Option<Value> {
+    pub fn next_item(&mut self) -> Option<Value> {
         match self {
             Iter::List { list, next } => {
                 let item = list.borrow().get(*next).cloned();

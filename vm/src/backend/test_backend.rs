@@ -157,7 +157,7 @@ impl TestBackend {
         match params.dtype.as_deref() {
             Some("int") => return (((h % 200) as i64 - 100).to_string(), "stop"),
             Some("float") => return (format!("{}.{}", h % 100, (h >> 8) % 100), "stop"),
-            Some("bool") => return ((h % 2 == 0).to_string(), "stop"),
+            Some("bool") => return (h.is_multiple_of(2).to_string(), "stop"),
             _ => {}
         }
         let limit = (params.max_new_tokens as usize).min(self.words);
