@@ -792,3 +792,56 @@ fn bytecode_serialises_and_round_trips() {
     let back: sglc::Program = serde_json::from_str(&json).unwrap();
     assert_eq!(back, *script.program);
 }
+
+#[test]
+fn list_and_map_methods() {
+    let source = r#"
+        fn main() {
+            let xs = [3, 1, 2]
+            xs.extend([5])
+            xs.insert(0, 9)
+            let last = xs.pop()
+            let first = xs.pop(0)
+            xs.sort()
+            let copy = xs.copy()
+            xs.reverse()
+            let m = {"a": 1, "b": 2}
+            let mc = m.copy()
+            mc["c"] = 3
+            return [xs, copy, last, first, [1, 2, 1].count(1), m.keys(), m.values(), len(mc), len(m)]
+        }
+    "#;
+    assert_eq!(
+        eval(source),
+        json!([[3, 2, 1], [1, 2, 3], 5, 9, 2, ["a", "b"], [1, 2], 3, 2])
+    );
+}
+
+#[test]
+fn nesting_is_bounded_and_parsing_stays_linear() {
+    let engine = Engine::new(TestBackend::new());
+    // 150 levels parse and run (this was exponential before the list parser was factored).
+    let ok = format!(
+        "fn main() {{ return {}1{} }}",
+        "[".repeat(150),
+        "]".repeat(150)
+    );
+    let script = engine.compile("deep.sgl", &ok).unwrap();
+    assert!(
+        engine
+            .run(&script, "main", json!({}), &RunConfig::default())
+            .is_ok()
+    );
+    // 10,000 levels are refused with a diagnostic instead of a stack overflow.
+    let deep = format!(
+        "fn main() {{ return {}{} }}",
+        "(".repeat(10_000),
+        ")".repeat(10_000)
+    );
+    let error = engine.compile("deep.sgl", &deep).unwrap_err();
+    assert!(
+        error
+            .render(false)
+            .contains("[E0011] Error: nesting deeper than 200 levels")
+    );
+}

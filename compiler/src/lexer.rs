@@ -570,6 +570,38 @@ fn unescape(body: &str, offset: usize, out: &mut Lexed) -> String {
     s
 }
 
+/// Brackets and braces nested deeper than this are refused before parsing, which keeps the
+/// parser's recursion (and its stack) bounded on hostile input. Python allows 200.
+pub const MAX_NESTING: usize = 200;
+
+/// Reports the first bracket that opens a level deeper than `MAX_NESTING`.
+pub fn check_nesting(tokens: &[(Token, Span)]) -> Option<Diagnostic> {
+    let mut depth = 0usize;
+    for (token, span) in tokens {
+        match token {
+            Token::LParen | Token::LBracket | Token::LBrace | Token::InterpStart => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(
+                        Diagnostic::error(
+                            "E0011",
+                            format!("nesting deeper than {MAX_NESTING} levels"),
+                            *span,
+                        )
+                        .with_label("this bracket is too deep")
+                        .with_help("split the expression into smaller parts with `let`"),
+                    );
+                }
+            }
+            Token::RParen | Token::RBracket | Token::RBrace | Token::InterpEnd => {
+                depth = depth.saturating_sub(1)
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Newlines end statements only outside `(...)` and `[...]`; repeated newlines collapse to one.
 /// A bracket still open where a new statement plainly starts (a line beginning with `fn`, `let`
 /// or `return`, which never continue an expression) or at the end of the file is reported and

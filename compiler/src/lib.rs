@@ -49,6 +49,11 @@ pub fn compile(source: &str, env: &CompileEnv) -> Compiled {
 /// text could not be parsed.
 pub fn parse(source: &str) -> (ast::Module, Vec<Diagnostic>) {
     let lexed = lexer::lex(source);
+    if let Some(diagnostic) = lexer::check_nesting(&lexed.tokens) {
+        let mut all = lexed.diagnostics;
+        all.push(diagnostic);
+        return (ast::Module { items: Vec::new() }, all);
+    }
     let (module, mut diagnostics) = parser::parse_tokens(&lexed.tokens, source.len());
     let mut all = lexed.diagnostics;
     all.append(&mut diagnostics);

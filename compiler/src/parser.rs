@@ -142,27 +142,41 @@ where
             .at_least(1)
             .collect::<Vec<_>>();
 
-        // `[a, b]` or `[elem for x in xs if cond]`
+        // `[a, b]` or `[elem for x in xs if cond]`. The first element is parsed once and the
+        // rest decides which it is: re-parsing it would make nested lists exponential.
         let comprehension_tail = just(Token::For)
             .ignore_then(targets.clone())
             .then_ignore(just(Token::In))
             .then(expr.clone())
-            .then(just(Token::If).ignore_then(expr.clone()).or_not());
+            .then(just(Token::If).ignore_then(expr.clone()).or_not())
+            .map(Some);
+        let more_items = just(Token::Comma)
+            .ignore_then(
+                expr.clone()
+                    .separated_by(just(Token::Comma))
+                    .allow_trailing()
+                    .collect::<Vec<_>>(),
+            )
+            .or_not()
+            .map(|rest| (None, rest.unwrap_or_default()));
         let list = expr
             .clone()
-            .then(comprehension_tail)
-            .map(|(elem, ((targets, iter), cond))| ExprKind::Comprehension {
-                elem: Box::new(elem),
-                targets,
-                iter: Box::new(iter),
-                cond: cond.map(Box::new),
+            .then(comprehension_tail.map(|c| (c, Vec::new())).or(more_items))
+            .or_not()
+            .map(|body| match body {
+                None => ExprKind::List(Vec::new()),
+                Some((elem, (Some(((targets, iter), cond)), _))) => ExprKind::Comprehension {
+                    elem: Box::new(elem),
+                    targets,
+                    iter: Box::new(iter),
+                    cond: cond.map(Box::new),
+                },
+                Some((first, (None, rest))) => {
+                    let mut items = vec![first];
+                    items.extend(rest);
+                    ExprKind::List(items)
+                }
             })
-            .or(expr
-                .clone()
-                .separated_by(just(Token::Comma))
-                .allow_trailing()
-                .collect::<Vec<_>>()
-                .map(ExprKind::List))
             .delimited_by(just(Token::LBracket), just(Token::RBracket));
 
         let map_entry = expr
