@@ -480,15 +480,10 @@ impl<'a> Lowerer<'a> {
                 let top = f.here();
                 self.lower_expr(f, cond);
                 let exit = f.emit(Instr::JumpIfFalse(0), cond.span);
-                f.loops.push(LoopContext {
-                    continue_target: top,
-                    breaks: Vec::new(),
-                });
-                self.lower_block(f, body);
-                f.emit(Instr::Jump(top), span);
+                let breaks = self.lower_loop_body(f, top, body, span);
                 let end = f.here();
                 f.patch(exit, end);
-                for at in f.loops.pop().expect("loop pushed").breaks {
+                for at in breaks {
                     f.patch(at, end);
                 }
             }
@@ -503,15 +498,9 @@ impl<'a> Lowerer<'a> {
                 let for_iter = f.emit(Instr::ForIter { exit: 0 }, iter.span);
                 f.scopes.push(Vec::new());
                 self.store_targets(f, targets, iter.span);
-                f.loops.push(LoopContext {
-                    continue_target: top,
-                    breaks: Vec::new(),
-                });
-                self.lower_block(f, body);
-                f.emit(Instr::Jump(top), span);
+                let breaks = self.lower_loop_body(f, top, body, span);
                 // A `break` leaves the iterator on the stack; pop it on the way out.
                 let break_target = f.here();
-                let breaks = f.loops.pop().expect("loop pushed").breaks;
                 if !breaks.is_empty() {
                     f.emit(Instr::Pop, span);
                 }
@@ -562,6 +551,23 @@ impl<'a> Lowerer<'a> {
             }
             StmtKind::Error => {}
         }
+    }
+
+    /// Lowers a loop body that jumps back to `top`; returns the `break` jumps to patch.
+    fn lower_loop_body(
+        &mut self,
+        f: &mut FunctionBuilder,
+        top: u32,
+        body: &Block,
+        span: Span,
+    ) -> Vec<usize> {
+        f.loops.push(LoopContext {
+            continue_target: top,
+            breaks: Vec::new(),
+        });
+        self.lower_block(f, body);
+        f.emit(Instr::Jump(top), span);
+        f.loops.pop().expect("loop pushed").breaks
     }
 
     fn store_targets(&mut self, f: &mut FunctionBuilder, targets: &[Ident], span: Span) {

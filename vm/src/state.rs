@@ -72,6 +72,7 @@ pub struct StateError {
 /// Calls that became ready while the VM ran: each goes to the backend in the next batch.
 pub type Outbox = Vec<(StateRef, Request)>;
 
+#[derive(Default)]
 pub struct StateData {
     pub text: String,
     pub messages: Vec<Message>,
@@ -90,19 +91,7 @@ pub struct StateData {
 
 impl StateData {
     pub fn new() -> StateRef {
-        Rc::new(RefCell::new(StateData {
-            text: String::new(),
-            messages: Vec::new(),
-            open_role: None,
-            vars: IndexMap::new(),
-            generated: Vec::new(),
-            meta: IndexMap::new(),
-            queue: VecDeque::new(),
-            in_flight: None,
-            error: None,
-            waiters: Vec::new(),
-            parent: None,
-        }))
+        Rc::new(RefCell::new(StateData::default()))
     }
 
     /// True while an append or call is queued or running.
@@ -118,13 +107,8 @@ impl StateData {
             messages: parent.messages.clone(),
             open_role: parent.open_role,
             vars: parent.vars.clone(),
-            generated: Vec::new(),
-            meta: IndexMap::new(),
-            queue: VecDeque::new(),
-            in_flight: None,
-            error: None,
-            waiters: Vec::new(),
             parent: Some(Rc::downgrade(this)),
+            ..StateData::default()
         }))
     }
 }
