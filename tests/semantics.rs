@@ -1,9 +1,8 @@
 //! Semantics of the language and the VM, checked with assertions: primitives, control flow,
 //! the standard library, fork/join, batches and the scheduler's batching.
 
-use futures::future::BoxFuture;
 use serde_json::{Value as Json, json};
-use sglc::backend::{BackendInfo, Request, RequestKind, Response};
+use sglc::backend::{BackendInfo, CallFuture, Request, RequestKind};
 use sglc::{Backend, BackendError, Engine, RunConfig, TestBackend};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,10 +46,7 @@ impl Backend for Recording {
         self.inner.info()
     }
 
-    fn execute(
-        &self,
-        batch: Vec<Request>,
-    ) -> BoxFuture<'static, Vec<Result<Response, BackendError>>> {
+    fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture> {
         self.requests.lock().unwrap().extend(batch.iter().cloned());
         self.inner.execute(batch)
     }
@@ -665,29 +661,23 @@ impl Backend for Flaky {
         self.0.info()
     }
 
-    fn execute(
-        &self,
-        batch: Vec<Request>,
-    ) -> BoxFuture<'static, Vec<Result<Response, BackendError>>> {
+    fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture> {
         let failing: Vec<bool> = batch.iter().map(|r| r.prompt.contains("fail")).collect();
         let answers = self.0.execute(batch);
-        Box::pin(async move {
-            answers
-                .await
-                .into_iter()
-                .zip(failing)
-                .map(|(answer, fail)| {
-                    if fail {
-                        Err(BackendError {
-                            backend: "flaky".to_string(),
-                            message: "HTTP 500 from the server".to_string(),
-                        })
-                    } else {
-                        answer
-                    }
-                })
-                .collect()
-        })
+        answers
+            .into_iter()
+            .zip(failing)
+            .map(|(answer, fail)| -> CallFuture {
+                if fail {
+                    Box::pin(futures::future::ready(Err(BackendError {
+                        backend: "flaky".to_string(),
+                        message: "HTTP 500 from the server".to_string(),
+                    })))
+                } else {
+                    answer
+                }
+            })
+            .collect()
     }
 }
 

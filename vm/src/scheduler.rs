@@ -16,7 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use sglc_compiler::bytecode::{FunctionId, Program};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// How a run or batch runs: sampling defaults, limits and how many programs run at once.
@@ -138,7 +138,9 @@ struct Slot {
     returned: Option<Value>,
 }
 
-type BatchFuture = futures::future::BoxFuture<'static, (u64, Vec<Result<Response, BackendError>>)>;
+/// One call in flight, with the state its answer goes to.
+type CallInFlight =
+    futures::future::LocalBoxFuture<'static, (StateRef, Result<Response, BackendError>)>;
 
 /// Runs `function` once per input, calling `on_done(input_index, result)` as each finishes.
 /// Results arrive in completion order; the index says which input each belongs to.
@@ -183,9 +185,7 @@ pub async fn run_batch(
     let mut runnable: VecDeque<usize> = VecDeque::new();
     let mut active = 0usize;
     let mut inputs_done = false;
-    let mut pending_batches: HashMap<u64, Vec<StateRef>> = HashMap::new();
-    let mut in_flight: FuturesUnordered<BatchFuture> = FuturesUnordered::new();
-    let mut next_batch_id = 0u64;
+    let mut in_flight: FuturesUnordered<CallInFlight> = FuturesUnordered::new();
 
     loop {
         // Admit new programs up to the concurrency bound.
@@ -266,15 +266,20 @@ pub async fn run_batch(
             while ready.peek().is_some() {
                 let (states, requests): (Vec<StateRef>, Vec<Request>) =
                     ready.by_ref().take(max_batch).unzip();
-                let id = next_batch_id;
-                next_batch_id += 1;
-                pending_batches.insert(id, states);
-                in_flight.push(
-                    backend
-                        .execute(requests)
-                        .map(move |results| (id, results))
-                        .boxed(),
-                );
+                let count = requests.len();
+                let mut calls = backend.execute(requests).into_iter();
+                for state in states {
+                    let call = calls.next().unwrap_or_else(|| {
+                        let error = BackendError {
+                            backend: info.name.clone(),
+                            message: format!(
+                                "returned fewer answers than the {count} requests sent"
+                            ),
+                        };
+                        futures::future::ready(Err(error)).boxed()
+                    });
+                    in_flight.push(call.map(move |result| (state, result)).boxed_local());
+                }
             }
         }
 
@@ -302,24 +307,15 @@ pub async fn run_batch(
             continue;
         }
 
-        // Wait for one batch, then take every other batch that is already done.
-        let mut finished = vec![in_flight.next().await.expect("a batch is in flight")];
+        // Wait for one answer, then take every other answer that is already there, so the
+        // next round of calls goes out as one batch.
+        let mut finished = vec![in_flight.next().await.expect("a call is in flight")];
         while let Some(Some(done)) = in_flight.next().now_or_never() {
             finished.push(done);
         }
-        for (batch_id, results) in finished {
-            let states = pending_batches.remove(&batch_id).unwrap_or_default();
-            let mut results = results.into_iter();
-            for state in states {
-                let result = results.next().unwrap_or_else(|| {
-                    Err(BackendError {
-                        backend: info.name.clone(),
-                        message: "returned fewer results than requests".to_string(),
-                    })
-                });
-                if state::complete(&state, result, &template, &mut outbox) {
-                    runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
-                }
+        for (state, result) in finished {
+            if state::complete(&state, result, &template, &mut outbox) {
+                runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
             }
         }
     }

@@ -180,12 +180,14 @@ pub struct BackendError {
     pub message: String,
 }
 
+/// The answer to one request.
+pub type CallFuture = BoxFuture<'static, Result<Response, BackendError>>;
+
 pub trait Backend: Send + Sync + 'static {
     fn info(&self) -> &BackendInfo;
 
-    /// Runs a batch of calls; the result has one entry per request, in order.
-    fn execute(
-        &self,
-        batch: Vec<Request>,
-    ) -> BoxFuture<'static, Vec<Result<Response, BackendError>>>;
+    /// Starts a batch of calls. Returns one future per request, in order, so each program can
+    /// go on as soon as its own call is done (a backend with continuous batching finishes
+    /// requests of one batch at different times).
+    fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture>;
 }

@@ -205,21 +205,23 @@ impl Backend for TestBackend {
         &self.info
     }
 
-    fn execute(
-        &self,
-        batch: Vec<Request>,
-    ) -> BoxFuture<'static, Vec<Result<Response, BackendError>>> {
+    fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture> {
         if let Ok(mut sizes) = self.batch_sizes.lock() {
             sizes.push(batch.len());
         }
-        let answers: Vec<_> = batch.iter().map(|r| self.answer(r)).collect();
-        match self.latency {
-            None => futures::future::ready(answers).boxed(),
-            Some(delay) => async move {
-                tokio::time::sleep(delay).await;
-                answers
-            }
-            .boxed(),
-        }
+        batch
+            .iter()
+            .map(|r| {
+                let answer = self.answer(r);
+                match self.latency {
+                    None => futures::future::ready(answer).boxed(),
+                    Some(delay) => async move {
+                        tokio::time::sleep(delay).await;
+                        answer
+                    }
+                    .boxed(),
+                }
+            })
+            .collect()
     }
 }
