@@ -37,6 +37,9 @@ use sglc_compiler::render::render_diagnostics;
 use std::sync::Arc;
 
 pub use sglc_compiler::{Diagnostic, Program, Severity, bytecode};
+/// The embedded model backend (llama.cpp), with the `local` feature.
+#[cfg(feature = "local")]
+pub use sglc_local as local;
 pub use sglc_vm::backend::{self, Backend, BackendError, Message};
 pub use sglc_vm::{
     GenDefaults, Limits, Natives, ProgramState, RunConfig, RuntimeError, TestBackend, Value,

@@ -95,10 +95,14 @@ fn args_json_passes_typed_values() {
 }
 
 #[test]
-fn missing_backend_and_bad_arguments_are_clear_errors() {
-    let out = sglc(&["run", "examples/hello.sgl"]);
+fn unknown_backend_and_bad_arguments_are_clear_errors() {
+    let out = sglc(&["run", "examples/hello.sgl", "--backend", "nope"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--backend test"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown backend `nope`; available: local (the default), test"),
+        "{}",
+        stderr(&out)
+    );
     let out = sglc(&["run", "examples/summarize.sgl", "--backend", "test"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

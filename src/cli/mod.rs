@@ -1,13 +1,16 @@
 //! Command definitions (clap) and the `run`, `check` and `disasm` commands.
 
 mod batch;
+#[cfg(feature = "local")]
+mod local;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sglc::{Engine, Error, RunConfig, Script, TestBackend};
+use sglc::{Backend, Engine, Error, RunConfig, Script, TestBackend};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// The program ran but failed, or the source did not compile.
 pub const EXIT_FAILURE: u8 = 1;
@@ -16,9 +19,10 @@ pub const EXIT_PARTIAL: u8 = 3;
 
 const EXAMPLES: &str = "\
 Examples:
-  sglc run examples/hello.sgl --backend test
-  sglc run examples/summarize.sgl --backend test --arg text='Rust is a systems language.'
-  sglc run examples/summarize.sgl summarize --backend test --batch inputs.jsonl --out results.jsonl
+  sglc run examples/hello.sgl
+  sglc run examples/summarize.sgl --arg text='Rust is a systems language.'
+  sglc run examples/summarize.sgl summarize --batch inputs.jsonl --out results.jsonl
+  sglc run examples/hello.sgl --backend test          # deterministic, no model
   sglc check examples/judge.sgl
   sglc disasm examples/hello.sgl";
 
@@ -40,12 +44,23 @@ enum Command {
         #[arg(long, value_enum)]
         emit: Option<Emit>,
     },
+    /// Manage the embedded model.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Print the bytecode of a program with source locations.
     Disasm {
         file: PathBuf,
         /// Only this function.
         function: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Fetch the default model into the cache now (it is otherwise fetched on first use).
+    Pull,
+    /// Print where the model is, or would be, cached.
+    Path,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -67,9 +82,12 @@ struct RunArgs {
     /// Arguments as a JSON object, for values that are not strings.
     #[arg(long, value_name = "JSON")]
     args: Option<String>,
-    /// The model backend: `test` (deterministic, no model).
+    /// The model backend: `local` (the embedded model, default) or `test` (deterministic, no
+    /// model).
     #[arg(long, env = "SGLC_BACKEND")]
     backend: Option<String>,
+    #[command(flatten)]
+    local: LocalArgs,
     /// Default max_tokens for gens that do not set it.
     #[arg(long, value_name = "N")]
     max_new_tokens: Option<u32>,
@@ -104,6 +122,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run(*args),
         Command::Check { file, emit } => check(&file, emit),
         Command::Disasm { file, function } => disasm(&file, function.as_deref()),
+        Command::Model(command) => model(command),
     }
 }
 
@@ -122,15 +141,37 @@ fn read_source(path: &Path) -> Result<String> {
     })
 }
 
-fn make_backend(spec: Option<&str>) -> Result<TestBackend> {
-    match spec {
-        Some("test") => Ok(TestBackend::new()),
-        Some(other) => bail!("unknown backend `{other}`; available: test"),
-        None => bail!(
-            "no backend given: pass `--backend test` for the deterministic test backend \
-             (the embedded model becomes the default in a later release)"
-        ),
+/// Options of the embedded model, shared by `run`, `repl`-like commands and `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// A GGUF model file for the embedded backend (default: SmolLM2-135M-Instruct, fetched on
+    /// first use).
+    #[arg(long, env = "SGLC_MODEL", value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Sequences the embedded model decodes together.
+    #[arg(long, value_name = "N")]
+    parallel: Option<usize>,
+    /// Threads for the embedded model (default: one per core).
+    #[arg(long, env = "SGLC_THREADS", value_name = "N")]
+    threads: Option<i32>,
+}
+
+fn make_backend(spec: Option<&str>, local: &LocalArgs) -> Result<Arc<dyn Backend>> {
+    match spec.unwrap_or("local") {
+        "test" => Ok(Arc::new(TestBackend::new())),
+        "local" => start_local(local),
+        other => bail!("unknown backend `{other}`; available: local (the default), test"),
     }
+}
+
+#[cfg(feature = "local")]
+fn start_local(local: &LocalArgs) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(local::start(local)?))
+}
+
+#[cfg(not(feature = "local"))]
+fn start_local(_: &LocalArgs) -> Result<Arc<dyn Backend>> {
+    bail!("this sglc was built without the embedded model (feature `local`); use --backend test")
 }
 
 /// Compiles a file, printing warnings; on errors prints them and returns `None`.
@@ -216,8 +257,8 @@ fn choose_function(script: &Script, requested: Option<&str>) -> Result<String> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let backend = make_backend(args.backend.as_deref())?;
-    let engine = Engine::new(backend);
+    let backend = make_backend(args.backend.as_deref(), &args.local)?;
+    let engine = Engine::with_backend(backend);
     let Some(script) = compile(&engine, &args.file)? else {
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
@@ -265,6 +306,30 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
         Err(other) => Err(other.into()),
     }
+}
+
+#[cfg(feature = "local")]
+fn model(command: ModelCommand) -> Result<ExitCode> {
+    match command {
+        ModelCommand::Pull => {
+            let path = sglc_local::model_store::ensure_default_model(&|m| eprintln!("{m}"))?;
+            println!("{}", path.display());
+        }
+        ModelCommand::Path => {
+            println!(
+                "{}",
+                sglc_local::model_store::cache_dir()
+                    .join(sglc_local::model_store::DEFAULT_FILE_NAME)
+                    .display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "local"))]
+fn model(_: ModelCommand) -> Result<ExitCode> {
+    bail!("this sglc was built without the embedded model (feature `local`)")
 }
 
 fn check(path: &Path, emit: Option<Emit>) -> Result<ExitCode> {

@@ -195,6 +195,7 @@ pub fn complete(
                         "prompt_tokens": out.usage.prompt_tokens,
                         "cached_tokens": out.usage.cached_tokens,
                         "completion_tokens": out.usage.completion_tokens,
+                        "latency_ms": out.usage.latency_ms,
                     });
                     s.vars.insert(name.clone(), value);
                     s.generated.push(name.clone());
@@ -221,6 +222,8 @@ pub fn complete(
                         "scores": out.scores,
                         "method": params.method,
                         "prompt_tokens": out.usage.prompt_tokens,
+                        "cached_tokens": out.usage.cached_tokens,
+                        "latency_ms": out.usage.latency_ms,
                     });
                     s.vars.insert(name.clone(), Value::str(choice));
                     s.generated.push(name.clone());

@@ -146,8 +146,11 @@ pub struct Request {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
+    /// Prompt tokens taken from a prefix cache rather than evaluated.
     pub cached_tokens: u32,
     pub completion_tokens: u32,
+    /// From the backend receiving the call to its answer.
+    pub latency_ms: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -100,8 +100,8 @@ impl TestBackend {
                     finish_reason: finish_reason.to_string(),
                     usage: Usage {
                         prompt_tokens,
-                        cached_tokens: 0,
                         completion_tokens,
+                        ..Usage::default()
                     },
                 }))
             }
@@ -141,8 +141,7 @@ impl TestBackend {
                     scores,
                     usage: Usage {
                         prompt_tokens,
-                        cached_tokens: 0,
-                        completion_tokens: 0,
+                        ..Usage::default()
                     },
                 }))
             }
