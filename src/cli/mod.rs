@@ -2,6 +2,8 @@
 
 mod batch;
 #[cfg(feature = "local")]
+mod bench;
+#[cfg(feature = "local")]
 mod local;
 
 use anyhow::{Context, Result, bail};
@@ -47,12 +49,23 @@ enum Command {
     /// Manage the embedded model.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Measure the figures the project promises (prints a table).
+    #[cfg(feature = "local")]
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print the bytecode of a program with source locations.
     Disasm {
         file: PathBuf,
         /// Only this function.
         function: Option<String>,
     },
+}
+
+#[cfg(feature = "local")]
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// The embedded model: batching throughput, prefix sharing, time to first token.
+    Local(bench::BenchLocalArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +136,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Check { file, emit } => check(&file, emit),
         Command::Disasm { file, function } => disasm(&file, function.as_deref()),
         Command::Model(command) => model(command),
+        #[cfg(feature = "local")]
+        Command::Bench(BenchCommand::Local(args)) => bench::bench_local(args),
     }
 }
 
@@ -147,13 +162,13 @@ pub struct LocalArgs {
     /// A GGUF model file for the embedded backend (default: SmolLM2-135M-Instruct, fetched on
     /// first use).
     #[arg(long, env = "SGLC_MODEL", value_name = "PATH")]
-    model: Option<PathBuf>,
+    pub model: Option<PathBuf>,
     /// Sequences the embedded model decodes together.
     #[arg(long, value_name = "N")]
-    parallel: Option<usize>,
+    pub parallel: Option<usize>,
     /// Threads for the embedded model (default: one per core).
     #[arg(long, env = "SGLC_THREADS", value_name = "N")]
-    threads: Option<i32>,
+    pub threads: Option<i32>,
 }
 
 fn make_backend(spec: Option<&str>, local: &LocalArgs) -> Result<Arc<dyn Backend>> {

@@ -52,7 +52,7 @@ impl EngineOptions {
         EngineOptions {
             model,
             parallel: 32,
-            context_tokens: 16384,
+            context_tokens: 8192,
             threads: cores.min(8) as i32,
             batch_tokens: 512,
             cache_tokens: 8192,
@@ -87,7 +87,7 @@ pub struct Ready {
 
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
-fn llama_backend() -> Result<&'static LlamaBackend, String> {
+pub(crate) fn llama_backend() -> Result<&'static LlamaBackend, String> {
     BACKEND
         .get_or_init(|| {
             let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
@@ -123,8 +123,9 @@ pub fn run_engine(
             }
         };
     let parallel = options.parallel.clamp(1, 64);
-    // Sequence ids: one per running call, temporaries for select, and the prefix cache.
-    let n_seq_max = 256u32;
+    // Sequence ids: one per running call, temporaries for select, and the prefix cache. Each
+    // one costs llama.cpp buffer space (outputs, attention masks), so no more than needed.
+    let n_seq_max = (parallel * 2 + 16).min(256) as u32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(options.context_tokens))
         .with_n_batch(options.batch_tokens)
@@ -189,6 +190,8 @@ enum Phase {
 struct GenState {
     params: SamplingParams,
     sampler: LlamaSampler,
+    /// Greedy with no grammar: the next token is the argmax of the logits.
+    plain_greedy: bool,
     output: Vec<LlamaToken>,
     bytes: Vec<u8>,
 }
@@ -329,10 +332,13 @@ impl<'m> Engine<'m> {
             };
             let hit = self.cache.lookup(&waiting.tokens);
             let cached_len = hit.map_or(0, |h| h.len);
-            let shares_pending_prefix = self.active.iter().any(|a| {
-                matches!(a.phase, Phase::Prompt)
-                    && common_prefix(&a.tokens, &waiting.tokens) >= cached_len + MIN_SHARED_PREFIX
-            });
+            let caching = self.options.cache_tokens > 0;
+            let shares_pending_prefix = caching
+                && self.active.iter().any(|a| {
+                    matches!(a.phase, Phase::Prompt)
+                        && common_prefix(&a.tokens, &waiting.tokens)
+                            >= cached_len + MIN_SHARED_PREFIX
+                });
             if shares_pending_prefix {
                 deferred.push_back(waiting);
                 continue;
@@ -387,6 +393,10 @@ impl<'m> Engine<'m> {
         match &request.kind {
             RequestKind::Gen(params) => Ok(Work::Gen(GenState {
                 sampler: build_sampler(self.model, params)?,
+                plain_greedy: params.temperature <= 0.0
+                    && grammar_for(params).map_err(error)?.is_none()
+                    && params.frequency_penalty == 0.0
+                    && params.presence_penalty == 0.0,
                 params: params.clone(),
                 output: Vec::new(),
                 bytes: Vec::new(),
@@ -658,7 +668,7 @@ impl<'m> Engine<'m> {
             }
         }
         // Keep sequence ids for running calls: the cache takes only spare ones.
-        if self.free_seqs.len() <= self.options.parallel * 2 {
+        if self.free_seqs.len() <= self.options.parallel + 8 {
             if let Some(old) = self.cache.evict_lru() {
                 self.release_seq(old);
             }
@@ -830,6 +840,18 @@ fn rand_seed() -> u32 {
 fn sample(ctx: &LlamaContext, model: &LlamaModel, state: &mut GenState, index: i32) -> LlamaToken {
     let ban_eog =
         state.params.ignore_eos || (state.output.len() as u32) < state.params.min_new_tokens;
+    if state.plain_greedy {
+        // The common case needs no candidate array: take the most likely allowed token.
+        let vocab = model.vocab();
+        let best = ctx
+            .get_logits_ith(index)
+            .iter()
+            .enumerate()
+            .filter(|(t, _)| !ban_eog || !vocab.is_eog(LlamaToken(*t as i32)))
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(t, _)| t);
+        return LlamaToken(best as i32);
+    }
     let mut candidates = ctx.token_data_array_ith(index);
     if ban_eog {
         for data in candidates.data.iter_mut() {

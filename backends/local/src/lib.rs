@@ -4,6 +4,7 @@
 //! `LocalBackend::start` loads the model on the engine thread and returns a `Backend` the VM
 //! hands its batches to; each call is answered as soon as its own sequence finishes.
 
+pub mod direct;
 pub mod engine;
 pub mod grammar;
 pub mod model_store;

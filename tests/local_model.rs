@@ -1,0 +1,211 @@
+//! The embedded model, for real: SmolLM2-135M through llama.cpp. Greedy decoding, short
+//! generations. The model is fetched into the cache on first use (CI pulls it first).
+
+#![cfg(feature = "local")]
+
+use serde_json::json;
+use sglc::local::{EngineOptions, LocalBackend, resolve_model};
+use sglc::{Engine, RunConfig};
+use std::sync::{Arc, OnceLock};
+
+fn start_backend() -> LocalBackend {
+    let path = resolve_model(None, &|m| eprintln!("{m}")).expect("the default model is available");
+    let mut options = EngineOptions::new(path);
+    options.threads = 1;
+    options.parallel = 8;
+    options.context_tokens = 8192;
+    LocalBackend::start(options).expect("the model loads")
+}
+
+/// One engine shared by the tests of this file (they run in parallel against it).
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::with_backend(Arc::new(start_backend())))
+}
+
+fn greedy() -> RunConfig {
+    RunConfig::default()
+        .with_temperature(0.0)
+        .with_max_new_tokens(24)
+}
+
+const QUESTION: &str = r#"
+fn main(s) {
+    s += system("You are a helpful assistant.")
+    s += user("What is the capital of France?")
+    s += assistant(gen("answer", max_tokens=16))
+}
+"#;
+
+#[test]
+fn greedy_answer_names_paris() {
+    let engine = engine();
+    let script = engine.compile("q.sgl", QUESTION).unwrap();
+    let state = engine.run(&script, "main", json!({}), &greedy()).unwrap();
+    let answer = state["answer"].as_str().unwrap();
+    assert!(answer.contains("Paris"), "{answer}");
+    // The prompt went through the model's own chat template (ChatML for SmolLM2).
+    assert!(
+        state
+            .text
+            .starts_with("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    );
+    let meta = &state.meta["answer"];
+    assert!(meta["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(meta["completion_tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn select_picks_paris_with_scores() {
+    let engine = engine();
+    let source = r#"
+        fn main(s) {
+            s += user("What is the capital of France?")
+            s += assistant("The capital of France is " + select("city", choices=["London", "Paris", "Berlin", "Madrid"]))
+        }
+    "#;
+    let script = engine.compile("s.sgl", source).unwrap();
+    let state = engine.run(&script, "main", json!({}), &greedy()).unwrap();
+    assert_eq!(state["city"], json!("Paris"));
+    let scores: Vec<f64> = state.meta["city"]["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 4);
+    assert!(
+        scores.iter().all(|s| s.is_finite() && *s < 0.0),
+        "{scores:?}"
+    );
+    assert!(
+        scores[1] > scores[0] && scores[1] > scores[2] && scores[1] > scores[3],
+        "{scores:?}"
+    );
+}
+
+#[test]
+fn regex_constrained_gen_matches() {
+    let engine = engine();
+    let source = r#"
+        fn main(s) {
+            s += user("Write a product code.")
+            s += assistant(gen("code", regex="[A-Z]{2}-[0-9]{3}"))
+        }
+    "#;
+    let script = engine.compile("r.sgl", source).unwrap();
+    let state = engine
+        .run(
+            &script,
+            "main",
+            json!({}),
+            &RunConfig::default().with_max_new_tokens(16),
+        )
+        .unwrap();
+    let code = state["code"].as_str().unwrap();
+    assert!(
+        regex::Regex::new("^[A-Z]{2}-[0-9]{3}$")
+            .unwrap()
+            .is_match(code),
+        "{code:?}"
+    );
+}
+
+#[test]
+fn json_schema_gen_parses_and_validates() {
+    let engine = engine();
+    let source = r#"
+        let SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]}
+        fn main(s) {
+            s += user("Describe a person as JSON.")
+            s += assistant(gen("person", json_schema=SCHEMA, max_tokens=48))
+            return json_parse(s["person"])
+        }
+    "#;
+    let script = engine.compile("j.sgl", source).unwrap();
+    let state = engine.run(&script, "main", json!({}), &greedy()).unwrap();
+    let person = &state.return_value;
+    assert!(person["name"].is_string(), "{person}");
+    assert!(person["age"].is_i64(), "{person}");
+}
+
+#[test]
+fn choices_and_dtype_constrain_gen() {
+    let engine = engine();
+    let source = r#"
+        fn main(s) {
+            s += user("Is the sky blue? Answer yes or no.")
+            s += assistant(gen("yn", choices=["yes", "no"]))
+            s += user("How many legs does a cat have?")
+            s += assistant(gen("legs", dtype="int", max_tokens=4))
+        }
+    "#;
+    let script = engine.compile("c.sgl", source).unwrap();
+    let state = engine.run(&script, "main", json!({}), &greedy()).unwrap();
+    assert!(["yes", "no"].contains(&state["yn"].as_str().unwrap()));
+    assert!(state["legs"].is_i64(), "{}", state["legs"]);
+}
+
+const FORK: &str = r#"
+fn main(s) {
+    s += system("You are a helpful assistant. Answer every question with one short sentence.")
+    s += user("Here are some facts. Paris is in France. Berlin is in Germany. Rome is in Italy. Madrid is in Spain. Lisbon is in Portugal. Vienna is in Austria.")
+    s += assistant("Thank you, I will remember these facts.")
+    let forks = s.fork(4)
+    for i, f in enumerate(forks) {
+        f += user(f"Name fact number {i + 1}.")
+        f += assistant(gen("fact", max_tokens=8))
+    }
+    forks.join()
+    return [f.text() for f in forks]
+}
+"#;
+
+#[test]
+fn fork_branches_see_the_prefix_and_share_its_evaluation() {
+    // A backend of its own, so its counters see only this program.
+    let backend = Arc::new(start_backend());
+    let engine = Engine::with_backend(backend.clone());
+    let script = engine.compile("f.sgl", FORK).unwrap();
+    let state = engine.run(&script, "main", json!({}), &greedy()).unwrap();
+    let texts = state.return_value.as_array().unwrap();
+    let prefix = state.text.as_str();
+    assert_eq!(texts.len(), 4);
+    for text in texts {
+        assert!(text.as_str().unwrap().starts_with(prefix));
+    }
+    assert_eq!(state["fact"].as_array().unwrap().len(), 4);
+    let stats = backend.stats();
+    // Without sharing, each branch would evaluate the whole ~80-token prefix: 4 x (prefix +
+    // question). With it, the first branch evaluates the prefix and the other three copy it.
+    let total_prompt = stats.prompt_tokens_evaluated + stats.prompt_tokens_cached;
+    assert!(stats.prompt_tokens_cached >= 3 * 60, "{stats:?}");
+    assert!(
+        stats.prompt_tokens_evaluated * 2 < total_prompt,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn a_batch_gives_the_results_of_one_by_one_runs() {
+    let engine = engine();
+    let source = r#"
+        fn main(s, city) {
+            s += user(f"In which country is {city}?")
+            s += assistant(gen("country", max_tokens=10))
+        }
+    "#;
+    let script = engine.compile("b.sgl", source).unwrap();
+    let inputs: Vec<_> = ["Paris", "Berlin", "Rome", "Madrid"]
+        .iter()
+        .map(|c| json!({ "city": c }))
+        .collect();
+    let batch = engine
+        .run_batch(&script, "main", inputs.clone(), &greedy())
+        .unwrap();
+    for (input, result) in inputs.into_iter().zip(batch) {
+        let single = engine.run(&script, "main", input, &greedy()).unwrap();
+        let batched = result.unwrap();
+        assert_eq!(batched.text, single.text);
+    }
+}
