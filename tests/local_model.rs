@@ -209,3 +209,44 @@ fn a_batch_gives_the_results_of_one_by_one_runs() {
         assert_eq!(batched.text, single.text);
     }
 }
+
+#[test]
+fn a_full_kv_cache_delays_calls_instead_of_failing_them() {
+    // Six ~100-token prompts with 12 new tokens each need ~700 KV cells; give it 512.
+    let path = resolve_model(None, &|_| {}).unwrap();
+    let mut options = EngineOptions::new(path);
+    options.threads = 1;
+    options.parallel = 8;
+    options.context_tokens = 512;
+    options.cache_tokens = 0;
+    let backend = Arc::new(LocalBackend::start(options).unwrap());
+    let engine = Engine::with_backend(backend.clone());
+    let source = r#"
+        fn main(s, n) {
+            s += user(f"Item {n}. " + "Tell me something about numbers and counting. " * 8)
+            s += assistant(gen("a", max_tokens=12, ignore_eos=true))
+        }
+    "#;
+    let script = engine.compile("kv.sgl", source).unwrap();
+    let inputs: Vec<_> = (0..6).map(|n| json!({ "n": n })).collect();
+    let results = engine
+        .run_batch(&script, "main", inputs, &greedy())
+        .unwrap();
+    for result in results {
+        let state = result.expect("every call eventually fits");
+        assert_eq!(state.meta["a"]["completion_tokens"], json!(12));
+    }
+    assert!(backend.stats().preemptions > 0, "{:?}", backend.stats());
+    // One call larger than the whole cache fails with a clear error.
+    let huge = r#"fn main(s) { s += "word " * 1000; s += gen("a", max_tokens=4) }"#;
+    let script = engine.compile("huge.sgl", huge).unwrap();
+    let error = engine
+        .run(&script, "main", json!({}), &greedy())
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("more than the context of 512 tokens"),
+        "{error}"
+    );
+}
