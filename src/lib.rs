@@ -42,7 +42,8 @@ pub use sglc_compiler::{Diagnostic, Program, Severity, bytecode};
 pub use sglc_local as local;
 pub use sglc_vm::backend::{self, Backend, BackendError, Message};
 pub use sglc_vm::{
-    GenDefaults, Limits, Natives, ProgramState, RunConfig, RuntimeError, TestBackend, Value,
+    EventSink, GenDefaults, Limits, Natives, ProgramState, RunConfig, RuntimeError, StreamEvent,
+    TestBackend, Value,
 };
 
 /// A compiled source file, ready to run any of its functions.
@@ -117,7 +118,8 @@ pub enum Error {
 }
 
 /// Compiles and runs programs against one backend, with the standard library and any host
-/// functions registered.
+/// functions registered. Cloning is cheap and shares the backend.
+#[derive(Clone)]
 pub struct Engine {
     natives: Natives,
     backend: Arc<dyn Backend>,
@@ -182,6 +184,40 @@ impl Engine {
     ) -> Result<ProgramState, Error> {
         let mut results = self.run_batch(script, function, vec![args], config)?;
         Ok(results.pop().expect("one input gives one result")?)
+    }
+
+    /// Runs `function` once and streams its events as they happen: text chunks (prompt text
+    /// and generated tokens), role and variable boundaries, then `Done` or `Error`. The
+    /// concatenated `Text` events equal the final transcript (SGLang's `state.text_iter()`).
+    pub fn run_stream(
+        &self,
+        script: &Script,
+        function: &str,
+        args: serde_json::Value,
+        config: &RunConfig,
+    ) -> impl futures::Stream<Item = StreamEvent> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut config = config.clone();
+        let events = tx.clone();
+        config.events = Some(EventSink::new(move |_, event| {
+            let _ = events.send(event);
+        }));
+        let (engine, script, function) = (self.clone(), script.clone(), function.to_string());
+        std::thread::spawn(move || {
+            // A program error arrives as an `Error` event already; report only failures that
+            // happen before the program starts (an unknown function, bad arguments).
+            match engine.run(&script, &function, args, &config) {
+                Err(Error::Runtime(_)) | Ok(_) => {}
+                Err(other) => {
+                    let _ = tx.send(StreamEvent::Error {
+                        message: other.to_string(),
+                    });
+                }
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        })
     }
 
     /// Runs `function` once per input; returns one result per input, in input order.

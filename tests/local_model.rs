@@ -250,3 +250,43 @@ fn a_full_kv_cache_delays_calls_instead_of_failing_them() {
         "{error}"
     );
 }
+
+#[test]
+fn generated_tokens_stream_one_by_one_and_add_up_to_the_text() {
+    use sglc::StreamEvent;
+    let engine = engine();
+    let script = engine.compile("q.sgl", QUESTION).unwrap();
+    let stream = engine.run_stream(&script, "main", json!({}), &greedy());
+    let events: Vec<StreamEvent> = futures::executor::block_on_stream(Box::pin(stream)).collect();
+    assert_eq!(events.last(), Some(&StreamEvent::Done));
+    let text: String = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let started = events
+        .iter()
+        .position(|e| matches!(e, StreamEvent::VarStarted { .. }))
+        .unwrap();
+    let finished = events
+        .iter()
+        .position(|e| matches!(e, StreamEvent::VarFinished { .. }))
+        .unwrap();
+    let chunks = events[started..finished]
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::Text { .. }))
+        .count();
+    assert!(
+        chunks > 3,
+        "the answer arrives token by token, got {chunks} chunks"
+    );
+    let StreamEvent::VarFinished { value, .. } = &events[finished] else {
+        unreachable!()
+    };
+    assert!(
+        text.contains(value.as_str().unwrap()) && text.ends_with("<|im_end|>\n"),
+        "{text}"
+    );
+}

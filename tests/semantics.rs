@@ -835,3 +835,78 @@ fn nesting_is_bounded_and_parsing_stays_linear() {
             .contains("[E0011] Error: nesting deeper than 200 levels")
     );
 }
+
+fn collect_stream(engine: &Engine, script: &sglc::Script, args: Json) -> Vec<sglc::StreamEvent> {
+    let stream = engine.run_stream(script, "main", args, &RunConfig::default());
+    futures::executor::block_on_stream(Box::pin(stream)).collect()
+}
+
+#[test]
+fn streamed_chunks_add_up_to_the_final_text() {
+    use sglc::StreamEvent;
+    let engine = Engine::new(TestBackend::new().with_latency(Duration::from_millis(2)));
+    let source = r#"
+        fn main(s, topic) {
+            s += system("Be brief.")
+            s += user(f"Tell me about {topic}.")
+            s += assistant(gen("answer", max_tokens=5) + " / " + select("mood", choices=["good", "bad"]))
+            let forks = s.fork(2)
+            for f in forks { f += gen("side", max_tokens=2) }
+            forks.join()
+        }
+    "#;
+    let script = engine.compile("stream.sgl", source).unwrap();
+    let events = collect_stream(&engine, &script, json!({"topic": "rivers"}));
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let state = engine
+        .run(
+            &script,
+            "main",
+            json!({"topic": "rivers"}),
+            &RunConfig::default(),
+        )
+        .unwrap();
+    assert_eq!(streamed, state.text);
+    assert_eq!(events.last(), Some(&StreamEvent::Done));
+    let started: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::VarStarted { name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        vec!["answer", "mood"],
+        "forks do not stream into the parent"
+    );
+    assert!(events.contains(&StreamEvent::VarFinished {
+        name: "mood".to_string(),
+        value: state["mood"].clone()
+    }));
+    assert!(events.contains(&StreamEvent::RoleBegin {
+        role: "assistant".to_string()
+    }));
+}
+
+#[test]
+fn a_failing_stream_ends_with_an_error_event() {
+    let engine = Engine::new(TestBackend::new());
+    let script = engine
+        .compile("e.sgl", "fn main(s) { s += \"x\"; return [][1] }")
+        .unwrap();
+    let events = collect_stream(&engine, &script, json!({}));
+    assert!(
+        matches!(events.last(), Some(sglc::StreamEvent::Error { message }) if message.contains("out of range"))
+    );
+    let events = collect_stream(&engine, &script, json!({"extra": 1}));
+    assert!(
+        matches!(events.last(), Some(sglc::StreamEvent::Error { message }) if message.contains("no parameter `extra`"))
+    );
+}

@@ -116,6 +116,9 @@ struct RunArgs {
     /// Print the result as JSON: variables, text, messages, meta.
     #[arg(long)]
     json: bool,
+    /// Print the transcript as it is generated (generated text highlighted on a terminal).
+    #[arg(long, conflicts_with_all = ["json", "batch"])]
+    stream: bool,
     /// Run once per line of this JSONL file of argument objects (`-` for stdin).
     #[arg(long, value_name = "FILE")]
     batch: Option<PathBuf>,
@@ -291,7 +294,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let arguments = run_arguments(&args)?;
+    let mut config = config;
+    if args.stream {
+        config.events = Some(stream_printer());
+    }
     match engine.run(&script, &function, arguments, &config) {
+        Ok(state) if args.stream => {
+            println!();
+            for line in &state.output {
+                println!("{line}");
+            }
+            if !state.return_value.is_null() {
+                println!("=> {}", state.return_value);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(state) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
@@ -345,6 +362,22 @@ fn model(command: ModelCommand) -> Result<ExitCode> {
 #[cfg(not(feature = "local"))]
 fn model(_: ModelCommand) -> Result<ExitCode> {
     bail!("this sglc was built without the embedded model (feature `local`)")
+}
+
+/// Prints text events to stdout as they arrive; on a terminal, generated text is green.
+fn stream_printer() -> sglc::EventSink {
+    use std::io::Write;
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    sglc::EventSink::new(move |_, event| {
+        let mut out = std::io::stdout().lock();
+        let _ = match event {
+            sglc::StreamEvent::Text { text } => write!(out, "{text}"),
+            sglc::StreamEvent::VarStarted { .. } if color => write!(out, "\x1b[32m"),
+            sglc::StreamEvent::VarFinished { .. } if color => write!(out, "\x1b[0m"),
+            _ => Ok(()),
+        };
+        let _ = out.flush();
+    })
 }
 
 fn check(path: &Path, emit: Option<Emit>) -> Result<ExitCode> {

@@ -8,6 +8,7 @@ pub mod interp;
 pub mod native;
 pub mod scheduler;
 pub mod state;
+pub mod stream;
 pub mod value;
 
 pub use backend::{Backend, BackendError, BackendInfo, TestBackend};
@@ -15,4 +16,5 @@ pub use error::RuntimeError;
 pub use interp::{GenDefaults, Limits};
 pub use native::Natives;
 pub use scheduler::{ProgramResult, ProgramState, RunConfig, run_batch};
+pub use stream::{EventSink, StreamEvent};
 pub use value::Value;

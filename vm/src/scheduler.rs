@@ -28,6 +28,9 @@ pub struct RunConfig {
     pub concurrency: Option<usize>,
     /// Requests per backend call; `None` uses the backend's maximum.
     pub max_batch: Option<usize>,
+    /// Receives each program's stream of events, when set.
+    #[serde(skip)]
+    pub events: Option<crate::stream::EventSink>,
 }
 
 impl RunConfig {
@@ -196,9 +199,14 @@ pub async fn run_batch(
             };
             match args.and_then(|args| bind_arguments(program, function, &args)) {
                 Ok(values) => {
+                    let instance = Instance::new(program, function, values);
+                    if let Some(sink) = &config.events {
+                        instance.root.borrow_mut().stream =
+                            Some(state::StateStream::new(sink.clone(), index));
+                    }
                     let slot = Slot {
                         index,
-                        instance: Instance::new(program, function, values),
+                        instance,
                         returned: None,
                     };
                     let id = match free.pop() {
@@ -214,7 +222,17 @@ pub async fn run_batch(
                     active += 1;
                     runnable.push_back(id);
                 }
-                Err(message) => on_done(index, Err(RuntimeError::without_location(message))),
+                Err(message) => {
+                    if let Some(sink) = &config.events {
+                        sink.emit(
+                            index,
+                            crate::stream::StreamEvent::Error {
+                                message: message.clone(),
+                            },
+                        );
+                    }
+                    on_done(index, Err(RuntimeError::without_location(message)))
+                }
             }
         }
 
@@ -255,6 +273,17 @@ pub async fn run_batch(
                 let slot = slots[id].take().expect("slot is live");
                 free.push(id);
                 active -= 1;
+                if let Some(sink) = &config.events {
+                    sink.emit(
+                        slot.index,
+                        match &result {
+                            Ok(_) => crate::stream::StreamEvent::Done,
+                            Err(e) => crate::stream::StreamEvent::Error {
+                                message: e.message.clone(),
+                            },
+                        },
+                    );
+                }
                 on_done(slot.index, result);
             }
         }

@@ -8,6 +8,7 @@
 use crate::backend::{
     BackendError, ChatTemplate, Message, Request, RequestKind, Response, SamplingParams,
 };
+use crate::stream::{ChunkSink, EventSink, StreamEvent};
 use crate::value::{Str, Value};
 use indexmap::IndexMap;
 use sglc_compiler::bytecode::{FunctionId, Role};
@@ -15,6 +16,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub type StateRef = Rc<RefCell<StateData>>;
 
@@ -69,6 +71,57 @@ pub struct StateError {
     pub site: Option<Site>,
 }
 
+/// Where a streaming state sends its events.
+pub struct StateStream {
+    sink: EventSink,
+    index: usize,
+    /// Bytes of the call in flight that the backend has streamed already.
+    streamed: Arc<AtomicUsize>,
+}
+
+impl StateStream {
+    pub fn new(sink: EventSink, index: usize) -> StateStream {
+        StateStream {
+            sink,
+            index,
+            streamed: Arc::default(),
+        }
+    }
+
+    fn emit(&self, event: StreamEvent) {
+        self.sink.emit(self.index, event);
+    }
+
+    fn text(&self, text: &str) {
+        if !text.is_empty() {
+            self.emit(StreamEvent::Text {
+                text: text.to_string(),
+            });
+        }
+    }
+
+    /// A chunk sink for the backend that forwards generated text and counts it.
+    fn chunk_sink(&self) -> ChunkSink {
+        self.streamed.store(0, Ordering::SeqCst);
+        let (sink, index, streamed) = (self.sink.clone(), self.index, self.streamed.clone());
+        ChunkSink(Arc::new(move |chunk: &str| {
+            streamed.fetch_add(chunk.len(), Ordering::SeqCst);
+            sink.emit(
+                index,
+                StreamEvent::Text {
+                    text: chunk.to_string(),
+                },
+            );
+        }))
+    }
+
+    /// The part of a call's final text the backend did not stream.
+    fn rest<'t>(&self, text: &'t str) -> &'t str {
+        let done = self.streamed.swap(0, Ordering::SeqCst);
+        text.get(done..).unwrap_or(text)
+    }
+}
+
 /// Calls that became ready while the VM ran: each goes to the backend in the next batch.
 pub type Outbox = Vec<(StateRef, Request)>;
 
@@ -87,6 +140,8 @@ pub struct StateData {
     /// Program instances parked until this state is idle.
     pub waiters: Vec<usize>,
     pub parent: Option<Weak<RefCell<StateData>>>,
+    /// Set on a program's root state when the run streams.
+    pub stream: Option<StateStream>,
 }
 
 impl StateData {
@@ -131,7 +186,12 @@ pub fn push_part(state: &StateRef, part: Part, template: &ChatTemplate, outbox: 
 fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Outbox) {
     let mut s = state.borrow_mut();
     match part {
-        Part::Text(text) => s.text.push_str(&text),
+        Part::Text(text) => {
+            s.text.push_str(&text);
+            if let Some(stream) = &s.stream {
+                stream.text(&text);
+            }
+        }
         Part::RoleBegin(role) => {
             if let Some((open, _)) = s.open_role {
                 s.error = Some(StateError {
@@ -147,6 +207,12 @@ fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Out
             s.text.push_str(template.prefix(role));
             let start = s.text.len();
             s.open_role = Some((role, start));
+            if let Some(stream) = &s.stream {
+                stream.emit(StreamEvent::RoleBegin {
+                    role: role.name().to_string(),
+                });
+                stream.text(template.prefix(role));
+            }
         }
         Part::RoleEnd(role) => {
             if let Some((_, start)) = s.open_role.take() {
@@ -156,14 +222,27 @@ fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Out
                     content,
                 });
                 s.text.push_str(template.suffix(role));
+                if let Some(stream) = &s.stream {
+                    stream.text(template.suffix(role));
+                    stream.emit(StreamEvent::RoleEnd {
+                        role: role.name().to_string(),
+                    });
+                }
             }
         }
         Part::Call(op) => {
+            let on_chunk = s.stream.as_ref().map(|stream| {
+                stream.emit(StreamEvent::VarStarted {
+                    name: op.name.as_deref().unwrap_or_default().to_string(),
+                });
+                stream.chunk_sink()
+            });
             let request = Request {
                 prompt: Arc::from(s.text.as_str()),
                 messages: s.messages.clone(),
                 open_role: s.open_role.map(|(r, _)| r),
                 kind: op.kind.clone(),
+                on_chunk,
             };
             s.in_flight = Some(op);
             drop(s);
@@ -188,6 +267,13 @@ pub fn complete(
         match (result, &op.kind) {
             (Ok(Response::Gen(out)), RequestKind::Gen(params)) => {
                 s.text.push_str(&out.text);
+                if let Some(stream) = &s.stream {
+                    stream.text(stream.rest(&out.text));
+                    stream.emit(StreamEvent::VarFinished {
+                        name: op.name.as_deref().unwrap_or_default().to_string(),
+                        value: typed_value(&out.text, params).to_json(),
+                    });
+                }
                 if let Some(name) = &op.name {
                     let value = typed_value(&out.text, params);
                     let meta = serde_json::json!({
@@ -216,6 +302,13 @@ pub fn complete(
                     return true;
                 };
                 s.text.push_str(choice);
+                if let Some(stream) = &s.stream {
+                    stream.text(choice);
+                    stream.emit(StreamEvent::VarFinished {
+                        name: op.name.as_deref().unwrap_or_default().to_string(),
+                        value: serde_json::Value::String(choice.clone()),
+                    });
+                }
                 if let Some(name) = &op.name {
                     let meta = serde_json::json!({
                         "choices": params.choices,

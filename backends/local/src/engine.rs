@@ -23,6 +23,7 @@ use sglc_vm::backend::{
     BackendError, ChatTemplate, ChoicesMethod, GenOutput, Request, RequestKind, Response,
     SamplingParams, SelectOutput, SelectParams, Usage,
 };
+use sglc_vm::stream::ChunkSink;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -199,6 +200,9 @@ struct GenState {
     plain_greedy: bool,
     output: Vec<LlamaToken>,
     bytes: Vec<u8>,
+    /// Where streamed text goes, and how many bytes of it went already.
+    on_chunk: Option<ChunkSink>,
+    streamed: usize,
 }
 
 struct SelectState {
@@ -414,6 +418,8 @@ impl<'m> Engine<'m> {
                 params: params.clone(),
                 output: Vec::new(),
                 bytes: Vec::new(),
+                on_chunk: request.on_chunk.clone(),
+                streamed: 0,
             })),
             RequestKind::Select(params) => {
                 let choices: Vec<Vec<LlamaToken>> = params
@@ -658,6 +664,7 @@ impl<'m> Engine<'m> {
                 if done {
                     return true;
                 }
+                stream_progress(gen_state);
                 a.phase = Phase::Decode(token);
                 // The prompt's KV is complete: other calls starting the same way can copy it.
                 if first_output
@@ -918,6 +925,36 @@ fn accept_token(model: &LlamaModel, state: &mut GenState, token: LlamaToken) -> 
         }
     }
     state.output.len() as u32 >= p.max_new_tokens
+}
+
+/// Sends the text generated since the last call to the stream, holding back an incomplete
+/// UTF-8 character and any tail that may still turn out to be a stop string. What has been
+/// sent is always a prefix of the final text; the VM sends the rest when the call completes.
+fn stream_progress(state: &mut GenState) {
+    let Some(sink) = &state.on_chunk else { return };
+    let valid = match std::str::from_utf8(&state.bytes) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&state.bytes[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut safe = valid.len();
+    for stop in state.params.stop.iter().filter(|s| !s.is_empty()) {
+        if let Some(at) = valid.find(stop.as_str()) {
+            safe = safe.min(at);
+        }
+        if let Some(k) = (1..stop.len())
+            .rev()
+            .find(|k| stop.is_char_boundary(*k) && valid.ends_with(&stop[..*k]))
+        {
+            safe = safe.min(valid.len() - k);
+        }
+    }
+    while !valid.is_char_boundary(safe) {
+        safe -= 1;
+    }
+    if safe > state.streamed {
+        sink.send(&valid[state.streamed..safe]);
+        state.streamed = safe;
+    }
 }
 
 /// The generated text, cut at the first stop string, and why it ended.

@@ -48,7 +48,7 @@ impl LocalBackend {
                     select: true,
                     regex: true,
                     json_schema: true,
-                    streaming: false,
+                    streaming: true,
                 },
                 max_batch: 1024,
                 default_concurrency: parallel.max(1) * 4,

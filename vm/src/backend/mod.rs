@@ -141,6 +141,9 @@ pub struct Request {
     /// The role left open at the end of the prompt (gen inside `assistant(...)`).
     pub open_role: Option<Role>,
     pub kind: RequestKind,
+    /// Set when the program streams: the backend passes generated text here as it comes.
+    #[serde(skip)]
+    pub on_chunk: Option<crate::stream::ChunkSink>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
