@@ -290,3 +290,28 @@ fn generated_tokens_stream_one_by_one_and_add_up_to_the_text() {
         "{text}"
     );
 }
+
+#[test]
+fn stop_strings_and_seeds_are_honoured() {
+    let engine = engine();
+    let source = r#"
+        fn main(s) {
+            s += user("Count from one to ten in words, separated by commas.")
+            s += assistant(gen("count", max_tokens=24, stop=[","]))
+        }
+    "#;
+    let script = engine.compile("stop.sgl", source).unwrap();
+    let state = engine.run(&script, "main", json!({}), &greedy()).unwrap();
+    let count = state["count"].as_str().unwrap();
+    assert!(!count.contains(','), "{count:?}");
+    assert_eq!(state.meta["count"]["finish_reason"], json!("stop"));
+    // Sampling with a seed repeats itself.
+    let sampled = RunConfig::default()
+        .with_temperature(1.0)
+        .with_max_new_tokens(12);
+    let mut seeded = sampled.clone();
+    seeded.defaults.seed = Some(42);
+    let a = engine.run(&script, "main", json!({}), &seeded).unwrap();
+    let b = engine.run(&script, "main", json!({}), &seeded).unwrap();
+    assert_eq!(a["count"], b["count"]);
+}

@@ -366,16 +366,15 @@ impl<'m> Engine<'m> {
             };
             // Keep at least one prompt token to evaluate: its logits start the generation.
             let reuse = cached_len.min(waiting.tokens.len() - 1);
-            if let (Some(hit), true) = (hit, reuse > 0) {
-                if self
+            if let (Some(hit), true) = (hit, reuse > 0)
+                && self
                     .ctx
                     .kv_cache_seq_cp(hit.seq, seq, Some(0), Some(reuse as u32))
                     .is_err()
-                {
-                    self.release_seq(seq);
-                    deferred.push_back(waiting);
-                    continue;
-                }
+            {
+                self.release_seq(seq);
+                deferred.push_back(waiting);
+                continue;
             }
             let Waiting {
                 request,
@@ -689,10 +688,10 @@ impl<'m> Engine<'m> {
             }
         }
         // Keep sequence ids for running calls: the cache takes only spare ones.
-        if self.free_seqs.len() <= self.options.parallel + 8 {
-            if let Some(old) = self.cache.evict_lru() {
-                self.release_seq(old);
-            }
+        if self.free_seqs.len() <= self.options.parallel + 8
+            && let Some(old) = self.cache.evict_lru()
+        {
+            self.release_seq(old);
         }
         let Some(cache_seq) = self.free_seqs.pop() else {
             return;

