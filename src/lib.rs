@@ -37,6 +37,9 @@ use sglc_compiler::render::render_diagnostics;
 use std::sync::Arc;
 
 pub use sglc_compiler::{Diagnostic, Program, Severity, bytecode};
+/// Server backends (OpenAI-compatible, SGLang), with the `http` feature.
+#[cfg(feature = "http")]
+pub use sglc_http as http;
 /// The embedded model backend (llama.cpp), with the `local` feature.
 #[cfg(feature = "local")]
 pub use sglc_local as local;
@@ -113,6 +116,12 @@ pub enum Error {
     },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The program uses what the backend cannot do; one diagnostic per call site.
+    #[error("the {backend} backend cannot run this program: {}", .diagnostics.iter().map(|d| d.message.as_str()).collect::<Vec<_>>().join("; "))]
+    Unsupported {
+        backend: String,
+        diagnostics: Vec<Diagnostic>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -184,6 +193,27 @@ impl Engine {
     ) -> Result<ProgramState, Error> {
         let mut results = self.run_batch(script, function, vec![args], config)?;
         Ok(results.pop().expect("one input gives one result")?)
+    }
+
+    /// The call sites of `script` the backend cannot run, as diagnostics (empty when it can).
+    pub fn check_capabilities(&self, script: &Script) -> Vec<Diagnostic> {
+        let info = self.backend.info();
+        backend::unmet_requirements(&script.program, &info.capabilities)
+            .into_iter()
+            .map(|r| {
+                Diagnostic::error(
+                    "E0301",
+                    format!("the {} backend does not support `{}`", info.name, r.capability),
+                    r.span,
+                )
+                .with_label(format!("needs `{}` (in `{}`)", r.capability, r.function))
+                .with_help(match r.capability {
+                    "select" => "select needs prompt log-probabilities: use the local or sglang backend, or an OpenAI-compatible server with --api completions",
+                    "regex" => "regex, choices and dtype need constrained decoding: use the local or sglang backend",
+                    _ => "json_schema needs structured outputs: use the local or sglang backend, or a chat API",
+                })
+            })
+            .collect()
     }
 
     /// Runs `function` once and streams its events as they happen: text chunks (prompt text
@@ -266,6 +296,13 @@ impl Engine {
                     .map(|s| s.to_string())
                     .collect(),
             })?;
+        let unsupported = self.check_capabilities(script);
+        if !unsupported.is_empty() {
+            return Err(Error::Unsupported {
+                backend: self.backend.info().name.clone(),
+                diagnostics: unsupported,
+            });
+        }
         let inputs = inputs.into_iter();
         let program = &script.program;
         let natives = &self.natives;

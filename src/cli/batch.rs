@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sglc::{Engine, ProgramState, RunConfig, RuntimeError, Script};
 use sglc_compiler::span::LineIndex;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -177,6 +177,13 @@ pub fn run_batch(
         bar.set_message(format!("{failed} failed"));
     });
     bar.finish_and_clear();
+    if let Err(sglc::Error::Unsupported { diagnostics, .. }) = &result {
+        eprint!(
+            "{}",
+            script.render(diagnostics, std::io::stderr().is_terminal())
+        );
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    }
     result?;
     if let Some(e) = write_error {
         return Err(e).context("cannot write results");

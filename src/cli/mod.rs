@@ -159,13 +159,22 @@ fn read_source(path: &Path) -> Result<String> {
     })
 }
 
-/// Options of the embedded model, shared by `run`, `repl`-like commands and `bench`.
+/// Options of the model backends, shared by `run`, `check` and `bench`.
 #[derive(Args, Debug, Clone)]
 pub struct LocalArgs {
-    /// A GGUF model file for the embedded backend (default: SmolLM2-135M-Instruct, fetched on
-    /// first use).
-    #[arg(long, env = "SGLC_MODEL", value_name = "PATH")]
+    /// The model: a GGUF file for the embedded backend (default: SmolLM2-135M-Instruct,
+    /// fetched on first use), or the model name for `--backend openai`.
+    #[arg(long, env = "SGLC_MODEL", value_name = "PATH|NAME")]
     pub model: Option<PathBuf>,
+    /// Which OpenAI API: `chat` (/v1/chat/completions) or `completions` (/v1/completions).
+    #[arg(long, default_value = "chat", value_parser = ["chat", "completions"])]
+    pub api: String,
+    /// Per-request timeout for server backends, in seconds.
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Attempts per request for server backends (retries on connection errors, 429 and 5xx).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub attempts: usize,
     /// Sequences the embedded model decodes together.
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
@@ -178,8 +187,34 @@ fn make_backend(spec: Option<&str>, local: &LocalArgs) -> Result<Arc<dyn Backend
     match spec.unwrap_or("local") {
         "test" => Ok(Arc::new(TestBackend::new())),
         "local" => start_local(local),
-        other => bail!("unknown backend `{other}`; available: local (the default), test"),
+        other => match server_backend(other, local) {
+            Some(backend) => backend,
+            None => bail!(
+                "unknown backend `{other}`; available: local (the default), test, openai[:URL], sglang:URL"
+            ),
+        },
     }
+}
+
+#[cfg(feature = "http")]
+fn server_backend(spec: &str, args: &LocalArgs) -> Option<Result<Arc<dyn Backend>>> {
+    let options = sglc::http::HttpOptions {
+        timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.001)),
+        max_attempts: args.attempts.max(1),
+        ..Default::default()
+    };
+    let api = if args.api == "completions" {
+        sglc::http::Api::Completions
+    } else {
+        sglc::http::Api::Chat
+    };
+    let model = args.model.as_ref().and_then(|m| m.to_str());
+    sglc::http::from_spec(spec, model, api, options).map(|r| r.map_err(|e| anyhow::anyhow!(e)))
+}
+
+#[cfg(not(feature = "http"))]
+fn server_backend(_: &str, _: &LocalArgs) -> Option<Result<Arc<dyn Backend>>> {
+    None
 }
 
 #[cfg(feature = "local")]

@@ -8,7 +8,7 @@ pub mod test_backend;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use sglc_compiler::bytecode::Role;
+pub use sglc_compiler::bytecode::Role;
 use std::sync::Arc;
 
 pub use test_backend::TestBackend;
@@ -196,4 +196,54 @@ pub trait Backend: Send + Sync + 'static {
     /// go on as soon as its own call is done (a backend with continuous batching finishes
     /// requests of one batch at different times).
     fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture>;
+}
+
+/// A call site that needs a backend capability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requirement {
+    /// `select`, `regex` (also `choices` and `dtype` on gen) or `json_schema`.
+    pub capability: &'static str,
+    pub function: String,
+    pub span: sglc_compiler::Span,
+}
+
+/// Every call site of `program` that needs something `capabilities` lacks, so a program is
+/// refused before it runs instead of failing halfway.
+pub fn unmet_requirements(
+    program: &sglc_compiler::Program,
+    capabilities: &Capabilities,
+) -> Vec<Requirement> {
+    use sglc_compiler::bytecode::{GenParam, Instr, PrimitiveKind};
+    let mut unmet = Vec::new();
+    for function in &program.functions {
+        for (instr, span) in function.code.iter().zip(&function.spans) {
+            let (Instr::MakeCall(spec) | Instr::CallInto(spec)) = instr else {
+                continue;
+            };
+            let spec = &program.call_specs[*spec as usize];
+            let mut needs = Vec::new();
+            if spec.kind == PrimitiveKind::Select {
+                needs.push(("select", capabilities.select));
+            }
+            if spec
+                .params
+                .iter()
+                .any(|p| matches!(p, GenParam::Regex | GenParam::Choices | GenParam::Dtype))
+                && spec.kind == PrimitiveKind::Gen
+            {
+                needs.push(("regex", capabilities.regex));
+            }
+            if spec.params.contains(&GenParam::JsonSchema) {
+                needs.push(("json_schema", capabilities.json_schema));
+            }
+            for (capability, _) in needs.into_iter().filter(|(_, has)| !has) {
+                unmet.push(Requirement {
+                    capability,
+                    function: function.name.clone(),
+                    span: *span,
+                });
+            }
+        }
+    }
+    unmet
 }

@@ -1,0 +1,233 @@
+//! One HTTP client per backend: a reqwest connection pool with timeouts, and retries with
+//! exponential backoff and jitter on connection errors, 429 and 5xx (honouring `Retry-After`).
+//! Errors say which backend, which request and what came back; the API key never appears.
+
+use backon::{ExponentialBuilder, Retryable};
+use sglc_vm::backend::BackendError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Attempts per request, the first included.
+    pub max_attempts: usize,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Requests one batched call may carry (SGLang's `/generate` takes a list).
+    pub max_batch: usize,
+    /// Connections kept open per host.
+    pub pool_size: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            max_batch: 128,
+            pool_size: 32,
+        }
+    }
+}
+
+/// Counters for reports: attempts made and time spent waiting to retry.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub requests: AtomicU64,
+    pub attempts: AtomicU64,
+    pub retry_wait_ms: AtomicU64,
+}
+
+pub struct HttpClient {
+    client: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+    /// Shown in errors, e.g. `sglang:http://127.0.0.1:30000`.
+    pub name: String,
+    pub options: HttpOptions,
+    pub stats: Arc<HttpStats>,
+}
+
+/// One failed attempt.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+/// The first characters of a response body, for error messages.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}...", &text[..end])
+    } else if text.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+impl HttpClient {
+    pub fn new(
+        name: String,
+        base: &str,
+        api_key: Option<String>,
+        options: HttpOptions,
+    ) -> Result<HttpClient, String> {
+        let client = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .pool_max_idle_per_host(options.pool_size)
+            .build()
+            .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        Ok(HttpClient {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            api_key,
+            name,
+            options,
+            stats: Arc::default(),
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<serde_json::Value, BackendError> {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, BackendError> {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, BackendError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let attempts = AtomicU64::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.options.min_backoff)
+            .with_max_delay(self.options.max_backoff)
+            .with_max_times(self.options.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            self.attempt(method.clone(), path, body.as_ref()).await
+        })
+        .retry(backoff)
+        .when(|f: &Failure| f.retryable)
+        .adjust(|f: &Failure, planned| {
+            planned.map(|d| {
+                f.retry_after
+                    .map_or(d, |r| r.min(self.options.max_backoff * 6))
+            })
+        })
+        .notify(|_, wait| {
+            self.stats
+                .retry_wait_ms
+                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+        })
+        .await;
+        result.map_err(|f| {
+            let n = attempts.load(Ordering::Relaxed);
+            BackendError {
+                backend: self.name.clone(),
+                message: format!(
+                    "{method} {path} failed after {n} attempt{}: {}",
+                    if n == 1 { "" } else { "s" },
+                    f.message
+                ),
+            }
+        })
+    }
+
+    async fn attempt(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, Failure> {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            message: describe(&e),
+            retryable: e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+        let bytes = response.bytes().await.map_err(|e| Failure {
+            message: format!(
+                "HTTP {status}, then the connection failed while reading the body: {}",
+                describe(&e)
+            ),
+            retryable: true,
+            retry_after: None,
+        })?;
+        if !status.is_success() {
+            return Err(Failure {
+                message: format!("HTTP {status}: {}", excerpt(&bytes)),
+                retryable: status.as_u16() == 429 || status.is_server_error(),
+                retry_after,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Failure {
+            message: format!("the response is not valid JSON ({e}): {}", excerpt(&bytes)),
+            retryable: false,
+            retry_after: None,
+        })
+    }
+}
+
+/// A reqwest error without its URL's query (no secrets are in URLs here, but keep it short).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "the connection broke"
+    } else {
+        "request failed"
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} ({detail})")
+    }
+}

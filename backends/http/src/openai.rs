@@ -1,0 +1,288 @@
+//! OpenAI-compatible servers (`--backend openai[:BASE_URL]`): OpenAI itself, vLLM, llama.cpp's
+//! server, Ollama, SGLang's OpenAI routes. Chat models go through `/v1/chat/completions` (roles
+//! become messages); completion models through `/v1/completions`, where `select` scores the
+//! choices with `echo` and `logprobs`.
+
+use crate::client::{HttpClient, HttpOptions};
+use futures::FutureExt;
+use serde_json::{Value as Json, json};
+use sglc_vm::backend::{
+    Backend, BackendError, BackendInfo, CallFuture, Capabilities, ChatTemplate, ChoicesMethod,
+    GenOutput, Request, RequestKind, Response, Role, SamplingParams, SelectOutput, SelectParams,
+    Usage,
+};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Chat,
+    Completions,
+}
+
+pub struct OpenAiBackend {
+    http: Arc<HttpClient>,
+    info: BackendInfo,
+    model: String,
+    api: Api,
+}
+
+impl OpenAiBackend {
+    /// A backend for `model` at `base_url` (which ends before `/v1`).
+    pub fn new(
+        base_url: &str,
+        api_key: Option<String>,
+        model: &str,
+        api: Api,
+        options: HttpOptions,
+    ) -> Result<OpenAiBackend, String> {
+        let http = HttpClient::new(format!("openai:{base_url}"), base_url, api_key, options)?;
+        Ok(OpenAiBackend {
+            info: BackendInfo {
+                name: format!("{} ({model})", http.name),
+                chat_template: ChatTemplate::chatml(),
+                capabilities: Capabilities {
+                    // Chat APIs return no prompt log-probabilities, and OpenAI has no regex.
+                    select: api == Api::Completions,
+                    regex: false,
+                    json_schema: api == Api::Chat,
+                    streaming: false,
+                },
+                max_batch: 256,
+                default_concurrency: 64,
+            },
+            http: Arc::new(http),
+            model: model.to_string(),
+            api,
+        })
+    }
+
+    pub fn http(&self) -> &Arc<HttpClient> {
+        &self.http
+    }
+}
+
+fn unsupported(http: &HttpClient, what: &str) -> BackendError {
+    BackendError {
+        backend: http.name.clone(),
+        message: what.to_string(),
+    }
+}
+
+/// The sampling fields both APIs share.
+fn sampling_fields(body: &mut serde_json::Map<String, Json>, p: &SamplingParams) {
+    body.insert("max_tokens".into(), json!(p.max_new_tokens));
+    body.insert("temperature".into(), json!(p.temperature));
+    if p.top_p < 1.0 {
+        body.insert("top_p".into(), json!(p.top_p));
+    }
+    if p.frequency_penalty != 0.0 {
+        body.insert("frequency_penalty".into(), json!(p.frequency_penalty));
+    }
+    if p.presence_penalty != 0.0 {
+        body.insert("presence_penalty".into(), json!(p.presence_penalty));
+    }
+    if !p.stop.is_empty() {
+        body.insert("stop".into(), json!(p.stop));
+    }
+    if let Some(seed) = p.seed {
+        body.insert("seed".into(), json!(seed));
+    }
+}
+
+/// The chat request for a gen: the closed messages, answered by the open assistant message.
+pub fn chat_body(
+    model: &str,
+    template: &ChatTemplate,
+    request: &Request,
+    p: &SamplingParams,
+) -> Result<Json, String> {
+    if request.open_role != Some(Role::Assistant) {
+        return Err(
+            "a chat API generates assistant messages: put the gen inside assistant(...)"
+                .to_string(),
+        );
+    }
+    let partial = request
+        .prompt
+        .rsplit_once(template.prefix(Role::Assistant))
+        .map_or("", |(_, tail)| tail);
+    if !partial.is_empty() {
+        return Err(format!(
+            "a chat API cannot continue a started assistant message ({partial:?} comes before the gen)"
+        ));
+    }
+    let mut body = serde_json::Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), json!(request.messages));
+    sampling_fields(&mut body, p);
+    if let Some(schema) = &p.json_schema {
+        let schema: Json = serde_json::from_str(schema)
+            .map_err(|e| format!("json_schema is not valid JSON: {e}"))?;
+        body.insert(
+            "response_format".into(),
+            json!({ "type": "json_schema", "json_schema": { "name": "output", "schema": schema, "strict": true } }),
+        );
+    }
+    if p.regex.is_some() || p.choices.is_some() || p.dtype.is_some() {
+        return Err(
+            "regex, choices and dtype need a backend with constrained decoding (local or sglang)"
+                .to_string(),
+        );
+    }
+    Ok(Json::Object(body))
+}
+
+fn usage(body: &Json) -> Usage {
+    let count = |key: &str| body["usage"][key].as_u64().unwrap_or(0) as u32;
+    Usage {
+        prompt_tokens: count("prompt_tokens"),
+        completion_tokens: count("completion_tokens"),
+        cached_tokens: body["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0) as u32,
+        latency_ms: 0.0,
+    }
+}
+
+fn malformed(http: &HttpClient, path: &str, what: &str, body: &Json) -> BackendError {
+    let mut shown = body.to_string();
+    shown.truncate(300);
+    BackendError {
+        backend: http.name.clone(),
+        message: format!("POST {path}: {what} in the response: {shown}"),
+    }
+}
+
+async fn chat(http: Arc<HttpClient>, body: Json) -> Result<Response, BackendError> {
+    let path = "/v1/chat/completions";
+    let answer = http.post(path, body).await?;
+    let choice = &answer["choices"][0];
+    let text = choice["message"]["content"]
+        .as_str()
+        .ok_or_else(|| malformed(&http, path, "no `choices[0].message.content`", &answer))?;
+    Ok(Response::Gen(GenOutput {
+        text: text.to_string(),
+        finish_reason: choice["finish_reason"]
+            .as_str()
+            .unwrap_or("stop")
+            .to_string(),
+        usage: usage(&answer),
+    }))
+}
+
+async fn complete(
+    http: Arc<HttpClient>,
+    model: String,
+    prompt: String,
+    p: SamplingParams,
+) -> Result<Response, BackendError> {
+    let path = "/v1/completions";
+    let mut body = serde_json::Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("prompt".into(), json!(prompt));
+    sampling_fields(&mut body, &p);
+    let answer = http.post(path, Json::Object(body)).await?;
+    let choice = &answer["choices"][0];
+    let text = choice["text"]
+        .as_str()
+        .ok_or_else(|| malformed(&http, path, "no `choices[0].text`", &answer))?;
+    Ok(Response::Gen(GenOutput {
+        text: text.to_string(),
+        finish_reason: choice["finish_reason"]
+            .as_str()
+            .unwrap_or("stop")
+            .to_string(),
+        usage: usage(&answer),
+    }))
+}
+
+/// Scores each choice from the log-probabilities the server echoes for `prompt + choice`.
+async fn select_completions(
+    http: Arc<HttpClient>,
+    model: String,
+    prompt: String,
+    params: SelectParams,
+) -> Result<Response, BackendError> {
+    let path = "/v1/completions";
+    let texts: Vec<String> = params
+        .choices
+        .iter()
+        .map(|c| format!("{prompt}{c}"))
+        .collect();
+    let body = json!({ "model": model, "prompt": texts, "max_tokens": 0, "echo": true, "logprobs": 1, "temperature": 0 });
+    let answer = http.post(path, body).await?;
+    let choices = answer["choices"]
+        .as_array()
+        .filter(|c| c.len() == params.choices.len())
+        .ok_or_else(|| malformed(&http, path, "expected one choice per text", &answer))?;
+    let mut scores = vec![f64::NEG_INFINITY; params.choices.len()];
+    for item in choices {
+        let index = item["index"].as_u64().unwrap_or(0) as usize;
+        let logprobs = &item["logprobs"];
+        let (Some(offsets), Some(lps)) = (
+            logprobs["text_offset"].as_array(),
+            logprobs["token_logprobs"].as_array(),
+        ) else {
+            return Err(malformed(
+                &http,
+                path,
+                "no `logprobs.text_offset`/`token_logprobs`",
+                &answer,
+            ));
+        };
+        // The choice's tokens are those that start at or after the end of the prompt.
+        let choice_lps: Vec<f64> = offsets
+            .iter()
+            .zip(lps)
+            .filter(|(o, _)| o.as_u64().is_some_and(|o| o as usize >= prompt.len()))
+            .filter_map(|(_, lp)| lp.as_f64())
+            .collect();
+        let n = choice_lps.len().max(1) as f64;
+        if let Some(score) = scores.get_mut(index) {
+            *score = match params.method {
+                ChoicesMethod::Greedy => choice_lps.first().copied().unwrap_or(f64::NEG_INFINITY),
+                _ => choice_lps.iter().sum::<f64>() / n,
+            };
+        }
+    }
+    let index = (0..scores.len())
+        .max_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(b.cmp(a)))
+        .unwrap_or(0);
+    Ok(Response::Select(SelectOutput {
+        index,
+        scores,
+        usage: usage(&answer),
+    }))
+}
+
+impl Backend for OpenAiBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture> {
+        batch
+            .into_iter()
+            .map(|request| -> CallFuture {
+                let http = self.http.clone();
+                match (&request.kind, self.api) {
+                    (RequestKind::Gen(p), Api::Chat) => match chat_body(&self.model, &self.info.chat_template, &request, p) {
+                        Ok(body) => chat(http, body).boxed(),
+                        Err(message) => futures::future::ready(Err(unsupported(&http, &message))).boxed(),
+                    },
+                    (RequestKind::Gen(p), Api::Completions) => {
+                        complete(http, self.model.clone(), request.prompt.to_string(), p.clone()).boxed()
+                    }
+                    (RequestKind::Select(params), Api::Completions) => {
+                        select_completions(http, self.model.clone(), request.prompt.to_string(), params.clone()).boxed()
+                    }
+                    (RequestKind::Select(_), Api::Chat) => futures::future::ready(Err(unsupported(
+                        &http,
+                        "select needs prompt log-probabilities, which chat APIs do not return; use --api completions",
+                    )))
+                    .boxed(),
+                }
+            })
+            .collect()
+    }
+}
