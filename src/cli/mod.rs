@@ -45,6 +45,11 @@ enum Command {
         /// Also print an intermediate form of the program.
         #[arg(long, value_enum)]
         emit: Option<Emit>,
+        /// Also check that this backend can run every call (e.g. `select` on a chat API).
+        #[arg(long)]
+        backend: Option<String>,
+        #[command(flatten)]
+        local: LocalArgs,
     },
     /// Manage the embedded model.
     #[command(subcommand)]
@@ -136,7 +141,12 @@ struct RunArgs {
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(*args),
-        Command::Check { file, emit } => check(&file, emit),
+        Command::Check {
+            file,
+            emit,
+            backend,
+            local,
+        } => check(&file, emit, backend.as_deref(), &local),
         Command::Disasm { file, function } => disasm(&file, function.as_deref()),
         Command::Model(command) => model(command),
         #[cfg(feature = "local")]
@@ -415,7 +425,12 @@ fn stream_printer() -> sglc::EventSink {
     })
 }
 
-fn check(path: &Path, emit: Option<Emit>) -> Result<ExitCode> {
+fn check(
+    path: &Path,
+    emit: Option<Emit>,
+    backend: Option<&str>,
+    local: &LocalArgs,
+) -> Result<ExitCode> {
     let source = read_source(path)?;
     match emit {
         Some(Emit::Tokens) => {
@@ -432,11 +447,25 @@ fn check(path: &Path, emit: Option<Emit>) -> Result<ExitCode> {
         }
         Some(Emit::Bytecode) | None => {}
     }
-    let engine = Engine::new(TestBackend::new());
+    let engine = match backend {
+        Some(spec) => Engine::with_backend(make_backend(Some(spec), local)?),
+        None => Engine::new(TestBackend::new()),
+    };
     let name = path.display().to_string();
     match engine.compile(&name, &source) {
         Ok(script) => {
             eprint!("{}", script.render(&script.warnings, color_stderr()));
+            if backend.is_some() {
+                let unsupported = engine.check_capabilities(&script);
+                if !unsupported.is_empty() {
+                    eprint!("{}", script.render(&unsupported, color_stderr()));
+                    eprintln!(
+                        "{name}: {} call(s) the backend cannot run",
+                        unsupported.len()
+                    );
+                    return Ok(ExitCode::from(EXIT_FAILURE));
+                }
+            }
             if matches!(emit, Some(Emit::Bytecode)) {
                 print!("{}", script.disassemble());
             }

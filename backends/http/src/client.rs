@@ -53,6 +53,9 @@ pub struct HttpClient {
     pub name: String,
     pub options: HttpOptions,
     pub stats: Arc<HttpStats>,
+    /// At most `pool_size` requests in flight, so connections (and file descriptors) stay
+    /// bounded however many programs wait.
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// One failed attempt.
@@ -98,6 +101,7 @@ impl HttpClient {
             base: base.trim_end_matches('/').to_string(),
             api_key,
             name,
+            in_flight: tokio::sync::Semaphore::new(options.pool_size.max(1)),
             options,
             stats: Arc::default(),
         })
@@ -166,6 +170,11 @@ impl HttpClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, Failure> {
+        let _permit = self.in_flight.acquire().await.map_err(|_| Failure {
+            message: "the client is shutting down".to_string(),
+            retryable: false,
+            retry_after: None,
+        })?;
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(body);
