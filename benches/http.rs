@@ -154,6 +154,7 @@ fn main() {
     let failed = results.iter().filter(|r| r.is_err()).count();
     let requests = reqwest_free_get(&format!("{url}/requests")) - requests_before;
     let _ = child.kill();
+    let _ = child.wait();
 
     let cpu_per_program_us = cpu * 1e6 / programs as f64;
     let python_us = 700.0;

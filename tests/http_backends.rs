@@ -114,7 +114,7 @@ async fn generate(
                 .iter()
                 .filter_map(|w| w.split("<|").next())
                 .filter(|w| !w.is_empty())
-                .last()
+                .next_back()
                 .unwrap_or("");
             json!({"text": format!("gen({last})"), "meta_info": {"prompt_tokens": words.len(), "completion_tokens": 1, "cached_tokens": 0, "finish_reason": {"type": "stop"}}})
         }
