@@ -113,8 +113,7 @@ async fn generate(
             let last = words
                 .iter()
                 .filter_map(|w| w.split("<|").next())
-                .filter(|w| !w.is_empty())
-                .next_back()
+                .rfind(|w| !w.is_empty())
                 .unwrap_or("");
             json!({"text": format!("gen({last})"), "meta_info": {"prompt_tokens": words.len(), "completion_tokens": 1, "cached_tokens": 0, "finish_reason": {"type": "stop"}}})
         }
