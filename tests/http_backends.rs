@@ -17,6 +17,8 @@ use std::time::Duration;
 
 #[derive(Clone, Debug)]
 enum Fault {
+    /// A streamed answer that stops without `[DONE]`.
+    Truncate,
     Status(u16, Option<&'static str>),
     InvalidJson,
     Stall(Duration),
@@ -64,7 +66,17 @@ async fn apply_fault(fault: Option<Fault>) -> Option<Response> {
             tokio::time::sleep(d).await;
             None
         }
+        Fault::Truncate => None,
     }
+}
+
+/// A server-sent-events body from JSON events; `done` adds the closing `[DONE]`.
+fn sse(events: &[Json], done: bool) -> Response {
+    let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    ([("content-type", "text/event-stream")], body).into_response()
 }
 
 fn record(fake: &Fake, path: &str, body: &Json, headers: &HeaderMap) {
@@ -85,8 +97,19 @@ async fn generate(
     axum::Json(body): axum::Json<Json>,
 ) -> Response {
     record(&fake, "/generate", &body, &headers);
-    if let Some(response) = apply_fault(fake.fault()).await {
+    let fault = fake.fault();
+    let truncate = matches!(fault, Some(Fault::Truncate));
+    if let Some(response) = apply_fault(fault).await {
         return response;
+    }
+    if body["stream"] == json!(true) {
+        // Cumulative text, as SGLang streams it.
+        let pieces = ["str", "stream", "streamed ", "streamed text"];
+        let events: Vec<Json> = pieces
+            .iter()
+            .map(|t| json!({"text": t, "meta_info": {"prompt_tokens": 3, "completion_tokens": 2}}))
+            .collect();
+        return sse(&events, !truncate);
     }
     let answer = |text: &str, params: &Json| {
         let words: Vec<&str> = text.split_whitespace().collect();
@@ -147,8 +170,18 @@ async fn chat(
     axum::Json(body): axum::Json<Json>,
 ) -> Response {
     record(&fake, "/v1/chat/completions", &body, &headers);
-    if let Some(response) = apply_fault(fake.fault()).await {
+    let fault = fake.fault();
+    let truncate = matches!(fault, Some(Fault::Truncate));
+    if let Some(response) = apply_fault(fault).await {
         return response;
+    }
+    if body["stream"] == json!(true) {
+        let mut events: Vec<Json> = ["Hel", "lo ", "there"]
+            .iter()
+            .map(|d| json!({"choices": [{"delta": {"content": d}, "finish_reason": null}]}))
+            .collect();
+        events.push(json!({"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}));
+        return sse(&events, !truncate);
     }
     let last = body["messages"]
         .as_array()
@@ -438,4 +471,58 @@ fn programs_needing_what_a_backend_lacks_are_refused_before_running() {
     assert!(rendered.contains("does not support `regex`"), "{rendered}");
     assert!(rendered.contains("cap.sgl:3:20"), "{rendered}");
     assert!(fake.requests.lock().unwrap().is_empty(), "nothing was sent");
+}
+
+fn streamed(engine: &Engine, script: &sglc::Script) -> Vec<sglc::StreamEvent> {
+    let stream = engine.run_stream(script, "main", json!({}), &RunConfig::default());
+    futures::executor::block_on_stream(Box::pin(stream)).collect()
+}
+
+fn text_of(events: &[sglc::StreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            sglc::StreamEvent::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn both_servers_stream_tokens_and_a_truncated_stream_is_an_error() {
+    let (url, fake) = serve();
+    let source = "fn main(s) { s += user(\"hi\"); s += assistant(gen(\"a\")) }";
+    let backends: Vec<Arc<dyn Backend>> = vec![
+        sglang(&url, fast_retries(2)),
+        Arc::new(
+            sglc::http::OpenAiBackend::new(&url, None, "m", Api::Chat, fast_retries(2)).unwrap(),
+        ),
+    ];
+    for (backend, expected) in backends.into_iter().zip(["streamed text", "Hello there"]) {
+        let engine = Engine::with_backend(backend);
+        let script = engine.compile("st.sgl", source).unwrap();
+        let events = streamed(&engine, &script);
+        assert_eq!(events.last(), Some(&sglc::StreamEvent::Done), "{events:?}");
+        let chunks = events.iter().filter(|e| matches!(e, sglc::StreamEvent::Text { text } if expected.contains(text.as_str()))).count();
+        assert!(chunks >= 2, "the reply arrives in pieces: {events:?}");
+        assert!(events.contains(&sglc::StreamEvent::VarFinished {
+            name: "a".to_string(),
+            value: json!(expected)
+        }));
+        assert_eq!(
+            text_of(&events),
+            format!(
+                "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n{expected}<|im_end|>\n"
+            )
+        );
+        fake.faults.lock().unwrap().push_back(Fault::Truncate);
+        let events = streamed(&engine, &script);
+        let Some(sglc::StreamEvent::Error { message }) = events.last() else {
+            panic!("{events:?}")
+        };
+        assert!(
+            message.contains("the event stream ended before [DONE]"),
+            "{message}"
+        );
+    }
 }

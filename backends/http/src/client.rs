@@ -164,6 +164,79 @@ impl HttpClient {
         })
     }
 
+    /// POST that answers with server-sent events, calling `on_data` with each event's JSON
+    /// until `[DONE]`. Connecting (and an error status) is retried like `post`; once events
+    /// flow, a broken or truncated stream is an error, since what was streamed is out already.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        mut on_data: impl FnMut(serde_json::Value),
+    ) -> Result<(), BackendError> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let fail = |message: String| BackendError {
+            backend: self.name.clone(),
+            message: format!("POST {path} (stream): {message}"),
+        };
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| fail("the client is shutting down".into()))?;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.options.min_backoff)
+            .with_max_delay(self.options.max_backoff)
+            .with_max_times(self.options.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let response = (|| async {
+            self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            let mut request = self.client.post(format!("{}{path}", self.base)).json(&body);
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.map_err(|e| Failure {
+                message: describe(&e),
+                retryable: e.is_connect() || e.is_timeout() || e.is_request(),
+                retry_after: None,
+            })?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            let bytes = response.bytes().await.unwrap_or_default();
+            Err(Failure {
+                message: format!("HTTP {status}: {}", excerpt(&bytes)),
+                retryable: status.as_u16() == 429 || status.is_server_error(),
+                retry_after: None,
+            })
+        })
+        .retry(backoff)
+        .when(|f: &Failure| f.retryable)
+        .await
+        .map_err(|f| fail(f.message))?;
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| fail(format!("the event stream broke: {e}")))?;
+            let data = event.data.trim();
+            if data == "[DONE]" {
+                return Ok(());
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let json = serde_json::from_str(data).map_err(|e| {
+                fail(format!(
+                    "an event is not valid JSON ({e}): {}",
+                    excerpt(data.as_bytes())
+                ))
+            })?;
+            on_data(json);
+        }
+        Err(fail("the event stream ended before [DONE]".to_string()))
+    }
+
     async fn attempt(
         &self,
         method: reqwest::Method,

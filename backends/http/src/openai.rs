@@ -11,6 +11,7 @@ use sglc_vm::backend::{
     GenOutput, Request, RequestKind, Response, Role, SamplingParams, SelectOutput, SelectParams,
     Usage,
 };
+use sglc_vm::stream::ChunkSink;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,7 @@ impl OpenAiBackend {
                     select: api == Api::Completions,
                     regex: false,
                     json_schema: api == Api::Chat,
-                    streaming: false,
+                    streaming: api == Api::Chat,
                 },
                 max_batch: 256,
                 default_concurrency: 64,
@@ -170,6 +171,37 @@ async fn chat(http: Arc<HttpClient>, body: Json) -> Result<Response, BackendErro
     }))
 }
 
+/// A streamed chat reply: the deltas go to the program as they arrive.
+async fn chat_stream(
+    http: Arc<HttpClient>,
+    mut body: Json,
+    sink: ChunkSink,
+) -> Result<Response, BackendError> {
+    body["stream"] = json!(true);
+    let mut text = String::new();
+    let mut finish_reason = String::from("stop");
+    let mut usage_seen = Usage::default();
+    http.post_stream("/v1/chat/completions", body, |event| {
+        let choice = &event["choices"][0];
+        if let Some(delta) = choice["delta"]["content"].as_str() {
+            sink.send(delta);
+            text.push_str(delta);
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            finish_reason = reason.to_string();
+        }
+        if event["usage"].is_object() {
+            usage_seen = usage(&event);
+        }
+    })
+    .await?;
+    Ok(Response::Gen(GenOutput {
+        text,
+        finish_reason,
+        usage: usage_seen,
+    }))
+}
+
 async fn complete(
     http: Arc<HttpClient>,
     model: String,
@@ -267,7 +299,10 @@ impl Backend for OpenAiBackend {
                 let http = self.http.clone();
                 match (&request.kind, self.api) {
                     (RequestKind::Gen(p), Api::Chat) => match chat_body(&self.model, &self.info.chat_template, &request, p) {
-                        Ok(body) => chat(http, body).boxed(),
+                        Ok(body) => match request.on_chunk.clone() {
+                            Some(sink) => chat_stream(http, body, sink).boxed(),
+                            None => chat(http, body).boxed(),
+                        },
                         Err(message) => futures::future::ready(Err(unsupported(&http, &message))).boxed(),
                     },
                     (RequestKind::Gen(p), Api::Completions) => {

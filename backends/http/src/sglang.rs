@@ -37,7 +37,7 @@ impl SglangBackend {
                     select: true,
                     regex: true,
                     json_schema: true,
-                    streaming: false,
+                    streaming: true,
                 },
                 max_batch,
                 default_concurrency: 512,
@@ -263,6 +263,39 @@ async fn select(
     }))
 }
 
+/// A streamed gen, on its own request: SGLang sends the text so far with every event.
+async fn generate_stream(
+    http: Arc<HttpClient>,
+    request: Request,
+    params: Json,
+) -> Result<Response, BackendError> {
+    let sink = request.on_chunk.clone();
+    let RequestKind::Gen(p) = &request.kind else {
+        unreachable!("only gens stream")
+    };
+    // Hold back what a stop string may still cut, so the streamed text stays a prefix.
+    let hold = p.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut last = Json::Null;
+    let mut sent = 0;
+    let body =
+        json!({ "text": request.prompt.to_string(), "sampling_params": params, "stream": true });
+    http.post_stream("/generate", body, |event| {
+        if let (Some(sink), Some(text)) = (&sink, event["text"].as_str()) {
+            let mut safe = text.len().saturating_sub(hold);
+            while !text.is_char_boundary(safe) {
+                safe -= 1;
+            }
+            if safe > sent && text.is_char_boundary(sent) {
+                sink.send(&text[sent..safe]);
+                sent = safe;
+            }
+        }
+        last = event;
+    })
+    .await?;
+    gen_output(&http, &last)
+}
+
 impl Backend for SglangBackend {
     fn info(&self) -> &BackendInfo {
         &self.info
@@ -274,7 +307,7 @@ impl Backend for SglangBackend {
         let mut prompts = Vec::new();
         let mut params = Vec::new();
         for (i, request) in batch.iter().enumerate() {
-            if let RequestKind::Gen(p) = &request.kind {
+            if let (RequestKind::Gen(p), None) = (&request.kind, &request.on_chunk) {
                 gen_positions.push(i);
                 prompts.push(request.prompt.to_string());
                 params.push(sampling_params(p));
@@ -290,6 +323,10 @@ impl Backend for SglangBackend {
             .enumerate()
             .map(|(i, request)| -> CallFuture {
                 match request.kind {
+                    RequestKind::Gen(ref p) if request.on_chunk.is_some() => {
+                        let params = sampling_params(p);
+                        generate_stream(self.http.clone(), request, params).boxed()
+                    }
                     RequestKind::Gen(_) => {
                         let k = gen_positions
                             .iter()
