@@ -526,3 +526,38 @@ fn both_servers_stream_tokens_and_a_truncated_stream_is_an_error() {
         );
     }
 }
+
+#[test]
+fn sglang_fork_sends_the_shared_prefix_once_for_the_server_cache() {
+    let (url, fake) = serve();
+    let engine = Engine::with_backend(sglang(&url, fast_retries(2)));
+    let source = r#"
+        fn main(s) {
+            s += system("A long shared prefix.")
+            let forks = s.fork(3)
+            for i, f in enumerate(forks) { f += user(f"Branch {i}") + assistant(gen("x", max_tokens=2)) }
+            forks.join()
+            return s["x"]
+        }
+    "#;
+    let script = engine.compile("fork.sgl", source).unwrap();
+    let state = engine
+        .run(&script, "main", json!({}), &RunConfig::default())
+        .unwrap();
+    assert_eq!(state.return_value.as_array().unwrap().len(), 3);
+    let bodies = fake.bodies("/generate");
+    let prefix = bodies
+        .iter()
+        .find(|b| b["text"].is_string())
+        .expect("a prefix request");
+    assert_eq!(
+        prefix["text"],
+        json!("<|im_start|>system\nA long shared prefix.<|im_end|>\n")
+    );
+    assert_eq!(prefix["sampling_params"]["max_new_tokens"], json!(0));
+    let batch = bodies
+        .iter()
+        .find(|b| b["text"].is_array())
+        .expect("the branches' batch");
+    assert_eq!(batch["text"].as_array().unwrap().len(), 3);
+}

@@ -828,6 +828,11 @@ impl Instance {
                         } else {
                             1
                         };
+                        if n > 1 {
+                            env.outbox
+                                .prefix_hints
+                                .push(std::sync::Arc::from(state.borrow().text.as_str()));
+                        }
                         let forks: Vec<Value> = (0..n)
                             .map(|_| {
                                 let fork = StateData::fork(state);

@@ -141,9 +141,9 @@ struct Slot {
     returned: Option<Value>,
 }
 
-/// One call in flight, with the state its answer goes to.
+/// One call in flight, with the state its answer goes to (`None` for a prefix hint).
 type CallInFlight =
-    futures::future::LocalBoxFuture<'static, (StateRef, Result<Response, BackendError>)>;
+    futures::future::LocalBoxFuture<'static, Option<(StateRef, Result<Response, BackendError>)>>;
 
 /// Runs `function` once per input, calling `on_done(input_index, result)` as each finishes.
 /// Results arrive in completion order; the index says which input each belongs to.
@@ -173,7 +173,7 @@ pub async fn run_batch(
         .unwrap_or(info.default_concurrency)
         .max(1);
     let max_batch = config.max_batch.unwrap_or(info.max_batch).max(1);
-    let mut outbox: Outbox = Vec::new();
+    let mut outbox = Outbox::default();
 
     // Constants are computed once per batch, before any program runs.
     if let Err(error) = compute_globals(&mut linked, &template, config) {
@@ -289,8 +289,13 @@ pub async fn run_batch(
         }
 
         // Send every ready call, in batches.
-        if !outbox.is_empty() {
-            let ready = std::mem::take(&mut outbox);
+        for prompt in std::mem::take(&mut outbox.prefix_hints) {
+            if let Some(hint) = backend.cache_prefix(prompt) {
+                in_flight.push(hint.map(|_| None).boxed_local());
+            }
+        }
+        if !outbox.calls.is_empty() {
+            let ready = std::mem::take(&mut outbox.calls);
             let mut ready = ready.into_iter().peekable();
             while ready.peek().is_some() {
                 let (states, requests): (Vec<StateRef>, Vec<Request>) =
@@ -307,7 +312,7 @@ pub async fn run_batch(
                         };
                         futures::future::ready(Err(error)).boxed()
                     });
-                    in_flight.push(call.map(move |result| (state, result)).boxed_local());
+                    in_flight.push(call.map(move |result| Some((state, result))).boxed_local());
                 }
             }
         }
@@ -342,7 +347,7 @@ pub async fn run_batch(
         while let Some(Some(done)) = in_flight.next().now_or_never() {
             finished.push(done);
         }
-        for (state, result) in finished {
+        for (state, result) in finished.into_iter().flatten() {
             if state::complete(&state, result, &template, &mut outbox) {
                 runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
             }
@@ -393,7 +398,7 @@ fn compute_globals(
 ) -> Result<(), RuntimeError> {
     let program = linked.program;
     let mut instance = Instance::new(program, program.init, Vec::new());
-    let mut outbox = Vec::new();
+    let mut outbox = Outbox::default();
     let mut limits = config.limits.clone();
     limits.slice = u32::MAX;
     let globals = {

@@ -123,7 +123,23 @@ impl StateStream {
 }
 
 /// Calls that became ready while the VM ran: each goes to the backend in the next batch.
-pub type Outbox = Vec<(StateRef, Request)>;
+#[derive(Default)]
+pub struct Outbox {
+    pub calls: Vec<(StateRef, Request)>,
+    /// Prompts that several forks are about to continue: a backend with a server-side prefix
+    /// cache can evaluate them once ahead of the branches (SGLang's fork does this).
+    pub prefix_hints: Vec<Arc<str>>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, call: (StateRef, Request)) {
+        self.calls.push(call);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty() && self.prefix_hints.is_empty()
+    }
+}
 
 #[derive(Default)]
 pub struct StateData {

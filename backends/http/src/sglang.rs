@@ -301,6 +301,13 @@ impl Backend for SglangBackend {
         &self.info
     }
 
+    fn cache_prefix(&self, prompt: Arc<str>) -> Option<futures::future::BoxFuture<'static, ()>> {
+        let http = self.http.clone();
+        let body =
+            json!({ "text": prompt.to_string(), "sampling_params": { "max_new_tokens": 0 } });
+        Some(async move { drop(http.post("/generate", body).await) }.boxed())
+    }
+
     fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture> {
         // Every gen of the batch goes out as one `/generate` request with a list of texts.
         let mut gen_positions = Vec::new();

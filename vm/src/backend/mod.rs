@@ -196,6 +196,12 @@ pub trait Backend: Send + Sync + 'static {
     /// go on as soon as its own call is done (a backend with continuous batching finishes
     /// requests of one batch at different times).
     fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture>;
+
+    /// Several forks are about to continue `prompt`: a backend with a server-side prefix cache
+    /// may evaluate it once now. The future's result is ignored.
+    fn cache_prefix(&self, _prompt: Arc<str>) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// A call site that needs a backend capability.
