@@ -561,3 +561,41 @@ fn sglang_fork_sends_the_shared_prefix_once_for_the_server_cache() {
         .expect("the branches' batch");
     assert_eq!(batch["text"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn vllm_and_llamacpp_servers_get_constraints_in_their_own_fields() {
+    let (url, fake) = serve();
+    let source = r#"
+        fn main(s) {
+            s += user("q")
+            s += assistant(gen("a", regex="[0-9]{3}"))
+            s += user("q")
+            s += assistant(gen("b", choices=["yes", "no"]))
+            s += user("q")
+            s += assistant(gen("c", json_schema={"type": "object"}))
+        }
+    "#;
+    for flavor in ["vllm", "llamacpp"] {
+        let backend = sglc::http::from_spec(
+            &format!("{flavor}:{url}"),
+            Some("m"),
+            Api::Chat,
+            fast_retries(2),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(backend.info().capabilities.regex);
+        let engine = Engine::with_backend(backend);
+        let script = engine.compile("c.sgl", source).unwrap();
+        engine
+            .run(&script, "main", json!({}), &RunConfig::default())
+            .unwrap();
+    }
+    let bodies = fake.bodies("/v1/chat/completions");
+    assert_eq!(bodies[0]["guided_regex"], json!("[0-9]{3}"));
+    assert_eq!(bodies[1]["guided_choice"], json!(["yes", "no"]));
+    assert_eq!(bodies[2]["guided_json"], json!({"type": "object"}));
+    assert_eq!(bodies[3]["grammar"], json!("root ::= ([0-9]){3}\n"));
+    assert_eq!(bodies[4]["grammar"], json!("root ::= \"yes\" | \"no\"\n"));
+    assert_eq!(bodies[5]["json_schema"], json!({"type": "object"}));
+}

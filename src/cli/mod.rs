@@ -200,7 +200,7 @@ fn make_backend(spec: Option<&str>, local: &LocalArgs) -> Result<Arc<dyn Backend
         other => match server_backend(other, local) {
             Some(backend) => backend,
             None => bail!(
-                "unknown backend `{other}`; available: local (the default), test, openai[:URL], sglang:URL"
+                "unknown backend `{other}`; available: local (the default), test, openai[:URL], vllm:URL, llamacpp:URL, sglang:URL"
             ),
         },
     }

@@ -6,13 +6,14 @@ pub mod openai;
 pub mod sglang;
 
 pub use client::{HttpOptions, HttpStats};
-pub use openai::{Api, OpenAiBackend};
+pub use openai::{Api, Flavor, OpenAiBackend};
 pub use sglang::SglangBackend;
 
 use sglc_vm::backend::Backend;
 use std::sync::Arc;
 
-/// Builds a server backend from a `--backend` spec: `openai`, `openai:URL` or `sglang:URL`.
+/// Builds a server backend from a `--backend` spec: `openai`, `openai:URL`, `vllm:URL`,
+/// `llamacpp:URL` (OpenAI-compatible servers that also take regex and grammars) or `sglang:URL`.
 /// Returns `None` for a spec that names no server backend.
 pub fn from_spec(
     spec: &str,
@@ -25,7 +26,17 @@ pub fn from_spec(
         None => (spec, None),
     };
     match kind {
-        "openai" => Some((|| {
+        "openai" | "vllm" | "llamacpp" => Some((|| {
+            let flavor = match kind {
+                "vllm" => Flavor::Vllm,
+                "llamacpp" => Flavor::LlamaCpp,
+                _ => Flavor::OpenAi,
+            };
+            if flavor != Flavor::OpenAi && url.is_none() {
+                return Err(format!(
+                    "--backend {kind} needs the server's URL: {kind}:http://HOST:PORT"
+                ));
+            }
             let base = url
                 .map(str::to_string)
                 .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
@@ -39,7 +50,10 @@ pub fn from_spec(
             let key = std::env::var("OPENAI_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty());
-            Ok(Arc::new(OpenAiBackend::new(&base, key, model, api, options)?) as Arc<dyn Backend>)
+            Ok(
+                Arc::new(OpenAiBackend::new(&base, key, model, api, options)?.with_flavor(flavor))
+                    as Arc<dyn Backend>,
+            )
         })()),
         "sglang" => Some((|| {
             let url =

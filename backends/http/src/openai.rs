@@ -20,11 +20,23 @@ pub enum Api {
     Completions,
 }
 
+/// Which server: decides how constraints are passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// OpenAI itself: JSON schema through `response_format` (chat), no regex.
+    OpenAi,
+    /// vLLM: `guided_regex`, `guided_choice`, `guided_json`.
+    Vllm,
+    /// llama.cpp's server: a GBNF `grammar`, or `json_schema`.
+    LlamaCpp,
+}
+
 pub struct OpenAiBackend {
     http: Arc<HttpClient>,
     info: BackendInfo,
     model: String,
     api: Api,
+    flavor: Flavor,
 }
 
 impl OpenAiBackend {
@@ -54,7 +66,18 @@ impl OpenAiBackend {
             http: Arc::new(http),
             model: model.to_string(),
             api,
+            flavor: Flavor::OpenAi,
         })
+    }
+
+    /// Passes constraints the way this server accepts them (and declares it can).
+    pub fn with_flavor(mut self, flavor: Flavor) -> OpenAiBackend {
+        self.flavor = flavor;
+        if flavor != Flavor::OpenAi {
+            self.info.capabilities.regex = true;
+            self.info.capabilities.json_schema = true;
+        }
+        self
     }
 
     pub fn http(&self) -> &Arc<HttpClient> {
@@ -90,10 +113,69 @@ fn sampling_fields(body: &mut serde_json::Map<String, Json>, p: &SamplingParams)
     }
 }
 
+/// Adds a gen's constraints to a request body in the server's own fields.
+fn constraint_fields(
+    body: &mut serde_json::Map<String, Json>,
+    p: &SamplingParams,
+    flavor: Flavor,
+    api: Api,
+) -> Result<(), String> {
+    let schema = p
+        .json_schema
+        .as_ref()
+        .map(|s| {
+            serde_json::from_str::<Json>(s)
+                .map_err(|e| format!("json_schema is not valid JSON: {e}"))
+        })
+        .transpose()?;
+    let dtype_regex = match p.dtype.as_deref() {
+        Some("int") => Some(r"-?[0-9]+".to_string()),
+        Some("float") => Some(r"-?[0-9]+(\.[0-9]+)?".to_string()),
+        Some("bool") => Some("(true|false)".to_string()),
+        _ => None,
+    };
+    match flavor {
+        Flavor::Vllm => {
+            if let Some(choices) = &p.choices {
+                body.insert("guided_choice".into(), json!(choices));
+            } else if let Some(regex) = p.regex.clone().or(dtype_regex) {
+                body.insert("guided_regex".into(), json!(regex));
+            }
+            if let Some(schema) = schema {
+                body.insert("guided_json".into(), schema);
+            }
+        }
+        Flavor::LlamaCpp => {
+            if let Some(grammar) = sglc_vm::backend::gbnf::constraint_grammar(p)? {
+                body.insert("grammar".into(), json!(grammar));
+            }
+            if let Some(schema) = schema {
+                body.insert("json_schema".into(), schema);
+            }
+        }
+        Flavor::OpenAi => {
+            if p.regex.is_some() || p.choices.is_some() || p.dtype.is_some() {
+                return Err("regex, choices and dtype need constrained decoding: use the local, sglang, vllm or llamacpp backend".to_string());
+            }
+            if let Some(schema) = schema {
+                if api == Api::Completions {
+                    return Err("json_schema needs the chat API on OpenAI".to_string());
+                }
+                body.insert(
+                    "response_format".into(),
+                    json!({ "type": "json_schema", "json_schema": { "name": "output", "schema": schema, "strict": true } }),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The chat request for a gen: the closed messages, answered by the open assistant message.
 pub fn chat_body(
     model: &str,
     template: &ChatTemplate,
+    flavor: Flavor,
     request: &Request,
     p: &SamplingParams,
 ) -> Result<Json, String> {
@@ -116,20 +198,7 @@ pub fn chat_body(
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), json!(request.messages));
     sampling_fields(&mut body, p);
-    if let Some(schema) = &p.json_schema {
-        let schema: Json = serde_json::from_str(schema)
-            .map_err(|e| format!("json_schema is not valid JSON: {e}"))?;
-        body.insert(
-            "response_format".into(),
-            json!({ "type": "json_schema", "json_schema": { "name": "output", "schema": schema, "strict": true } }),
-        );
-    }
-    if p.regex.is_some() || p.choices.is_some() || p.dtype.is_some() {
-        return Err(
-            "regex, choices and dtype need a backend with constrained decoding (local or sglang)"
-                .to_string(),
-        );
-    }
+    constraint_fields(&mut body, p, flavor, Api::Chat)?;
     Ok(Json::Object(body))
 }
 
@@ -205,6 +274,7 @@ async fn chat_stream(
 async fn complete(
     http: Arc<HttpClient>,
     model: String,
+    flavor: Flavor,
     prompt: String,
     p: SamplingParams,
 ) -> Result<Response, BackendError> {
@@ -213,6 +283,8 @@ async fn complete(
     body.insert("model".into(), json!(model));
     body.insert("prompt".into(), json!(prompt));
     sampling_fields(&mut body, &p);
+    constraint_fields(&mut body, &p, flavor, Api::Completions)
+        .map_err(|m| unsupported(&http, &m))?;
     let answer = http.post(path, Json::Object(body)).await?;
     let choice = &answer["choices"][0];
     let text = choice["text"]
@@ -298,7 +370,7 @@ impl Backend for OpenAiBackend {
             .map(|request| -> CallFuture {
                 let http = self.http.clone();
                 match (&request.kind, self.api) {
-                    (RequestKind::Gen(p), Api::Chat) => match chat_body(&self.model, &self.info.chat_template, &request, p) {
+                    (RequestKind::Gen(p), Api::Chat) => match chat_body(&self.model, &self.info.chat_template, self.flavor, &request, p) {
                         Ok(body) => match request.on_chunk.clone() {
                             Some(sink) => chat_stream(http, body, sink).boxed(),
                             None => chat(http, body).boxed(),
@@ -306,7 +378,7 @@ impl Backend for OpenAiBackend {
                         Err(message) => futures::future::ready(Err(unsupported(&http, &message))).boxed(),
                     },
                     (RequestKind::Gen(p), Api::Completions) => {
-                        complete(http, self.model.clone(), request.prompt.to_string(), p.clone()).boxed()
+                        complete(http, self.model.clone(), self.flavor, request.prompt.to_string(), p.clone()).boxed()
                     }
                     (RequestKind::Select(params), Api::Completions) => {
                         select_completions(http, self.model.clone(), request.prompt.to_string(), params.clone()).boxed()

@@ -4,6 +4,7 @@
 //! **Architecture Invariant:** the VM never calls a backend one request at a time; the scheduler
 //! collects every call that is ready and passes them as one batch.
 
+pub mod gbnf;
 pub mod test_backend;
 
 use futures::future::BoxFuture;
