@@ -183,6 +183,12 @@ async fn chat(
         events.push(json!({"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}));
         return sse(&events, !truncate);
     }
+    if body["logprobs"] == json!(true) {
+        let top = json!([{"token": "Par", "logprob": -0.2}, {"token": "Lon", "logprob": -1.5}, {"token": "The", "logprob": -2.5}]);
+        return json!({"choices": [{"message": {"content": "Par"}, "finish_reason": "length", "logprobs": {"content": [{"token": "Par", "logprob": -0.2, "top_logprobs": top}]}}]})
+            .to_string()
+            .into_response();
+    }
     let last = body["messages"]
         .as_array()
         .and_then(|m| m.last())
@@ -457,9 +463,9 @@ fn the_api_key_never_appears_in_errors() {
 fn programs_needing_what_a_backend_lacks_are_refused_before_running() {
     let (url, fake) = serve();
     let backend =
-        sglc::http::OpenAiBackend::new(&url, None, "m", Api::Chat, fast_retries(1)).unwrap();
+        sglc::http::OpenAiBackend::new(&url, None, "m", Api::Completions, fast_retries(1)).unwrap();
     let engine = Engine::new(backend);
-    let source = "fn main(s) {\n    s += user(\"q\")\n    s += assistant(select(\"c\", choices=[\"a\", \"b\"]))\n    s += gen(\"n\", regex=\"[0-9]+\")\n}\n";
+    let source = "fn main(s) {\n    s += user(\"q\")\n    s += assistant(gen(\"c\", json_schema={}))\n    s += gen(\"n\", regex=\"[0-9]+\")\n}\n";
     let script = engine.compile("cap.sgl", source).unwrap();
     let Err(Error::Unsupported { diagnostics, .. }) =
         engine.run(&script, "main", json!({}), &RunConfig::default())
@@ -467,7 +473,10 @@ fn programs_needing_what_a_backend_lacks_are_refused_before_running() {
         panic!("the program must be refused");
     };
     let rendered = script.render(&diagnostics, false);
-    assert!(rendered.contains("does not support `select`"), "{rendered}");
+    assert!(
+        rendered.contains("does not support `json_schema`"),
+        "{rendered}"
+    );
     assert!(rendered.contains("does not support `regex`"), "{rendered}");
     assert!(rendered.contains("cap.sgl:3:20"), "{rendered}");
     assert!(fake.requests.lock().unwrap().is_empty(), "nothing was sent");
@@ -598,4 +607,25 @@ fn vllm_and_llamacpp_servers_get_constraints_in_their_own_fields() {
     assert_eq!(bodies[3]["grammar"], json!("root ::= ([0-9]){3}\n"));
     assert_eq!(bodies[4]["grammar"], json!("root ::= \"yes\" | \"no\"\n"));
     assert_eq!(bodies[5]["json_schema"], json!({"type": "object"}));
+}
+
+#[test]
+fn chat_select_scores_choices_by_the_first_tokens_top_logprobs() {
+    let (url, fake) = serve();
+    let backend =
+        sglc::http::OpenAiBackend::new(&url, None, "m", Api::Chat, fast_retries(1)).unwrap();
+    let engine = Engine::new(backend);
+    let source = r#"fn main(s) { s += user("Capital of France?"); s += assistant(select("c", choices=["London", "Paris", "Rome"])) }"#;
+    let script = engine.compile("cs.sgl", source).unwrap();
+    let state = engine
+        .run(&script, "main", json!({}), &RunConfig::default())
+        .unwrap();
+    assert_eq!(state["c"], json!("Paris"));
+    let scores = state.meta["c"]["scores"].as_array().unwrap().clone();
+    assert_eq!(scores[0], json!(-1.5));
+    let body = &fake.bodies("/v1/chat/completions")[0];
+    assert_eq!(
+        (body["max_tokens"].clone(), body["top_logprobs"].clone()),
+        (json!(1), json!(20))
+    );
 }

@@ -54,8 +54,9 @@ impl OpenAiBackend {
                 name: format!("{} ({model})", http.name),
                 chat_template: ChatTemplate::chatml(),
                 capabilities: Capabilities {
-                    // Chat APIs return no prompt log-probabilities, and OpenAI has no regex.
-                    select: api == Api::Completions,
+                    // Completions score whole choices from echoed prompt log-probabilities; chat
+                    // APIs only by the first token's `top_logprobs`. OpenAI has no regex.
+                    select: true,
                     regex: false,
                     json_schema: api == Api::Chat,
                     streaming: api == Api::Chat,
@@ -359,6 +360,78 @@ async fn select_completions(
     }))
 }
 
+fn default_sampling() -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: 1,
+        min_new_tokens: 0,
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: -1,
+        min_p: 0.0,
+        frequency_penalty: 0.0,
+        presence_penalty: 0.0,
+        ignore_eos: false,
+        regex: None,
+        json_schema: None,
+        choices: None,
+        dtype: None,
+        seed: None,
+    }
+}
+
+/// Select on a chat API: one token with `top_logprobs`; each choice scores the log-probability
+/// of the likeliest listed token it starts with. Works when the first token decides.
+async fn select_chat(
+    http: Arc<HttpClient>,
+    mut body: Json,
+    params: SelectParams,
+) -> Result<Response, BackendError> {
+    let path = "/v1/chat/completions";
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(20);
+    let answer = http.post(path, body).await?;
+    let top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        .as_array()
+        .ok_or_else(|| {
+            malformed(
+                &http,
+                path,
+                "no `choices[0].logprobs.content[0].top_logprobs`",
+                &answer,
+            )
+        })?;
+    let scores: Vec<f64> = params
+        .choices
+        .iter()
+        .map(|choice| {
+            top.iter()
+                .filter_map(|t| Some((t["token"].as_str()?, t["logprob"].as_f64()?)))
+                .filter(|(token, _)| {
+                    !token.is_empty()
+                        && (choice.starts_with(token) || token.starts_with(choice.as_str()))
+                })
+                .map(|(_, lp)| lp)
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
+    if scores.iter().all(|s| s.is_infinite()) {
+        return Err(unsupported(
+            &http,
+            "select on a chat API: none of the choices starts with one of the model's 20 likeliest first tokens; use --api completions",
+        ));
+    }
+    let index = (0..scores.len())
+        .max_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(b.cmp(a)))
+        .unwrap_or(0);
+    Ok(Response::Select(SelectOutput {
+        index,
+        scores,
+        usage: usage(&answer),
+    }))
+}
+
 impl Backend for OpenAiBackend {
     fn info(&self) -> &BackendInfo {
         &self.info
@@ -370,24 +443,55 @@ impl Backend for OpenAiBackend {
             .map(|request| -> CallFuture {
                 let http = self.http.clone();
                 match (&request.kind, self.api) {
-                    (RequestKind::Gen(p), Api::Chat) => match chat_body(&self.model, &self.info.chat_template, self.flavor, &request, p) {
+                    (RequestKind::Gen(p), Api::Chat) => match chat_body(
+                        &self.model,
+                        &self.info.chat_template,
+                        self.flavor,
+                        &request,
+                        p,
+                    ) {
                         Ok(body) => match request.on_chunk.clone() {
                             Some(sink) => chat_stream(http, body, sink).boxed(),
                             None => chat(http, body).boxed(),
                         },
-                        Err(message) => futures::future::ready(Err(unsupported(&http, &message))).boxed(),
+                        Err(message) => {
+                            futures::future::ready(Err(unsupported(&http, &message))).boxed()
+                        }
                     },
-                    (RequestKind::Gen(p), Api::Completions) => {
-                        complete(http, self.model.clone(), self.flavor, request.prompt.to_string(), p.clone()).boxed()
-                    }
-                    (RequestKind::Select(params), Api::Completions) => {
-                        select_completions(http, self.model.clone(), request.prompt.to_string(), params.clone()).boxed()
-                    }
-                    (RequestKind::Select(_), Api::Chat) => futures::future::ready(Err(unsupported(
-                        &http,
-                        "select needs prompt log-probabilities, which chat APIs do not return; use --api completions",
-                    )))
+                    (RequestKind::Gen(p), Api::Completions) => complete(
+                        http,
+                        self.model.clone(),
+                        self.flavor,
+                        request.prompt.to_string(),
+                        p.clone(),
+                    )
                     .boxed(),
+                    (RequestKind::Select(params), Api::Completions) => select_completions(
+                        http,
+                        self.model.clone(),
+                        request.prompt.to_string(),
+                        params.clone(),
+                    )
+                    .boxed(),
+                    (RequestKind::Select(params), Api::Chat) => {
+                        let greedy = SamplingParams {
+                            max_new_tokens: 1,
+                            temperature: 0.0,
+                            ..default_sampling()
+                        };
+                        match chat_body(
+                            &self.model,
+                            &self.info.chat_template,
+                            Flavor::OpenAi,
+                            &request,
+                            &greedy,
+                        ) {
+                            Ok(body) => select_chat(http, body, params.clone()).boxed(),
+                            Err(message) => {
+                                futures::future::ready(Err(unsupported(&http, &message))).boxed()
+                            }
+                        }
+                    }
                 }
             })
             .collect()
