@@ -185,6 +185,9 @@ pub struct LocalArgs {
     /// Attempts per request for server backends (retries on connection errors, 429 and 5xx).
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub attempts: usize,
+    /// Most gens per batched request to an SGLang server (and per backend call).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub max_batch: usize,
     /// Sequences the embedded model decodes together.
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
@@ -211,6 +214,7 @@ fn server_backend(spec: &str, args: &LocalArgs) -> Option<Result<Arc<dyn Backend
     let options = sglc::http::HttpOptions {
         timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.001)),
         max_attempts: args.attempts.max(1),
+        max_batch: args.max_batch.max(1),
         ..Default::default()
     };
     let api = if args.api == "completions" {
