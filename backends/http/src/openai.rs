@@ -7,9 +7,9 @@ use crate::client::{HttpClient, HttpOptions};
 use futures::FutureExt;
 use serde_json::{Value as Json, json};
 use sglc_vm::backend::{
-    Backend, BackendError, BackendInfo, CallFuture, Capabilities, ChatTemplate, ChoicesMethod,
-    GenOutput, Request, RequestKind, Response, Role, SamplingParams, SelectOutput, SelectParams,
-    Usage,
+    Backend, BackendError, BackendInfo, CallFuture, Capabilities, ChatTemplate, GenOutput, Request,
+    RequestKind, Response, Role, SamplingParams, SelectOutput, SelectParams, Usage, best_choice,
+    choice_score,
 };
 use sglc_vm::stream::ChunkSink;
 use std::sync::Arc;
@@ -224,21 +224,40 @@ fn malformed(http: &HttpClient, path: &str, what: &str, body: &Json) -> BackendE
     }
 }
 
-async fn chat(http: Arc<HttpClient>, body: Json) -> Result<Response, BackendError> {
-    let path = "/v1/chat/completions";
-    let answer = http.post(path, body).await?;
+/// The gen result from a response's first choice, whose text is at `text_at`.
+fn first_choice_gen(
+    http: &HttpClient,
+    path: &str,
+    answer: &Json,
+    text_at: &[&str],
+) -> Result<Response, BackendError> {
     let choice = &answer["choices"][0];
-    let text = choice["message"]["content"]
+    let text = text_at
+        .iter()
+        .fold(choice, |v, key| &v[*key])
         .as_str()
-        .ok_or_else(|| malformed(&http, path, "no `choices[0].message.content`", &answer))?;
+        .ok_or_else(|| {
+            malformed(
+                http,
+                path,
+                &format!("no `choices[0].{}`", text_at.join(".")),
+                answer,
+            )
+        })?;
     Ok(Response::Gen(GenOutput {
         text: text.to_string(),
         finish_reason: choice["finish_reason"]
             .as_str()
             .unwrap_or("stop")
             .to_string(),
-        usage: usage(&answer),
+        usage: usage(answer),
     }))
+}
+
+async fn chat(http: Arc<HttpClient>, body: Json) -> Result<Response, BackendError> {
+    let path = "/v1/chat/completions";
+    let answer = http.post(path, body).await?;
+    first_choice_gen(&http, path, &answer, &["message", "content"])
 }
 
 /// A streamed chat reply: the deltas go to the program as they arrive.
@@ -287,18 +306,7 @@ async fn complete(
     constraint_fields(&mut body, &p, flavor, Api::Completions)
         .map_err(|m| unsupported(&http, &m))?;
     let answer = http.post(path, Json::Object(body)).await?;
-    let choice = &answer["choices"][0];
-    let text = choice["text"]
-        .as_str()
-        .ok_or_else(|| malformed(&http, path, "no `choices[0].text`", &answer))?;
-    Ok(Response::Gen(GenOutput {
-        text: text.to_string(),
-        finish_reason: choice["finish_reason"]
-            .as_str()
-            .unwrap_or("stop")
-            .to_string(),
-        usage: usage(&answer),
-    }))
+    first_choice_gen(&http, path, &answer, &["text"])
 }
 
 /// Scores each choice from the log-probabilities the server echoes for `prompt + choice`.
@@ -342,17 +350,11 @@ async fn select_completions(
             .filter(|(o, _)| o.as_u64().is_some_and(|o| o as usize >= prompt.len()))
             .filter_map(|(_, lp)| lp.as_f64())
             .collect();
-        let n = choice_lps.len().max(1) as f64;
         if let Some(score) = scores.get_mut(index) {
-            *score = match params.method {
-                ChoicesMethod::Greedy => choice_lps.first().copied().unwrap_or(f64::NEG_INFINITY),
-                _ => choice_lps.iter().sum::<f64>() / n,
-            };
+            *score = choice_score(params.method, &choice_lps, 0.0);
         }
     }
-    let index = (0..scores.len())
-        .max_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(b.cmp(a)))
-        .unwrap_or(0);
+    let index = best_choice(&scores);
     Ok(Response::Select(SelectOutput {
         index,
         scores,
@@ -422,11 +424,8 @@ async fn select_chat(
             "select on a chat API: none of the choices starts with one of the model's 20 likeliest first tokens; use --api completions",
         ));
     }
-    let index = (0..scores.len())
-        .max_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(b.cmp(a)))
-        .unwrap_or(0);
     Ok(Response::Select(SelectOutput {
-        index,
+        index: best_choice(&scores),
         scores,
         usage: usage(&answer),
     }))

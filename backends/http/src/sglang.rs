@@ -8,6 +8,7 @@ use serde_json::{Value as Json, json};
 use sglc_vm::backend::{
     Backend, BackendError, BackendInfo, CallFuture, Capabilities, ChatTemplate, ChoicesMethod,
     GenOutput, Request, RequestKind, Response, SamplingParams, SelectOutput, SelectParams, Usage,
+    best_choice, choice_score,
 };
 use std::sync::Arc;
 
@@ -240,19 +241,9 @@ async fn select(
     let scores: Vec<f64> = choice_logprobs
         .iter()
         .zip(&unconditional)
-        .map(|(lps, uncond)| {
-            let n = lps.len().max(1) as f64;
-            let sum: f64 = lps.iter().sum();
-            match params.method {
-                ChoicesMethod::TokenLengthNormalized => sum / n,
-                ChoicesMethod::Greedy => lps.first().copied().unwrap_or(f64::NEG_INFINITY),
-                ChoicesMethod::UnconditionalLikelihoodNormalized => (sum - uncond) / n,
-            }
-        })
+        .map(|(lps, uncond)| choice_score(params.method, lps, *uncond))
         .collect();
-    let index = (0..scores.len())
-        .max_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(b.cmp(a)))
-        .unwrap_or(0);
+    let index = best_choice(&scores);
     Ok(Response::Select(SelectOutput {
         index,
         scores,

@@ -21,7 +21,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use sglc_vm::backend::{
     BackendError, ChatTemplate, ChoicesMethod, GenOutput, Request, RequestKind, Response,
-    SamplingParams, SelectOutput, SelectParams, Usage,
+    SamplingParams, SelectOutput, SelectParams, Usage, choice_score,
 };
 use sglc_vm::stream::ChunkSink;
 use std::collections::VecDeque;
@@ -980,19 +980,8 @@ fn select_scores(select: &SelectState) -> Vec<f64> {
     select
         .logprobs
         .iter()
-        .enumerate()
-        .map(|(c, lps)| {
-            let n = lps.len().max(1) as f64;
-            let sum: f64 = lps.iter().sum();
-            match select.params.method {
-                ChoicesMethod::TokenLengthNormalized => sum / n,
-                ChoicesMethod::Greedy => lps.first().copied().unwrap_or(f64::NEG_INFINITY),
-                ChoicesMethod::UnconditionalLikelihoodNormalized => {
-                    let unconditional: f64 = select.unconditional[c].iter().sum();
-                    (sum - unconditional) / n
-                }
-            }
-        })
+        .zip(&select.unconditional)
+        .map(|(lps, uncond)| choice_score(select.params.method, lps, uncond.iter().sum()))
         .collect()
 }
 

@@ -254,3 +254,22 @@ pub fn unmet_requirements(
     }
     unmet
 }
+
+/// A choice's score under `method` from the log-probabilities of its tokens given the prompt
+/// (`unconditional`: the sum of its log-probabilities without the prompt, for that method).
+pub fn choice_score(method: ChoicesMethod, logprobs: &[f64], unconditional: f64) -> f64 {
+    let n = logprobs.len().max(1) as f64;
+    let sum: f64 = logprobs.iter().sum();
+    match method {
+        ChoicesMethod::TokenLengthNormalized => sum / n,
+        ChoicesMethod::Greedy => logprobs.first().copied().unwrap_or(f64::NEG_INFINITY),
+        ChoicesMethod::UnconditionalLikelihoodNormalized => (sum - unconditional) / n,
+    }
+}
+
+/// The index of the best score; ties go to the earlier choice.
+pub fn best_choice(scores: &[f64]) -> usize {
+    (0..scores.len())
+        .max_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(b.cmp(a)))
+        .unwrap_or(0)
+}
