@@ -154,7 +154,7 @@ fn check_emits_tokens_ast_and_bytecode() {
     let out = sglc(&["check", "examples/hello.sgl", "--emit", "ast"]);
     assert!(stdout(&out).contains("(fn main (s)"));
     let out = sglc(&["check", "examples/hello.sgl", "--emit", "bytecode"]);
-    assert!(stdout(&out).contains("CallInto Gen(name, max_tokens, stop)"));
+    assert!(stdout(&out).contains("CallInto Gen(name, max_tokens, stop, temperature)"));
 }
 
 #[test]
