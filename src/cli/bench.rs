@@ -1,6 +1,6 @@
 //! `sglc bench local`: the embedded model's figures, measured in one run and reported as ratios.
 
-use super::LocalArgs;
+use super::BackendArgs;
 use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 use sglc::local::{EngineOptions, LocalBackend, direct, resolve_model};
@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
-pub struct BenchLocalArgs {
+pub struct BenchBackendArgs {
     #[command(flatten)]
-    local: LocalArgs,
+    local: BackendArgs,
     /// Programs in the batch figures.
     #[arg(long, default_value_t = 32)]
     programs: usize,
@@ -73,7 +73,7 @@ struct Row {
     ok: bool,
 }
 
-fn start(args: &LocalArgs, parallel: usize, cache: bool) -> Result<LocalBackend> {
+fn start(args: &BackendArgs, parallel: usize, cache: bool) -> Result<LocalBackend> {
     let path = resolve_model(args.model.as_deref(), &|m| eprintln!("sglc: {m}"))?;
     let mut options = EngineOptions::new(path);
     options.parallel = args.parallel.unwrap_or(parallel);
@@ -90,7 +90,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-pub fn bench_local(args: BenchLocalArgs) -> Result<ExitCode> {
+pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let n = args.programs;
     let greedy = RunConfig::default().with_temperature(0.0);

@@ -1,10 +1,10 @@
 //! Starting the embedded model from command-line options.
 
-use super::LocalArgs;
+use super::BackendArgs;
 use anyhow::{Result, anyhow};
 use sglc_local::{EngineOptions, LocalBackend, resolve_model};
 
-pub fn start(args: &LocalArgs) -> Result<LocalBackend> {
+pub fn start(args: &BackendArgs) -> Result<LocalBackend> {
     let path = resolve_model(args.model.as_deref(), &|message| {
         eprintln!("sglc: {message}")
     })?;

@@ -49,7 +49,7 @@ enum Command {
         #[arg(long)]
         backend: Option<String>,
         #[command(flatten)]
-        local: LocalArgs,
+        local: BackendArgs,
     },
     /// Manage the embedded model.
     #[command(subcommand)]
@@ -70,7 +70,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// The embedded model: batching throughput, prefix sharing, time to first token.
-    Local(bench::BenchLocalArgs),
+    Local(bench::BenchBackendArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,7 +105,7 @@ struct RunArgs {
     #[arg(long, env = "SGLC_BACKEND")]
     backend: Option<String>,
     #[command(flatten)]
-    local: LocalArgs,
+    local: BackendArgs,
     /// Default max_tokens for gens that do not set it.
     #[arg(long, value_name = "N")]
     max_new_tokens: Option<u32>,
@@ -171,7 +171,7 @@ fn read_source(path: &Path) -> Result<String> {
 
 /// Options of the model backends, shared by `run`, `check` and `bench`.
 #[derive(Args, Debug, Clone)]
-pub struct LocalArgs {
+pub struct BackendArgs {
     /// The model: a GGUF file for the embedded backend (default: SmolLM2-135M-Instruct,
     /// fetched on first use), or the model name for `--backend openai`.
     #[arg(long, env = "SGLC_MODEL", value_name = "PATH|NAME")]
@@ -196,7 +196,7 @@ pub struct LocalArgs {
     pub threads: Option<i32>,
 }
 
-fn make_backend(spec: Option<&str>, local: &LocalArgs) -> Result<Arc<dyn Backend>> {
+fn make_backend(spec: Option<&str>, local: &BackendArgs) -> Result<Arc<dyn Backend>> {
     match spec.unwrap_or("local") {
         "test" => Ok(Arc::new(TestBackend::new())),
         "local" => start_local(local),
@@ -210,7 +210,7 @@ fn make_backend(spec: Option<&str>, local: &LocalArgs) -> Result<Arc<dyn Backend
 }
 
 #[cfg(feature = "http")]
-fn server_backend(spec: &str, args: &LocalArgs) -> Option<Result<Arc<dyn Backend>>> {
+fn server_backend(spec: &str, args: &BackendArgs) -> Option<Result<Arc<dyn Backend>>> {
     let options = sglc::http::HttpOptions {
         timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.001)),
         max_attempts: args.attempts.max(1),
@@ -227,17 +227,17 @@ fn server_backend(spec: &str, args: &LocalArgs) -> Option<Result<Arc<dyn Backend
 }
 
 #[cfg(not(feature = "http"))]
-fn server_backend(_: &str, _: &LocalArgs) -> Option<Result<Arc<dyn Backend>>> {
+fn server_backend(_: &str, _: &BackendArgs) -> Option<Result<Arc<dyn Backend>>> {
     None
 }
 
 #[cfg(feature = "local")]
-fn start_local(local: &LocalArgs) -> Result<Arc<dyn Backend>> {
+fn start_local(local: &BackendArgs) -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(local::start(local)?))
 }
 
 #[cfg(not(feature = "local"))]
-fn start_local(_: &LocalArgs) -> Result<Arc<dyn Backend>> {
+fn start_local(_: &BackendArgs) -> Result<Arc<dyn Backend>> {
     bail!("this sglc was built without the embedded model (feature `local`); use --backend test")
 }
 
@@ -433,7 +433,7 @@ fn check(
     path: &Path,
     emit: Option<Emit>,
     backend: Option<&str>,
-    local: &LocalArgs,
+    local: &BackendArgs,
 ) -> Result<ExitCode> {
     let source = read_source(path)?;
     match emit {
