@@ -399,7 +399,6 @@ fn a_dead_server_is_a_clear_error() {
 #[test]
 fn openai_chat_sends_messages_and_reads_the_reply() {
     let (url, fake) = serve();
-    // SAFETY of the test: the key is only read by this backend constructor.
     let backend = sglc::http::OpenAiBackend::new(
         &url,
         Some("sk-test-secret".to_string()),

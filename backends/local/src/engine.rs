@@ -10,7 +10,7 @@
 //! through a channel of `Job`s.
 
 use crate::grammar::grammar_for;
-use crate::prefix_cache::PrefixCache;
+use crate::prefix_cache::{PrefixCache, common_prefix};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -811,10 +811,6 @@ fn generated(a: &Active) -> usize {
         Work::Gen(g) => g.output.len(),
         Work::Select(_) => 0,
     }
-}
-
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn log_softmax_at(logits: &[f32], index: usize) -> f64 {

@@ -42,7 +42,7 @@ pub struct Hit {
     pub len: usize,
 }
 
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+pub fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -59,11 +59,12 @@ impl PrefixCache {
         self.len() == 0
     }
 
-    /// The longest cached prefix of `tokens`, and a sequence that holds it.
-    pub fn lookup(&mut self, tokens: &[LlamaToken]) -> Option<Hit> {
+    /// Walks down as far as `tokens` match: the node reached (the child of an edge matched
+    /// part way) and how many tokens matched.
+    fn descend(&self, tokens: &[LlamaToken]) -> (&Node, usize) {
         let mut node = &self.root;
         let mut matched = 0;
-        loop {
+        while matched < tokens.len() {
             let rest = &tokens[matched..];
             let Some((edge, child)) = node
                 .children
@@ -79,6 +80,12 @@ impl PrefixCache {
                 break;
             }
         }
+        (node, matched)
+    }
+
+    /// The longest cached prefix of `tokens`, and a sequence that holds it.
+    pub fn lookup(&mut self, tokens: &[LlamaToken]) -> Option<Hit> {
+        let (node, matched) = self.descend(tokens);
         if matched == 0 {
             return None;
         }
@@ -103,25 +110,7 @@ impl PrefixCache {
 
     /// True when `tokens` (or a longer sequence starting with them) is already cached.
     pub fn covers(&self, tokens: &[LlamaToken]) -> bool {
-        let mut node = &self.root;
-        let mut matched = 0;
-        while matched < tokens.len() {
-            let rest = &tokens[matched..];
-            let Some((edge, child)) = node
-                .children
-                .iter()
-                .find(|(edge, _)| edge.first() == rest.first())
-            else {
-                return false;
-            };
-            let n = common_prefix(edge, rest);
-            matched += n;
-            if n < edge.len() && matched < tokens.len() {
-                return false;
-            }
-            node = child;
-        }
-        true
+        self.descend(tokens).1 == tokens.len()
     }
 
     /// Records that sequence `seq` holds `tokens`. Returns the sequence ids of entries that
