@@ -45,8 +45,8 @@ pub use sglc_http as http;
 pub use sglc_local as local;
 pub use sglc_vm::backend::{self, Backend, BackendError, Message};
 pub use sglc_vm::{
-    EventSink, GenDefaults, Limits, Natives, ProgramState, RunConfig, RuntimeError, StreamEvent,
-    TestBackend, Value,
+    EventSink, GenDefaults, InputArgs, InputSource, Limits, Natives, NextInput, ProgramState,
+    RunConfig, RuntimeError, StreamEvent, TestBackend, Value,
 };
 
 /// A compiled source file, ready to run any of its functions.
@@ -82,6 +82,15 @@ impl Script {
     /// The bytecode listing with source locations.
     pub fn disassemble(&self) -> String {
         self.program.disassemble(&self.source)
+    }
+
+    /// The bytecode listing of one function, when the script has it.
+    pub fn disassemble_function(&self, name: &str) -> Option<String> {
+        let header = format!("fn {name}(");
+        self.disassemble()
+            .split("\n\n")
+            .find(|block| block.starts_with(&header))
+            .map(str::to_string)
     }
 
     /// Renders diagnostics (warnings, or a runtime error's) against this script's source.
@@ -158,6 +167,11 @@ impl Engine {
         f: impl Fn(&[serde_json::Value]) -> Result<serde_json::Value, String> + Send + Sync + 'static,
     ) {
         self.natives.register_json(name, arity, f);
+    }
+
+    /// The functions and methods scripts can call (the standard library and the host's).
+    pub fn natives(&self) -> &Natives {
+        &self.natives
     }
 
     /// The native table, for hosts that register functions over VM values directly.
@@ -284,6 +298,25 @@ impl Engine {
         config: &RunConfig,
         on_done: impl FnMut(usize, Result<ProgramState, RuntimeError>) + Send,
     ) -> Result<(), Error> {
+        let objects = inputs.into_iter().map(|v| match v {
+            serde_json::Value::Object(map) => Ok(map),
+            other => Err(format!("arguments must be a JSON object, got {other}")),
+        });
+        self.run_batch_from(script, function, objects, config, on_done)
+    }
+
+    /// Runs a batch whose inputs come from `inputs`, which the scheduler asks for the next
+    /// program whenever it has room: a host can read inputs lazily, hold them back (a bounded
+    /// output buffer) or end the batch early (Ctrl-C). Input indices count the inputs handed
+    /// out, from 0.
+    pub fn run_batch_from(
+        &self,
+        script: &Script,
+        function: &str,
+        inputs: impl InputSource + Send,
+        config: &RunConfig,
+        on_done: impl FnMut(usize, Result<ProgramState, RuntimeError>) + Send,
+    ) -> Result<(), Error> {
         let function_id = script
             .program
             .function(function)
@@ -303,7 +336,6 @@ impl Engine {
                 diagnostics: unsupported,
             });
         }
-        let inputs = inputs.into_iter();
         let program = &script.program;
         let natives = &self.natives;
         let backend = &self.backend;
@@ -317,16 +349,12 @@ impl Engine {
                         .build()
                         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
                     let on_done = on_done;
-                    let objects = inputs.map(|v| match v {
-                        serde_json::Value::Object(map) => Ok(map),
-                        other => Err(format!("arguments must be a JSON object, got {other}")),
-                    });
                     runtime.block_on(sglc_vm::run_batch(
                         program,
                         natives,
                         backend,
                         function_id,
-                        objects,
+                        inputs,
                         config,
                         on_done,
                     ));

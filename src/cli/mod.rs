@@ -5,6 +5,8 @@ mod batch;
 mod bench;
 #[cfg(feature = "local")]
 mod local;
+mod repl;
+mod stream;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -18,21 +20,37 @@ use std::sync::Arc;
 pub const EXIT_FAILURE: u8 = 1;
 /// Some programs of a batch failed; the others' results were written.
 pub const EXIT_PARTIAL: u8 = 3;
+/// Ctrl-C stopped a batch before every input ran (`--resume` finishes it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 const EXAMPLES: &str = "\
 Examples:
   sglc run examples/hello.sgl
+  sglc run examples/hello.sgl --stream
   sglc run examples/summarize.sgl --arg text='Rust is a systems language.'
-  sglc run examples/summarize.sgl summarize --batch inputs.jsonl --out results.jsonl
+  sglc run examples/summarize.sgl --batch inputs.jsonl --out results.jsonl
+  sglc run examples/summarize.sgl --batch inputs.jsonl --out results.jsonl --resume
   sglc run examples/hello.sgl --backend test          # deterministic, no model
-  sglc check examples/judge.sgl
-  sglc disasm examples/hello.sgl";
+  sglc run examples/hello.sgl --backend sglang:http://127.0.0.1:30000
+  sglc check examples/judge.sgl --backend openai
+  sglc disasm examples/hello.sgl
+  sglc repl
+
+Exit codes: 0 success, 1 failure, 2 usage error, 3 some programs of a batch failed,
+130 a batch was interrupted (finish it with --resume).
+Logs: -v/-vv/-vvv or RUST_LOG=sglc=debug; NO_COLOR turns colour off.";
 
 #[derive(Parser, Debug)]
 #[command(name = "sglc", version, about = "A compiled language for LLM programs", after_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors on stderr: no progress, summaries or warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,6 +81,13 @@ enum Command {
         file: PathBuf,
         /// Only this function.
         function: Option<String>,
+    },
+    /// An interactive session: definitions, expressions, `:run`, `:disasm` (also `sglc` alone).
+    Repl(repl::ReplArgs),
+    /// Print a shell completion script: `sglc completions bash > /etc/bash_completion.d/sglc`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -100,8 +125,8 @@ struct RunArgs {
     /// Arguments as a JSON object, for values that are not strings.
     #[arg(long, value_name = "JSON")]
     args: Option<String>,
-    /// The model backend: `local` (the embedded model, default) or `test` (deterministic, no
-    /// model).
+    /// The model backend: `local` (the embedded model, default), `test[:latency=MS]`
+    /// (deterministic, no model), `openai[:URL]`, `vllm:URL`, `llamacpp:URL`, `sglang:URL`.
     #[arg(long, env = "SGLC_BACKEND")]
     backend: Option<String>,
     #[command(flatten)]
@@ -118,29 +143,52 @@ struct RunArgs {
     /// Default top-k (-1: off).
     #[arg(long, value_name = "K")]
     top_k: Option<i64>,
-    /// Print the result as JSON: variables, text, messages, meta.
+    /// Print the result as JSON: variables, text, messages, meta (with --stream: one JSON
+    /// event per line).
     #[arg(long)]
     json: bool,
-    /// Print the transcript as it is generated (generated text highlighted on a terminal).
-    #[arg(long, conflicts_with_all = ["json", "batch"])]
+    /// Print the transcript as it is generated: role headers and generated text highlighted
+    /// on a terminal, the plain transcript when piped.
+    #[arg(long, conflicts_with = "batch")]
     stream: bool,
-    /// Run once per line of this JSONL file of argument objects (`-` for stdin).
+    /// Run once per input line of this file (`-` for stdin): JSONL argument objects, or CSV
+    /// with a header row.
     #[arg(long, value_name = "FILE")]
     batch: Option<PathBuf>,
-    /// Where batch results go, one JSON line per input (default: stdout).
+    /// The --batch input format (default: from the extension, `.csv` or JSONL).
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "batch")]
+    input_format: Option<batch::InputFormat>,
+    /// Where batch results go, one JSON line per input, each flushed as it is written
+    /// (default: stdout).
     #[arg(long, value_name = "FILE", requires = "batch")]
     out: Option<PathBuf>,
-    /// Programs in flight at once for --batch: `auto` or a number.
+    /// Write results as programs finish instead of in input order.
+    #[arg(long, requires = "batch")]
+    unordered: bool,
+    /// Skip inputs that already have a result in --out and append the rest.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Programs in flight at once (`auto`: chosen from the backend).
     #[arg(long, default_value = "auto", value_name = "auto|N")]
     concurrency: String,
-    /// Show a progress bar on stderr during --batch.
-    #[arg(long)]
+    /// Draw the progress bar even when stderr is not a terminal (plain lines otherwise).
+    #[arg(long, requires = "batch")]
     progress: bool,
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Run(args) => run(*args),
+    init_logging(cli.verbose, cli.quiet);
+    let Some(command) = cli.command else {
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            return dispatch(Cli::parse_from(["sglc", "repl"]));
+        }
+        use clap::CommandFactory;
+        Cli::command().print_help()?;
+        return Ok(ExitCode::from(2));
+    };
+    let quiet = cli.quiet;
+    match command {
+        Command::Run(args) => run(*args, quiet),
         Command::Check {
             file,
             emit,
@@ -151,7 +199,34 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Model(command) => model(command),
         #[cfg(feature = "local")]
         Command::Bench(BenchCommand::Local(args)) => bench::bench_local(args),
+        Command::Repl(args) => repl::repl(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "sglc", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Logs go to stderr: warnings by default, more with -v, only errors with -q; `RUST_LOG`
+/// (e.g. `sglc_http=debug`) overrides.
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color_stderr())
+        .with_target(verbose >= 2)
+        .without_time()
+        .try_init();
 }
 
 fn color_stderr() -> bool {
@@ -197,13 +272,27 @@ pub struct BackendArgs {
 }
 
 fn make_backend(spec: Option<&str>, local: &BackendArgs) -> Result<Arc<dyn Backend>> {
-    match spec.unwrap_or("local") {
+    let spec = spec.unwrap_or("local");
+    tracing::info!("backend: {spec}");
+    match spec {
         "test" => Ok(Arc::new(TestBackend::new())),
         "local" => start_local(local),
+        test if test.starts_with("test:") => {
+            let latency = test
+                .strip_prefix("test:latency=")
+                .and_then(|ms| ms.trim_end_matches("ms").parse::<f64>().ok())
+                .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                .with_context(|| {
+                    format!("bad test backend `{test}`: write `test` or `test:latency=MS`")
+                })?;
+            Ok(Arc::new(TestBackend::new().with_latency(
+                std::time::Duration::from_secs_f64(latency / 1000.0),
+            )))
+        }
         other => match server_backend(other, local) {
             Some(backend) => backend,
             None => bail!(
-                "unknown backend `{other}`; available: local (the default), test, openai[:URL], vllm:URL, llamacpp:URL, sglang:URL"
+                "unknown backend `{other}`; available: local (the default), test[:latency=MS], openai[:URL], vllm:URL, llamacpp:URL, sglang:URL"
             ),
         },
     }
@@ -241,13 +330,14 @@ fn start_local(_: &BackendArgs) -> Result<Arc<dyn Backend>> {
     bail!("this sglc was built without the embedded model (feature `local`); use --backend test")
 }
 
-/// Compiles a file, printing warnings; on errors prints them and returns `None`.
-fn compile(engine: &Engine, path: &Path) -> Result<Option<Script>> {
+/// Compiles a file, printing warnings (unless `quiet`); on errors prints them and returns
+/// `None`.
+fn compile(engine: &Engine, path: &Path, quiet: bool) -> Result<Option<Script>> {
     let source = read_source(path)?;
     let name = path.display().to_string();
     match engine.compile(&name, &source) {
         Ok(script) => {
-            if !script.warnings.is_empty() {
+            if !script.warnings.is_empty() && !quiet {
                 eprint!("{}", script.render(&script.warnings, color_stderr()));
             }
             Ok(Some(script))
@@ -323,38 +413,44 @@ fn choose_function(script: &Script, requested: Option<&str>) -> Result<String> {
     }
 }
 
-fn run(args: RunArgs) -> Result<ExitCode> {
+fn run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     let backend = make_backend(args.backend.as_deref(), &args.local)?;
     let engine = Engine::with_backend(backend);
-    let Some(script) = compile(&engine, &args.file)? else {
+    let Some(script) = compile(&engine, &args.file, quiet)? else {
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
     let function = choose_function(&script, args.function.as_deref())?;
-    let config = run_config(&args)?;
-    if let Some(batch_path) = &args.batch {
-        return batch::run_batch(
-            &engine,
-            &script,
-            &function,
-            batch_path,
-            args.out.as_deref(),
-            &config,
-            args.progress,
-        );
+    let mut config = run_config(&args)?;
+    if let Some(input) = &args.batch {
+        let options = batch::BatchOptions {
+            input: input.clone(),
+            format: args
+                .input_format
+                .unwrap_or_else(|| batch::InputFormat::for_path(input)),
+            out: args.out.clone(),
+            ordered: !args.unordered,
+            resume: args.resume,
+            progress: match (quiet, args.progress) {
+                (true, _) => batch::ProgressMode::Off,
+                (false, true) => batch::ProgressMode::Bar,
+                (false, false) => batch::ProgressMode::Auto,
+            },
+        };
+        return batch::run_batch(&engine, &script, &function, &config, &options);
     }
     let arguments = run_arguments(&args)?;
-    let mut config = config;
     if args.stream {
-        config.events = Some(stream_printer());
+        config.events = Some(if args.json {
+            stream::json_lines()
+        } else {
+            stream::transcript()
+        });
     }
     match engine.run(&script, &function, arguments, &config) {
         Ok(state) if args.stream => {
-            println!();
-            for line in &state.output {
-                println!("{line}");
-            }
-            if !state.return_value.is_null() {
-                println!("=> {}", state.return_value);
+            if !args.json {
+                println!();
+                print_outputs(&state);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -362,21 +458,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
             } else {
-                for line in &state.output {
-                    println!("{line}");
-                }
                 print!("{}", state.text);
                 if !state.text.ends_with('\n') && !state.text.is_empty() {
                     println!();
                 }
-                if !state.return_value.is_null() {
-                    println!("=> {}", state.return_value);
-                }
+                print_outputs(&state);
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(Error::Runtime(error)) => {
-            if args.json {
+            // With --stream --json the error already went out as an event.
+            if args.json && !args.stream {
                 println!("{}", serde_json::json!({ "error": error }));
             }
             eprint!(
@@ -385,7 +477,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::from(EXIT_FAILURE))
         }
+        Err(Error::Unsupported { diagnostics, .. }) => {
+            eprint!("{}", script.render(&diagnostics, color_stderr()));
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
         Err(other) => Err(other.into()),
+    }
+}
+
+/// What the program printed, then its return value.
+fn print_outputs(state: &sglc::ProgramState) {
+    for line in &state.output {
+        println!("{line}");
+    }
+    if !state.return_value.is_null() {
+        println!("=> {}", state.return_value);
     }
 }
 
@@ -411,22 +517,6 @@ fn model(command: ModelCommand) -> Result<ExitCode> {
 #[cfg(not(feature = "local"))]
 fn model(_: ModelCommand) -> Result<ExitCode> {
     bail!("this sglc was built without the embedded model (feature `local`)")
-}
-
-/// Prints text events to stdout as they arrive; on a terminal, generated text is green.
-fn stream_printer() -> sglc::EventSink {
-    use std::io::Write;
-    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    sglc::EventSink::new(move |_, event| {
-        let mut out = std::io::stdout().lock();
-        let _ = match event {
-            sglc::StreamEvent::Text { text } => write!(out, "{text}"),
-            sglc::StreamEvent::VarStarted { .. } if color => write!(out, "\x1b[32m"),
-            sglc::StreamEvent::VarFinished { .. } if color => write!(out, "\x1b[0m"),
-            _ => Ok(()),
-        };
-        let _ = out.flush();
-    })
 }
 
 fn check(
@@ -487,24 +577,19 @@ fn check(
 
 fn disasm(path: &Path, function: Option<&str>) -> Result<ExitCode> {
     let engine = Engine::new(TestBackend::new());
-    let Some(script) = compile(&engine, path)? else {
+    let Some(script) = compile(&engine, path, false)? else {
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
-    let listing = script.disassemble();
     match function {
-        None => print!("{listing}"),
+        None => print!("{}", script.disassemble()),
         Some(name) => {
-            let header = format!("fn {name}(");
-            let block = listing
-                .split("\n\n")
-                .find(|block| block.starts_with(&header))
-                .with_context(|| {
-                    format!(
-                        "no function `{name}`; functions: {}",
-                        script.function_names().join(", ")
-                    )
-                })?;
-            println!("{block}");
+            let listing = script.disassemble_function(name).with_context(|| {
+                format!(
+                    "no function `{name}`; functions: {}",
+                    script.function_names().join(", ")
+                )
+            })?;
+            println!("{listing}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -15,6 +15,8 @@ pub use backend::{Backend, BackendError, BackendInfo, TestBackend};
 pub use error::RuntimeError;
 pub use interp::{GenDefaults, Limits};
 pub use native::Natives;
-pub use scheduler::{ProgramResult, ProgramState, RunConfig, run_batch};
+pub use scheduler::{
+    InputArgs, InputSource, NextInput, ProgramResult, ProgramState, RunConfig, run_batch,
+};
 pub use stream::{EventSink, StreamEvent};
 pub use value::Value;

@@ -145,6 +145,39 @@ struct Slot {
 type CallInFlight =
     futures::future::LocalBoxFuture<'static, Option<(StateRef, Result<Response, BackendError>)>>;
 
+/// One program's arguments, or why its input could not be read.
+pub type InputArgs = Result<serde_json::Map<String, serde_json::Value>, String>;
+
+/// What an [`InputSource`] has when the scheduler has room for another program.
+#[derive(Debug)]
+pub enum NextInput {
+    /// The next program's arguments; it gets the next input index (0, 1, 2, ...).
+    Ready(InputArgs),
+    /// Nothing now (inputs still arriving, or the host holds them back); ask again soon.
+    NotYet,
+    /// No more inputs: the batch ends when the programs in flight finish.
+    Exhausted,
+}
+
+/// Where a batch's inputs come from. Every iterator of [`InputArgs`] is one; hosts that read
+/// inputs lazily, apply backpressure or stop early (Ctrl-C) implement it themselves.
+pub trait InputSource {
+    fn next_input(&mut self) -> NextInput;
+}
+
+impl<I: Iterator<Item = InputArgs>> InputSource for I {
+    fn next_input(&mut self) -> NextInput {
+        match self.next() {
+            Some(args) => NextInput::Ready(args),
+            None => NextInput::Exhausted,
+        }
+    }
+}
+
+/// How long the scheduler waits before asking an input source that said `NotYet` again, when
+/// no backend answer arrives first.
+const INPUT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Runs `function` once per input, calling `on_done(input_index, result)` as each finishes.
 /// Results arrive in completion order; the index says which input each belongs to.
 pub async fn run_batch(
@@ -152,17 +185,15 @@ pub async fn run_batch(
     natives: &Natives,
     backend: &Arc<dyn Backend>,
     function: FunctionId,
-    inputs: impl IntoIterator<Item = Result<serde_json::Map<String, serde_json::Value>, String>>,
+    mut inputs: impl InputSource,
     config: &RunConfig,
     mut on_done: impl FnMut(usize, ProgramResult),
 ) {
-    let mut inputs = inputs.into_iter().enumerate();
+    let mut next_index = 0usize;
     let mut linked = match Linked::new(program, natives) {
         Ok(linked) => linked,
         Err(error) => {
-            for (i, _) in inputs {
-                on_done(i, Err(error.clone()));
-            }
+            fail_all(&mut inputs, &error, &mut on_done);
             return;
         }
     };
@@ -177,9 +208,7 @@ pub async fn run_batch(
 
     // Constants are computed once per batch, before any program runs.
     if let Err(error) = compute_globals(&mut linked, &template, config) {
-        for (i, _) in inputs {
-            on_done(i, Err(error.clone()));
-        }
+        fail_all(&mut inputs, &error, &mut on_done);
         return;
     }
 
@@ -192,11 +221,21 @@ pub async fn run_batch(
 
     loop {
         // Admit new programs up to the concurrency bound.
+        let mut waiting_for_input = false;
         while !inputs_done && active < concurrency {
-            let Some((index, args)) = inputs.next() else {
-                inputs_done = true;
-                break;
+            let args = match inputs.next_input() {
+                NextInput::Ready(args) => args,
+                NextInput::NotYet => {
+                    waiting_for_input = true;
+                    break;
+                }
+                NextInput::Exhausted => {
+                    inputs_done = true;
+                    break;
+                }
             };
+            let index = next_index;
+            next_index += 1;
             match args.and_then(|args| bind_arguments(program, function, &args)) {
                 Ok(values) => {
                     let instance = Instance::new(program, function, values);
@@ -318,6 +357,10 @@ pub async fn run_batch(
         }
 
         if in_flight.is_empty() {
+            if waiting_for_input {
+                tokio::time::sleep(INPUT_POLL).await;
+                continue;
+            }
             if runnable.is_empty() && (inputs_done || active >= concurrency) {
                 if active == 0 && inputs_done {
                     break;
@@ -343,7 +386,15 @@ pub async fn run_batch(
 
         // Wait for one answer, then take every other answer that is already there, so the
         // next round of calls goes out as one batch.
-        let mut finished = vec![in_flight.next().await.expect("a call is in flight")];
+        let first = if waiting_for_input {
+            match tokio::time::timeout(INPUT_POLL, in_flight.next()).await {
+                Ok(first) => first,
+                Err(_) => continue,
+            }
+        } else {
+            in_flight.next().await
+        };
+        let mut finished = vec![first.expect("a call is in flight")];
         while let Some(Some(done)) = in_flight.next().now_or_never() {
             finished.push(done);
         }
@@ -351,6 +402,25 @@ pub async fn run_batch(
             if state::complete(&state, result, &template, &mut outbox) {
                 runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
             }
+        }
+    }
+}
+
+/// Ends every remaining input with `error` (the program could not start at all).
+fn fail_all(
+    inputs: &mut impl InputSource,
+    error: &RuntimeError,
+    on_done: &mut impl FnMut(usize, ProgramResult),
+) {
+    let mut index = 0;
+    loop {
+        match inputs.next_input() {
+            NextInput::Ready(_) => {
+                on_done(index, Err(error.clone()));
+                index += 1;
+            }
+            NextInput::NotYet => std::thread::sleep(INPUT_POLL),
+            NextInput::Exhausted => return,
         }
     }
 }
