@@ -157,3 +157,90 @@ fn help_shows_examples() {
     assert!(stdout(&out).contains("Examples:"));
     assert!(stdout(&out).contains("sglc run examples/hello.sgl"));
 }
+
+#[test]
+fn streamed_chunks_add_up_to_the_final_text() {
+    let args = [
+        "run",
+        "examples/summarize.sgl",
+        "--backend",
+        "test",
+        "--arg",
+        "text=Rust",
+    ];
+    let whole = sglc(&[&args[..], &["--json"]].concat());
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let state: serde_json::Value = serde_json::from_str(&stdout(&whole)).unwrap();
+    let text = state["text"].as_str().unwrap();
+
+    // Piped, --stream prints exactly the transcript (then a newline and the return value).
+    let plain = sglc(&[&args[..], &["--stream"]].concat());
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(stdout(&plain).starts_with(text), "{}", stdout(&plain));
+    assert!(!stdout(&plain).contains("\x1b["), "no colour into a pipe");
+
+    // --stream --json: typed events, one per line.
+    let events = sglc(&[&args[..], &["--stream", "--json"]].concat());
+    assert!(events.status.success(), "{}", stderr(&events));
+    let events: Vec<serde_json::Value> = stdout(&events)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let streamed: String = events
+        .iter()
+        .filter(|e| e["event"] == "text")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, text);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"role_begin") && kinds.contains(&"role_end"));
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "var_finished")
+        .expect("a variable finished");
+    assert_eq!(finished["name"], "summary");
+    assert_eq!(finished["value"], state["variables"]["summary"]);
+    assert_eq!(kinds.last(), Some(&"done"));
+}
+
+#[test]
+fn completions_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sglc(&["completions", shell]);
+        assert!(out.status.success());
+        let script = stdout(&out);
+        assert!(
+            script.contains("sglc") && script.contains("--batch"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn verbosity_flags_control_logs() {
+    let args = ["run", "examples/hello.sgl", "--backend", "test"];
+    let quiet_by_default = sglc(&args);
+    assert!(!stderr(&quiet_by_default).contains("backend: test"));
+    let verbose = sglc(&[&args[..], &["-v"]].concat());
+    assert!(
+        stderr(&verbose).contains("backend: test"),
+        "{}",
+        stderr(&verbose)
+    );
+    let rust_log = support::sglc_with_env(&args, &[("RUST_LOG", "sglc=info")]);
+    assert!(
+        stderr(&rust_log).contains("backend: test"),
+        "{}",
+        stderr(&rust_log)
+    );
+}
+
+#[test]
+fn bare_sglc_off_a_terminal_prints_help() {
+    let out = sglc(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).contains("Usage:"));
+}

@@ -210,7 +210,17 @@ impl Session {
                 .iter()
                 .all(|item| matches!(item, Item::Fn(_) | Item::Const { .. }));
         if only_items {
-            return self.define(name, input, &module.items).map(|_| None);
+            self.define(name, input, &module.items)?;
+            let names: Vec<String> = module
+                .items
+                .iter()
+                .filter_map(|item| match item {
+                    Item::Fn(f) => Some(format!("`{}`", f.name.name)),
+                    Item::Const { name, .. } => Some(format!("`{}`", name.name)),
+                    _ => None,
+                })
+                .collect();
+            return Ok(Some(format!("defined {}", names.join(", "))));
         }
         self.evaluate(name, input)
     }

@@ -10,8 +10,17 @@ pub fn sglc(args: &[&str]) -> Output {
 }
 
 pub fn sglc_with_stdin(args: &[&str], stdin: &str) -> Output {
+    run_sglc(args, stdin, &[])
+}
+
+pub fn sglc_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_sglc(args, "", env)
+}
+
+fn run_sglc(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sglc"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("SGLC_BACKEND")
         .stdin(Stdio::piped())
