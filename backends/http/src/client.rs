@@ -145,7 +145,13 @@ impl HttpClient {
                     .map_or(d, |r| r.min(self.options.max_backoff * 6))
             })
         })
-        .notify(|_, wait| {
+        .notify(|failure: &Failure, wait| {
+            tracing::warn!(
+                backend = %self.name,
+                "{method} {path}: {}; retrying in {:.1} s",
+                failure.message,
+                wait.as_secs_f64()
+            );
             self.stats
                 .retry_wait_ms
                 .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
@@ -214,6 +220,14 @@ impl HttpClient {
         })
         .retry(backoff)
         .when(|f: &Failure| f.retryable)
+        .notify(|failure: &Failure, wait| {
+            tracing::warn!(
+                backend = %self.name,
+                "{path} (stream): {}; retrying in {:.1} s",
+                failure.message,
+                wait.as_secs_f64()
+            );
+        })
         .await
         .map_err(|f| fail(f.message))?;
         let mut events = response.bytes_stream().eventsource();

@@ -33,13 +33,21 @@ impl LocalBackend {
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let engine_stats = stats.clone();
         let parallel = options.parallel;
+        let options_model = options.model.display().to_string();
         let thread = std::thread::Builder::new()
             .name("sglc-engine".to_string())
             .spawn(move || engine::run_engine(options, jobs_rx, ready_tx, engine_stats))
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        tracing::info!(model = %options_model, "loading the model");
+        let started = std::time::Instant::now();
         let ready = ready_rx
             .recv()
             .map_err(|_| "the engine thread stopped while loading the model".to_string())??;
+        tracing::info!(
+            "model {} ready in {:.2} s ({parallel} sequences in parallel)",
+            ready.model_name,
+            started.elapsed().as_secs_f64()
+        );
         Ok(LocalBackend {
             info: BackendInfo {
                 name: format!("local:{}", ready.model_name),
