@@ -244,3 +244,21 @@ fn bare_sglc_off_a_terminal_prints_help() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout(&out).contains("Usage:"));
 }
+
+#[test]
+fn check_json_lists_diagnostics_with_positions() {
+    let out = sglc(&["check", "tests/syntax/err/lexical.sgl", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["ok"], false);
+    let first = &report["diagnostics"][0];
+    assert_eq!(first["code"], "E0002");
+    assert_eq!(
+        (first["line"].as_u64(), first["column"].as_u64()),
+        (Some(2), Some(13))
+    );
+    let clean = sglc(&["check", "examples/hello.sgl", "--json"]);
+    assert!(clean.status.success());
+    let report: serde_json::Value = serde_json::from_str(&stdout(&clean)).unwrap();
+    assert_eq!(report["ok"], true);
+}

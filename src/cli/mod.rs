@@ -66,6 +66,9 @@ enum Command {
         /// Also check that this backend can run every call (e.g. `select` on a chat API).
         #[arg(long)]
         backend: Option<String>,
+        /// Print the diagnostics as JSON (with line and column) instead of rendering them.
+        #[arg(long, conflicts_with = "emit")]
+        json: bool,
         #[command(flatten)]
         local: BackendArgs,
     },
@@ -193,8 +196,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             file,
             emit,
             backend,
+            json,
             local,
-        } => check(&file, emit, backend.as_deref(), &local),
+        } => check(&file, emit, backend.as_deref(), json, &local),
         Command::Disasm { file, function } => disasm(&file, function.as_deref()),
         Command::Model(command) => model(command),
         #[cfg(feature = "local")]
@@ -523,6 +527,7 @@ fn check(
     path: &Path,
     emit: Option<Emit>,
     backend: Option<&str>,
+    json: bool,
     local: &BackendArgs,
 ) -> Result<ExitCode> {
     let source = read_source(path)?;
@@ -546,33 +551,56 @@ fn check(
         None => Engine::new(TestBackend::new()),
     };
     let name = path.display().to_string();
-    match engine.compile(&name, &source) {
+    let (script, diagnostics) = match engine.compile(&name, &source) {
         Ok(script) => {
-            eprint!("{}", script.render(&script.warnings, color_stderr()));
+            let mut diagnostics = script.warnings.clone();
             if backend.is_some() {
-                let unsupported = engine.check_capabilities(&script);
-                if !unsupported.is_empty() {
-                    eprint!("{}", script.render(&unsupported, color_stderr()));
-                    eprintln!(
-                        "{name}: {} call(s) the backend cannot run",
-                        unsupported.len()
-                    );
-                    return Ok(ExitCode::from(EXIT_FAILURE));
-                }
+                diagnostics.extend(engine.check_capabilities(&script));
             }
-            if matches!(emit, Some(Emit::Bytecode)) {
-                print!("{}", script.disassemble());
-            }
-            eprintln!("{name}: ok ({} warning(s))", script.warnings.len());
-            Ok(ExitCode::SUCCESS)
+            (Some(script), diagnostics)
         }
-        Err(error) => {
-            eprint!("{}", error.render(color_stderr()));
-            let errors = error.diagnostics.iter().filter(|d| d.is_error()).count();
-            eprintln!("{name}: {errors} error(s)");
-            Ok(ExitCode::from(EXIT_FAILURE))
+        Err(error) => (None, error.diagnostics),
+    };
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    if json {
+        let lines = sglc_compiler::span::LineIndex::new(&source);
+        let located: Vec<serde_json::Value> = diagnostics
+            .iter()
+            .map(|d| {
+                let (line, column) = lines.line_col(&source, d.primary.span.start);
+                let mut value = serde_json::to_value(d).unwrap_or_default();
+                value["line"] = line.into();
+                value["column"] = column.into();
+                value
+            })
+            .collect();
+        let report = serde_json::json!({
+            "file": name,
+            "ok": errors == 0,
+            "errors": errors,
+            "diagnostics": located,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        eprint!(
+            "{}",
+            sglc_compiler::render::render_diagnostics(&name, &source, &diagnostics, color_stderr())
+        );
+        if let (Some(script), Some(Emit::Bytecode)) = (&script, emit) {
+            print!("{}", script.disassemble());
+        }
+        let warnings = diagnostics.len() - errors;
+        match (script.is_some(), errors) {
+            (true, 0) => eprintln!("{name}: ok ({warnings} warning(s))"),
+            (true, n) => eprintln!("{name}: {n} call(s) the backend cannot run"),
+            (false, n) => eprintln!("{name}: {n} error(s)"),
         }
     }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    })
 }
 
 fn disasm(path: &Path, function: Option<&str>) -> Result<ExitCode> {
