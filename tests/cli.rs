@@ -262,3 +262,15 @@ fn check_json_lists_diagnostics_with_positions() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&clean)).unwrap();
     assert_eq!(report["ok"], true);
 }
+
+#[test]
+fn bench_vm_smoke_run_prints_every_row() {
+    let out = sglc(&["bench", "vm", "--quick"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    for row in ["single_gen", "chat3", "select4", "fork4", "loop20", "in flight:", "batches:", "start-up:"] {
+        assert!(table.contains(row), "no `{row}` row:\n{table}");
+    }
+    // The batch row is checked even in a smoke run: 500 ready programs, batches of 256.
+    assert!(table.contains("2 backend calls"), "{table}");
+}

@@ -3,6 +3,7 @@
 mod batch;
 #[cfg(feature = "local")]
 mod bench;
+mod bench_vm;
 #[cfg(feature = "local")]
 mod local;
 mod repl;
@@ -76,7 +77,6 @@ enum Command {
     #[command(subcommand)]
     Model(ModelCommand),
     /// Measure the figures the project promises (prints a table).
-    #[cfg(feature = "local")]
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Print the bytecode of a program with source locations.
@@ -94,11 +94,13 @@ enum Command {
     },
 }
 
-#[cfg(feature = "local")]
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// The embedded model: batching throughput, prefix sharing, time to first token.
+    #[cfg(feature = "local")]
     Local(bench::BenchBackendArgs),
+    /// The VM under load: programs/s, CPU and memory per program, batch sizes, start-up.
+    Vm(bench_vm::BenchVmArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +205,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Model(command) => model(command),
         #[cfg(feature = "local")]
         Command::Bench(BenchCommand::Local(args)) => bench::bench_local(args),
+        Command::Bench(BenchCommand::Vm(args)) => bench_vm::bench_vm(args),
         Command::Repl(args) => repl::repl(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;

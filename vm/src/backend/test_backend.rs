@@ -25,6 +25,14 @@ pub struct TestBackend {
     latency: Option<Duration>,
     script: Option<Script>,
     batch_sizes: Arc<Mutex<Vec<usize>>>,
+    barrier: Option<Barrier>,
+}
+
+/// Holds every answer until `count` requests have arrived (to measure programs in flight).
+struct Barrier {
+    count: usize,
+    arrived: std::sync::atomic::AtomicUsize,
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for TestBackend {
@@ -52,7 +60,19 @@ impl TestBackend {
             latency: None,
             script: None,
             batch_sizes: Arc::default(),
+            barrier: None,
         }
+    }
+
+    /// Holds every answer until `count` requests have arrived, then releases them all: every
+    /// program is suspended on the backend at once.
+    pub fn with_barrier(mut self, count: usize) -> Self {
+        self.barrier = Some(Barrier {
+            count,
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            open: tokio::sync::watch::Sender::new(false),
+        });
+        self
     }
 
     /// Words per gen when `max_tokens` allows (default 8).
@@ -208,14 +228,29 @@ impl Backend for TestBackend {
         if let Ok(mut sizes) = self.batch_sizes.lock() {
             sizes.push(batch.len());
         }
+        let gate = self.barrier.as_ref().map(|barrier| {
+            let arrived = barrier
+                .arrived
+                .fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst)
+                + batch.len();
+            if arrived >= barrier.count {
+                barrier.open.send_replace(true);
+            }
+            barrier.open.subscribe()
+        });
         batch
             .iter()
             .map(|r| {
                 let answer = self.answer(r);
-                match self.latency {
-                    None => futures::future::ready(answer).boxed(),
-                    Some(delay) => async move {
-                        tokio::time::sleep(delay).await;
+                match (self.latency, gate.clone()) {
+                    (None, None) => futures::future::ready(answer).boxed(),
+                    (latency, gate) => async move {
+                        if let Some(mut gate) = gate {
+                            let _ = gate.wait_for(|open| *open).await;
+                        }
+                        if let Some(delay) = latency {
+                            tokio::time::sleep(delay).await;
+                        }
                         answer
                     }
                     .boxed(),
