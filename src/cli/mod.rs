@@ -167,6 +167,9 @@ struct RunArgs {
     /// (default: stdout).
     #[arg(long, value_name = "FILE", requires = "batch")]
     out: Option<PathBuf>,
+    /// Write results in input order (the default), through a bounded reorder buffer.
+    #[arg(long, requires = "batch", conflicts_with = "unordered")]
+    ordered: bool,
     /// Write results as programs finish instead of in input order.
     #[arg(long, requires = "batch")]
     unordered: bool,
