@@ -45,8 +45,8 @@ pub use sglc_http as http;
 pub use sglc_local as local;
 pub use sglc_vm::backend::{self, Backend, BackendError, Message};
 pub use sglc_vm::{
-    EventSink, GenDefaults, InputArgs, InputSource, Limits, Natives, NextInput, ProgramState,
-    RunConfig, RuntimeError, StreamEvent, TestBackend, Value,
+    EventSink, GenDefaults, InputArgs, InputSource, JitMode, JitOptions, Limits, Natives,
+    NextInput, ProgramState, RunConfig, RuntimeError, StreamEvent, TestBackend, Value,
 };
 
 /// A compiled source file, ready to run any of its functions.

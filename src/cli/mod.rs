@@ -148,6 +148,13 @@ struct RunArgs {
     /// Default top-k (-1: off).
     #[arg(long, value_name = "K")]
     top_k: Option<i64>,
+    /// Compile hot pure functions to machine code: `off`, `auto` (when hot) or `eager` (at
+    /// their first call).
+    #[arg(long, default_value = "auto", value_name = "off|auto|eager", env = "SGLC_JIT")]
+    jit: sglc::JitMode,
+    /// Calls plus loop iterations before a function is compiled with `--jit auto`.
+    #[arg(long, value_name = "N")]
+    jit_threshold: Option<u32>,
     /// Print the result as JSON: variables, text, messages, meta (with --stream: one JSON
     /// event per line).
     #[arg(long)]
@@ -372,6 +379,10 @@ fn run_config(args: &RunArgs) -> Result<RunConfig> {
     }
     if let Some(k) = args.top_k {
         config.defaults.top_k = k;
+    }
+    config.jit.mode = args.jit;
+    if let Some(threshold) = args.jit_threshold {
+        config.jit.threshold = threshold;
     }
     config.concurrency = match args.concurrency.as_str() {
         "auto" => None,

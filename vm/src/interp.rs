@@ -74,6 +74,9 @@ pub struct Linked<'p> {
     /// Method-name constants, resolved once: `method_names[const] = name`.
     pub globals: Vec<Value>,
     pub natives_table: &'p Natives,
+    /// Compiled code for this batch's hot functions, when the JIT is on.
+    #[cfg(feature = "jit")]
+    pub jit: Option<std::cell::RefCell<crate::jit::Jit>>,
 }
 
 impl<'p> Linked<'p> {
@@ -110,6 +113,8 @@ impl<'p> Linked<'p> {
             constants,
             globals: vec![Value::None; program.globals.len()],
             natives_table,
+            #[cfg(feature = "jit")]
+            jit: None,
         })
     }
 }
@@ -344,7 +349,16 @@ impl Instance {
             Instr::Ge => self.op_compare(">=", |o| o.is_ge())?,
             Instr::In => self.op_binary(|a, b| contains(b, a).map(Value::Bool))?,
             Instr::NotIn => self.op_binary(|a, b| contains(b, a).map(|c| Value::Bool(!c)))?,
-            Instr::Jump(target) => self.jump(target),
+            Instr::Jump(target) => {
+                #[cfg(feature = "jit")]
+                if let Some(jit) = &env.linked.jit {
+                    let frame = self.frame();
+                    if target < frame.ip {
+                        jit.borrow_mut().back_edge(frame.function);
+                    }
+                }
+                self.jump(target)
+            }
             Instr::JumpIfFalse(target) => {
                 if !self.pop().is_truthy() {
                     self.jump(target);
@@ -684,7 +698,56 @@ impl Instance {
         argc: u32,
         drop_callee: bool,
     ) -> OpResult {
+        #[cfg(feature = "jit")]
+        if !drop_callee && self.call_compiled(env, function, argc) {
+            return Ok(());
+        }
         self.enter(env, function, argc, drop_callee)
+    }
+
+    /// Runs the call natively when the JIT has (or now makes) code for it; false to interpret.
+    /// A deopt leaves the compiled frames on the frame stack, to be interpreted from where
+    /// compiled code stopped.
+    #[cfg(feature = "jit")]
+    fn call_compiled(&mut self, env: &Env, function: FunctionId, argc: u32) -> bool {
+        let Some(jit) = &env.linked.jit else {
+            return false;
+        };
+        let max_depth = env.limits.max_call_depth;
+        if self.frames.len() >= max_depth {
+            return false;
+        }
+        let at = self.stack.len() - argc as usize;
+        let outcome = jit.borrow_mut().call(
+            env.linked.program,
+            &env.linked.globals,
+            function,
+            &self.stack[at..],
+            self.frames.len(),
+            max_depth,
+        );
+        match outcome {
+            crate::jit::JitCall::Interpret => false,
+            crate::jit::JitCall::Returned(value) => {
+                self.stack.truncate(at);
+                self.stack.push(value);
+                true
+            }
+            crate::jit::JitCall::Deopt(frames) => {
+                self.stack.truncate(at);
+                for frame in frames {
+                    let base = self.stack.len() as u32;
+                    self.stack.extend(frame.values);
+                    self.frames.push(Frame {
+                        function: frame.function,
+                        ip: frame.ip,
+                        base,
+                        drop_callee: false,
+                    });
+                }
+                true
+            }
+        }
     }
 
     fn op_call_value(&mut self, env: &Env, argc: u32) -> OpResult {

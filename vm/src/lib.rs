@@ -5,6 +5,9 @@
 pub mod backend;
 pub mod error;
 pub mod interp;
+#[cfg(feature = "jit")]
+pub mod jit;
+pub mod jit_options;
 pub mod native;
 pub mod scheduler;
 pub mod state;
@@ -14,6 +17,7 @@ pub mod value;
 pub use backend::{Backend, BackendError, BackendInfo, TestBackend};
 pub use error::RuntimeError;
 pub use interp::{GenDefaults, Limits};
+pub use jit_options::{JitMode, JitOptions};
 pub use native::Natives;
 pub use scheduler::{
     InputArgs, InputSource, NextInput, ProgramResult, ProgramState, RunConfig, run_batch,

@@ -31,6 +31,9 @@ pub struct RunConfig {
     /// Receives each program's stream of events, when set.
     #[serde(skip)]
     pub events: Option<crate::stream::EventSink>,
+    /// When hot functions are compiled to machine code.
+    #[serde(default)]
+    pub jit: crate::jit_options::JitOptions,
 }
 
 impl RunConfig {
@@ -210,6 +213,13 @@ pub async fn run_batch(
     if let Err(error) = compute_globals(&mut linked, &template, config) {
         fail_all(&mut inputs, &error, &mut on_done);
         return;
+    }
+    #[cfg(feature = "jit")]
+    if config.jit.mode != crate::jit_options::JitMode::Off {
+        // Without a JIT (an unsupported machine) everything is interpreted, as with `off`.
+        linked.jit = crate::jit::Jit::new(program, config.jit)
+            .ok()
+            .map(std::cell::RefCell::new);
     }
 
     let mut slots: Vec<Option<Slot>> = Vec::new();
@@ -461,7 +471,7 @@ fn finish_or_wait(program: &Program, id: usize, slot: &mut Slot) -> Option<Progr
 }
 
 /// Runs the program's init function, which computes the top-level constants.
-fn compute_globals(
+pub(crate) fn compute_globals(
     linked: &mut Linked,
     template: &crate::backend::ChatTemplate,
     config: &RunConfig,

@@ -1,0 +1,415 @@
+//! Which functions the JIT can compile, and the type of every local and stack slot at every
+//! instruction, for one specialization (a function and the types of its arguments).
+//!
+//! Abstract interpretation over the bytecode: a function is eligible when every instruction it
+//! can reach works on ints, floats, bools and `none` in a way the code generator knows, with one
+//! type per slot wherever control flow meets. Anything else (strings, lists, `print`, gen,
+//! select, a state) makes it ineligible, and it keeps running in the interpreter.
+
+use super::{Spec, Ty};
+use sglc_compiler::bytecode::{Constant, Instr, NO_KEYWORDS, Program};
+use std::collections::HashMap;
+
+/// A local slot's type where control flow meets: one type, or unknown (uninitialised on some
+/// path, or of different types on different paths). Reading an unknown slot is ineligible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Local {
+    Known(Ty),
+    Unknown,
+}
+
+/// The types before one instruction runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub locals: Vec<Local>,
+    pub stack: Vec<Ty>,
+}
+
+/// The result of analysing one specialization.
+#[derive(Debug)]
+pub struct Plan {
+    pub spec: Spec,
+    /// `before[ip]`: the types before instruction `ip`; `None` where it is unreachable.
+    pub before: Vec<Option<Frame>>,
+    /// Instructions where a block starts (jump targets and fall-throughs after branches).
+    pub leaders: Vec<bool>,
+    pub return_type: Ty,
+    /// Specializations this one calls.
+    pub callees: Vec<Spec>,
+}
+
+/// Why a function is not compiled (shown by `sglc disasm --jit`).
+pub type Reject = String;
+
+/// Analyses specializations, remembering results; recursion is resolved by guessing the
+/// return type of a specialization still being analysed and checking the guess.
+pub struct Analyzer<'a> {
+    pub program: &'a Program,
+    /// Values of the top-level constants (the JIT embeds numeric ones as constants).
+    pub globals: &'a [crate::value::Value],
+    done: HashMap<Spec, Result<Ty, Reject>>,
+    in_progress: HashMap<Spec, (Ty, bool)>,
+}
+
+const GUESSES: [Ty; 4] = [Ty::Int, Ty::Float, Ty::Bool, Ty::None];
+
+impl<'a> Analyzer<'a> {
+    pub fn new(program: &'a Program, globals: &'a [crate::value::Value]) -> Analyzer<'a> {
+        Analyzer {
+            program,
+            globals,
+            done: HashMap::new(),
+            in_progress: HashMap::new(),
+        }
+    }
+
+    /// The return type of a specialization, analysing it if needed.
+    fn return_type(&mut self, spec: &Spec) -> Result<Ty, Reject> {
+        if let Some(done) = self.done.get(spec) {
+            return done.clone();
+        }
+        if let Some((guess, consulted)) = self.in_progress.get_mut(spec) {
+            *consulted = true;
+            return Ok(*guess);
+        }
+        let mut outcome = Err(format!("no consistent return type for `{}`", self.name(spec)));
+        for guess in GUESSES {
+            self.in_progress.insert(spec.clone(), (guess, false));
+            let result = self.plan(spec).map(|plan| plan.return_type);
+            let (_, consulted) = self.in_progress.remove(spec).unwrap_or((guess, false));
+            match result {
+                Ok(ty) if !consulted || ty == guess => {
+                    outcome = Ok(ty);
+                    break;
+                }
+                Err(reason) if !consulted => {
+                    outcome = Err(reason);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.done.insert(spec.clone(), outcome.clone());
+        outcome
+    }
+
+    fn name(&self, spec: &Spec) -> &str {
+        &self.program.functions[spec.function as usize].name
+    }
+
+    /// Analyses `spec`; its callees' return types are analysed (and checked) on the way.
+    pub fn plan(&mut self, spec: &Spec) -> Result<Plan, Reject> {
+        let program = self.program;
+        let function = &program.functions[spec.function as usize];
+        if spec.args.len() != function.params.len() {
+            return Err("argument count differs from the parameters".into());
+        }
+        let code = &function.code;
+        let mut before: Vec<Option<Frame>> = vec![None; code.len()];
+        let mut leaders = vec![false; code.len() + 1];
+        leaders[0] = true;
+        for (ip, instr) in code.iter().enumerate() {
+            match *instr {
+                Instr::Jump(t) => {
+                    leaders[t as usize] = true;
+                    leaders[ip + 1] = true;
+                }
+                Instr::JumpIfFalse(t)
+                | Instr::JumpIfFalseOrPop(t)
+                | Instr::JumpIfTrueOrPop(t)
+                | Instr::ForIter { exit: t } => {
+                    leaders[t as usize] = true;
+                    leaders[ip + 1] = true;
+                }
+                Instr::Return => leaders[ip + 1] = true,
+                _ => {}
+            }
+        }
+        let mut locals = vec![Local::Known(Ty::None); function.local_count as usize];
+        for (slot, ty) in spec.args.iter().enumerate() {
+            locals[slot] = Local::Known(*ty);
+        }
+        let mut work = vec![(0usize, Frame { locals, stack: Vec::new() })];
+        let mut return_type: Option<Ty> = None;
+        let mut callees = Vec::new();
+        while let Some((ip, frame)) = work.pop() {
+            // Merge into what is known at `ip`; stop when nothing changed.
+            let merged = match &before[ip] {
+                None => frame,
+                Some(old) => {
+                    let merged = merge(old, &frame).ok_or_else(|| {
+                        format!("the stack differs where control flow meets (instruction {ip})")
+                    })?;
+                    if &merged == old {
+                        continue;
+                    }
+                    merged
+                }
+            };
+            before[ip] = Some(merged.clone());
+            let mut state = merged;
+            let mut at = ip;
+            loop {
+                if at > ip && leaders[at] {
+                    work.push((at, state));
+                    break;
+                }
+                if at > ip {
+                    before[at] = Some(state.clone());
+                }
+                let instr = code
+                    .get(at)
+                    .ok_or_else(|| "control runs off the end of the function".to_string())?;
+                let next = self.step(spec, at, *instr, &mut state, &mut callees)?;
+                match next {
+                    Next::Continue => at += 1,
+                    Next::Branch(target, taken) => {
+                        work.push((target as usize, taken));
+                        at += 1;
+                    }
+                    Next::Goto(target) => {
+                        work.push((target as usize, state));
+                        break;
+                    }
+                    Next::Return(ty) => {
+                        match return_type {
+                            None => return_type = Some(ty),
+                            Some(t) if t == ty => {}
+                            Some(t) => {
+                                return Err(format!(
+                                    "returns both {} and {}",
+                                    t.name(),
+                                    ty.name()
+                                ));
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        callees.sort();
+        callees.dedup();
+        Ok(Plan {
+            spec: spec.clone(),
+            before,
+            leaders,
+            return_type: return_type.unwrap_or(Ty::None),
+            callees,
+        })
+    }
+
+    /// The effect of one instruction on the types.
+    fn step(
+        &mut self,
+        spec: &Spec,
+        ip: usize,
+        instr: Instr,
+        state: &mut Frame,
+        callees: &mut Vec<Spec>,
+    ) -> Result<Next, Reject> {
+        let program = self.program;
+        let stack = &mut state.stack;
+        let pop = |stack: &mut Vec<Ty>| {
+            stack
+                .pop()
+                .ok_or_else(|| "the stack underflows".to_string())
+        };
+        let scalar = |ty: Ty| -> Result<Ty, Reject> {
+            if ty.is_scalar() {
+                Ok(ty)
+            } else {
+                Err(format!("{} used as a value", ty.name()))
+            }
+        };
+        match instr {
+            Instr::PushNone => stack.push(Ty::None),
+            Instr::PushBool(_) => stack.push(Ty::Bool),
+            Instr::PushInt(_) => stack.push(Ty::Int),
+            Instr::Const(i) => match &program.constants[i as usize] {
+                Constant::Int(_) => stack.push(Ty::Int),
+                Constant::Float(_) => stack.push(Ty::Float),
+                Constant::Str(_) => return Err("uses strings".into()),
+            },
+            Instr::LoadLocal(slot) => match state.locals[slot as usize] {
+                Local::Known(ty) => stack.push(ty),
+                Local::Unknown => {
+                    return Err(format!("reads local {slot} where its type is not known"));
+                }
+            },
+            Instr::StoreLocal(slot) => {
+                let ty = scalar(pop(stack)?)?;
+                state.locals[slot as usize] = Local::Known(ty);
+            }
+            Instr::LoadGlobal(slot) => {
+                let ty = Ty::of(&self.globals[slot as usize])
+                    .ok_or_else(|| "reads a constant that is not a number".to_string())?;
+                stack.push(ty);
+            }
+            Instr::Pop => {
+                scalar(pop(stack)?)?;
+            }
+            Instr::Dup => {
+                let ty = scalar(*stack.last().ok_or("the stack underflows")?)?;
+                stack.push(ty);
+            }
+            Instr::Add | Instr::Sub | Instr::Mul | Instr::AddAssign => {
+                let (b, a) = (pop(stack)?, pop(stack)?);
+                stack.push(arithmetic(a, b)?);
+            }
+            Instr::Div => {
+                let (b, a) = (pop(stack)?, pop(stack)?);
+                arithmetic(a, b)?;
+                stack.push(Ty::Float);
+            }
+            Instr::Mod => {
+                let (b, a) = (pop(stack)?, pop(stack)?);
+                stack.push(arithmetic(a, b)?);
+            }
+            Instr::Neg => {
+                let a = pop(stack)?;
+                if !a.is_number() {
+                    return Err(format!("negates {}", a.name()));
+                }
+                stack.push(a);
+            }
+            Instr::Not => {
+                scalar(pop(stack)?)?;
+                stack.push(Ty::Bool);
+            }
+            Instr::Eq | Instr::NotEq => {
+                let (b, a) = (pop(stack)?, pop(stack)?);
+                scalar(a)?;
+                scalar(b)?;
+                stack.push(Ty::Bool);
+            }
+            Instr::Lt | Instr::Le | Instr::Gt | Instr::Ge => {
+                let (b, a) = (pop(stack)?, pop(stack)?);
+                let comparable = |t: Ty| matches!(t, Ty::Int | Ty::Float | Ty::Bool);
+                if !comparable(a) || !comparable(b) {
+                    return Err(format!("compares {} with {}", a.name(), b.name()));
+                }
+                stack.push(Ty::Bool);
+            }
+            Instr::Jump(target) => return Ok(Next::Goto(target)),
+            Instr::JumpIfFalse(target) => {
+                scalar(pop(stack)?)?;
+                return Ok(Next::Branch(target, state.clone()));
+            }
+            Instr::JumpIfFalseOrPop(target) | Instr::JumpIfTrueOrPop(target) => {
+                scalar(*stack.last().ok_or("the stack underflows")?)?;
+                let taken = state.clone();
+                state.stack.pop();
+                return Ok(Next::Branch(target, taken));
+            }
+            Instr::CallNative {
+                native,
+                argc,
+                keywords,
+            } => {
+                let name = program.natives[native as usize].as_str();
+                let next_is_iter = matches!(
+                    program.functions[spec.function as usize].code.get(ip + 1),
+                    Some(Instr::GetIter)
+                );
+                if name != "range" || keywords != NO_KEYWORDS || !(1..=3).contains(&argc) {
+                    return Err(format!("calls `{name}`"));
+                }
+                if !next_is_iter {
+                    return Err("uses range() as a list".into());
+                }
+                for _ in 0..argc {
+                    if pop(stack)? != Ty::Int {
+                        return Err("range() of a non-integer".into());
+                    }
+                }
+                stack.push(Ty::Range);
+            }
+            Instr::GetIter => {
+                if pop(stack)? != Ty::Range {
+                    return Err("iterates over something other than range()".into());
+                }
+                stack.push(Ty::RangeIter);
+            }
+            Instr::ForIter { exit } => {
+                if stack.last() != Some(&Ty::RangeIter) {
+                    return Err("iterates over something other than range()".into());
+                }
+                let mut done = state.clone();
+                done.stack.pop();
+                state.stack.push(Ty::Int);
+                return Ok(Next::Branch(exit, done));
+            }
+            Instr::Call { function, argc } => {
+                let at = stack
+                    .len()
+                    .checked_sub(argc as usize)
+                    .ok_or("the stack underflows")?;
+                let args: Vec<Ty> = stack.split_off(at);
+                if let Some(bad) = args.iter().find(|t| !t.is_scalar()) {
+                    return Err(format!("passes {} to a function", bad.name()));
+                }
+                let callee = Spec { function, args };
+                let ty = self.return_type(&callee).map_err(|reason| {
+                    format!(
+                        "calls `{}`, which is not compiled: {reason}",
+                        program.functions[function as usize].name
+                    )
+                })?;
+                callees.push(callee);
+                state.stack.push(ty);
+            }
+            Instr::Return => {
+                let ty = scalar(pop(stack)?)?;
+                return Ok(Next::Return(ty));
+            }
+            other => return Err(format!("uses {}", instr_name(&other))),
+        }
+        Ok(Next::Continue)
+    }
+}
+
+enum Next {
+    Continue,
+    /// A conditional jump: `Branch(target, state at target)`; the fall-through continues.
+    Branch(u32, Frame),
+    Goto(u32),
+    Return(Ty),
+}
+
+/// The result type of `+ - * %` on numbers: int with int, float when either is a float.
+fn arithmetic(a: Ty, b: Ty) -> Result<Ty, Reject> {
+    match (a, b) {
+        (Ty::Int, Ty::Int) => Ok(Ty::Int),
+        (Ty::Int | Ty::Float, Ty::Int | Ty::Float) => Ok(Ty::Float),
+        _ => Err(format!("does arithmetic on {} and {}", a.name(), b.name())),
+    }
+}
+
+fn merge(a: &Frame, b: &Frame) -> Option<Frame> {
+    if a.stack != b.stack {
+        return None;
+    }
+    let locals = a
+        .locals
+        .iter()
+        .zip(&b.locals)
+        .map(|(x, y)| if x == y { *x } else { Local::Unknown })
+        .collect();
+    Some(Frame {
+        locals,
+        stack: a.stack.clone(),
+    })
+}
+
+fn instr_name(instr: &Instr) -> String {
+    let debug = format!("{instr:?}");
+    let name = debug.split(['(', ' ', '{']).next().unwrap_or("").to_string();
+    match instr {
+        Instr::MakeCall(_) | Instr::CallInto(_) => "gen or select".into(),
+        Instr::AppendState | Instr::RoleBegin(_) | Instr::RoleEnd(_) | Instr::MakeRole(_) => {
+            "the program state".into()
+        }
+        _ => format!("`{name}`"),
+    }
+}

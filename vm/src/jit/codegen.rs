@@ -1,0 +1,679 @@
+//! Cranelift code for one analysed specialization.
+//!
+//! Every local and stack slot is a cranelift `Variable` per (slot, representation), so control
+//! flow merges come from the SSA builder. Ints, bools and `none` are `i64`, floats `f64`; a
+//! `range()` being iterated is four `i64`s (start, step, index, count). Anything that could make
+//! the interpreter raise an error or change type (overflow, division by zero, NaN in a
+//! comparison, the call depth limit) branches to a cold *deopt* block instead: it spills every
+//! live slot, reports them with the resume point, and returns; the interpreter then re-runs the
+//! instruction itself, so errors, their messages and their spans are the interpreter's own.
+
+use super::analyze::{Frame, Local, Plan};
+use super::{CTX_DEPTH, CTX_MAX_DEPTH, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    AbiParam, Block, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, types,
+};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use cranelift_module::{FuncId, Module};
+use sglc_compiler::bytecode::{Constant, Instr, Program};
+use std::collections::HashMap;
+
+/// How a slot's value is held.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Rep {
+    I64,
+    F64,
+    RangeStart,
+    RangeStep,
+    RangeIndex,
+    RangeCount,
+}
+
+fn rep(ty: Ty) -> Rep {
+    if ty == Ty::Float { Rep::F64 } else { Rep::I64 }
+}
+
+/// Builds one function's body.
+pub struct FunctionCodegen<'a, 'b> {
+    pub b: FunctionBuilder<'b>,
+    pub program: &'a Program,
+    pub globals: &'a [crate::value::Value],
+    pub plan: &'a Plan,
+    /// Callees, by specialization, as imported into this function.
+    pub callees: HashMap<Spec, cranelift_codegen::ir::FuncRef>,
+    pub deopt: cranelift_codegen::ir::FuncRef,
+    pub sites: &'a mut Vec<DeoptSite>,
+    vars: HashMap<(usize, Rep), Variable>,
+    ctx: Option<Value>,
+    local_count: usize,
+}
+
+impl<'a, 'b> FunctionCodegen<'a, 'b> {
+    pub fn new(
+        b: FunctionBuilder<'b>,
+        program: &'a Program,
+        globals: &'a [crate::value::Value],
+        plan: &'a Plan,
+        callees: HashMap<Spec, cranelift_codegen::ir::FuncRef>,
+        deopt: cranelift_codegen::ir::FuncRef,
+        sites: &'a mut Vec<DeoptSite>,
+    ) -> Self {
+        let local_count = program.functions[plan.spec.function as usize].local_count as usize;
+        FunctionCodegen {
+            b,
+            program,
+            globals,
+            plan,
+            callees,
+            deopt,
+            sites,
+            vars: HashMap::new(),
+            ctx: None,
+            local_count,
+        }
+    }
+
+    fn var(&mut self, slot: usize, rep: Rep) -> Variable {
+        if let Some(v) = self.vars.get(&(slot, rep)) {
+            return *v;
+        }
+        let ty = if rep == Rep::F64 {
+            types::F64
+        } else {
+            types::I64
+        };
+        let v = self.b.declare_var(ty);
+        self.vars.insert((slot, rep), v);
+        v
+    }
+
+    fn get(&mut self, slot: usize, ty: Ty) -> Value {
+        let v = self.var(slot, rep(ty));
+        self.b.use_var(v)
+    }
+
+    fn set(&mut self, slot: usize, ty: Ty, value: Value) {
+        let v = self.var(slot, rep(ty));
+        self.b.def_var(v, value);
+    }
+
+    fn ctx(&self) -> Value {
+        self.ctx.expect("the entry block defines ctx")
+    }
+
+    fn as_f64(&mut self, value: Value, ty: Ty) -> Value {
+        match ty {
+            Ty::Float => value,
+            _ => self.b.ins().fcvt_from_sint(types::F64, value),
+        }
+    }
+
+    /// The value as the `i64` bits the calling convention and the deopt buffer use.
+    fn to_bits(&mut self, value: Value, ty: Ty) -> Value {
+        if ty == Ty::Float {
+            self.b.ins().bitcast(types::I64, MemFlagsData::new(), value)
+        } else {
+            value
+        }
+    }
+
+    fn from_bits(&mut self, value: Value, ty: Ty) -> Value {
+        if ty == Ty::Float {
+            self.b.ins().bitcast(types::F64, MemFlagsData::new(), value)
+        } else {
+            value
+        }
+    }
+
+    fn truthy(&mut self, value: Value, ty: Ty) -> Value {
+        match ty {
+            Ty::Float => {
+                let zero = self.b.ins().f64const(0.0);
+                self.b.ins().fcmp(FloatCC::NotEqual, value, zero)
+            }
+            Ty::None => self.b.ins().iconst(types::I8, 0),
+            _ => self.b.ins().icmp_imm_s(IntCC::NotEqual, value, 0),
+        }
+    }
+
+    /// Branches to a deopt block when `failed` is true; code continues in a new block.
+    fn deopt_if(&mut self, failed: Value, frame: &Frame, resume_ip: usize, stack_len: usize) {
+        let fail = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.set_cold_block(fail);
+        self.b.ins().brif(failed, fail, &[], cont, &[]);
+        self.b.switch_to_block(fail);
+        self.emit_deopt(frame, resume_ip, stack_len);
+        self.b.switch_to_block(cont);
+    }
+
+    /// Spills the frame's locals and its first `stack_len` stack slots, reports them as a
+    /// frame to resume at `resume_ip`, and returns.
+    fn emit_deopt(&mut self, frame: &Frame, resume_ip: usize, stack_len: usize) {
+        let mut kinds = Vec::new();
+        let mut raw: Vec<Value> = Vec::new();
+        for (slot, local) in frame.locals.iter().enumerate() {
+            match *local {
+                Local::Known(ty) => {
+                    let v = self.get(slot, ty);
+                    let bits = self.to_bits(v, ty);
+                    raw.push(bits);
+                    kinds.push(SlotKind::Value(ty));
+                }
+                // Not read again before it is written: any value will do.
+                Local::Unknown => {
+                    raw.push(self.b.ins().iconst(types::I64, 0));
+                    kinds.push(SlotKind::Value(Ty::None));
+                }
+            }
+        }
+        for (k, ty) in frame.stack.iter().take(stack_len).enumerate() {
+            let slot = self.local_count + k;
+            match ty {
+                Ty::Range | Ty::RangeIter => {
+                    for r in [
+                        Rep::RangeStart,
+                        Rep::RangeStep,
+                        Rep::RangeIndex,
+                        Rep::RangeCount,
+                    ] {
+                        let v = self.var(slot, r);
+                        raw.push(self.b.use_var(v));
+                    }
+                    kinds.push(SlotKind::RangeIter);
+                }
+                ty => {
+                    let v = self.get(slot, *ty);
+                    let bits = self.to_bits(v, *ty);
+                    raw.push(bits);
+                    kinds.push(SlotKind::Value(*ty));
+                }
+            }
+        }
+        let site = self.sites.len() as i64;
+        self.sites.push(DeoptSite {
+            function: self.plan.spec.function,
+            ip: resume_ip as u32,
+            local_count: self.local_count as u32,
+            kinds,
+        });
+        let bytes = (raw.len().max(1) * 8) as u32;
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            bytes,
+            3,
+        ));
+        for (i, v) in raw.iter().enumerate() {
+            self.b.ins().stack_store(types::I64, *v, slot, (i * 8) as i32);
+        }
+        let addr = self.b.ins().stack_addr(types::I64, slot, 0);
+        let ctx = self.ctx();
+        let site = self.b.ins().iconst(types::I64, site);
+        let count = self.b.ins().iconst(types::I64, raw.len() as i64);
+        self.b.ins().call(self.deopt, &[ctx, site, addr, count]);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().return_(&[zero]);
+    }
+
+    fn add_depth(&mut self, delta: i64) {
+        let ctx = self.ctx();
+        let depth = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_DEPTH);
+        let depth = self.b.ins().iadd_imm_s(depth, delta);
+        self.b
+            .ins()
+            .store(MemFlagsData::trusted(), depth, ctx, CTX_DEPTH);
+    }
+
+    /// Emits the whole function.
+    pub fn emit(mut self) -> Result<(), String> {
+        let spec = self.plan.spec.clone();
+        let function = &self.program.functions[spec.function as usize];
+        let code = &function.code;
+        let entry = self.b.create_block();
+        self.b.append_block_params_for_function_params(entry);
+        self.b.switch_to_block(entry);
+        let params: Vec<Value> = self.b.block_params(entry).to_vec();
+        self.ctx = Some(params[0]);
+        for slot in 0..self.local_count {
+            match spec.args.get(slot) {
+                Some(ty) => {
+                    let v = self.from_bits(params[slot + 1], *ty);
+                    self.set(slot, *ty, v);
+                }
+                None => {
+                    let zero = self.b.ins().iconst(types::I64, 0);
+                    self.set(slot, Ty::None, zero);
+                }
+            }
+        }
+        self.add_depth(1);
+        let mut blocks: HashMap<usize, Block> = HashMap::new();
+        for (ip, leader) in self.plan.leaders.iter().enumerate() {
+            if *leader && self.plan.before.get(ip).is_some_and(Option::is_some) {
+                blocks.insert(ip, self.b.create_block());
+            }
+        }
+        self.b.ins().jump(blocks[&0], &[]);
+        let mut open = false;
+        for (ip, instr) in code.iter().enumerate() {
+            if let Some(block) = blocks.get(&ip) {
+                if open {
+                    self.b.ins().jump(*block, &[]);
+                }
+                self.b.switch_to_block(*block);
+                open = true;
+            }
+            if !open {
+                continue;
+            }
+            let Some(frame) = self.plan.before[ip].clone() else {
+                continue;
+            };
+            open = self.instruction(ip, *instr, &frame, &blocks)?;
+        }
+        if open {
+            return Err("control runs off the end of the function".into());
+        }
+        self.b.seal_all_blocks();
+        Ok(())
+    }
+
+    /// Emits one instruction; returns whether the block goes on after it.
+    fn instruction(
+        &mut self,
+        ip: usize,
+        instr: Instr,
+        frame: &Frame,
+        blocks: &HashMap<usize, Block>,
+    ) -> Result<bool, String> {
+        let base = self.local_count;
+        let depth = frame.stack.len();
+        // The slot of the stack entry `k` from the top (0 = top).
+        let top = |k: usize| base + depth - 1 - k;
+        let ty_at = |k: usize| frame.stack[depth - 1 - k];
+        let push_slot = base + depth;
+        match instr {
+            Instr::PushNone => {
+                let v = self.b.ins().iconst(types::I64, 0);
+                self.set(push_slot, Ty::None, v);
+            }
+            Instr::PushBool(x) => {
+                let v = self.b.ins().iconst(types::I64, i64::from(x));
+                self.set(push_slot, Ty::Bool, v);
+            }
+            Instr::PushInt(n) => {
+                let v = self.b.ins().iconst(types::I64, n);
+                self.set(push_slot, Ty::Int, v);
+            }
+            Instr::Const(i) => match &self.program.constants[i as usize] {
+                Constant::Int(n) => {
+                    let v = self.b.ins().iconst(types::I64, *n);
+                    self.set(push_slot, Ty::Int, v);
+                }
+                Constant::Float(x) => {
+                    let v = self.b.ins().f64const(*x);
+                    self.set(push_slot, Ty::Float, v);
+                }
+                Constant::Str(_) => return Err("string constant".into()),
+            },
+            Instr::LoadGlobal(g) => {
+                let value = &self.globals[g as usize];
+                let ty = Ty::of(value).ok_or("a constant that is not a number")?;
+                let v = match value {
+                    crate::value::Value::Int(n) => self.b.ins().iconst(types::I64, *n),
+                    crate::value::Value::Bool(x) => self.b.ins().iconst(types::I64, i64::from(*x)),
+                    crate::value::Value::Float(x) => self.b.ins().f64const(*x),
+                    _ => self.b.ins().iconst(types::I64, 0),
+                };
+                self.set(push_slot, ty, v);
+            }
+            Instr::LoadLocal(slot) => {
+                let Local::Known(ty) = frame.locals[slot as usize] else {
+                    return Err("reads an unknown local".into());
+                };
+                let v = self.get(slot as usize, ty);
+                self.set(push_slot, ty, v);
+            }
+            Instr::StoreLocal(slot) => {
+                let ty = ty_at(0);
+                let v = self.get(top(0), ty);
+                self.set(slot as usize, ty, v);
+            }
+            Instr::Pop => {}
+            Instr::Dup => {
+                let ty = ty_at(0);
+                let v = self.get(top(0), ty);
+                self.set(push_slot, ty, v);
+            }
+            Instr::Add | Instr::Sub | Instr::Mul | Instr::AddAssign => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                let a = self.get(top(1), ta);
+                let b = self.get(top(0), tb);
+                if ta == Ty::Int && tb == Ty::Int {
+                    let (v, overflow) = match instr {
+                        Instr::Sub => self.b.ins().ssub_overflow(a, b),
+                        Instr::Mul => self.b.ins().smul_overflow(a, b),
+                        _ => self.b.ins().sadd_overflow(a, b),
+                    };
+                    self.deopt_if(overflow, frame, ip, depth);
+                    self.set(top(1), Ty::Int, v);
+                } else {
+                    let (a, b) = (self.as_f64(a, ta), self.as_f64(b, tb));
+                    let v = match instr {
+                        Instr::Sub => self.b.ins().fsub(a, b),
+                        Instr::Mul => self.b.ins().fmul(a, b),
+                        _ => self.b.ins().fadd(a, b),
+                    };
+                    self.set(top(1), Ty::Float, v);
+                }
+            }
+            Instr::Div => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                let a = self.get(top(1), ta);
+                let b = self.get(top(0), tb);
+                let (a, b) = (self.as_f64(a, ta), self.as_f64(b, tb));
+                let zero = self.b.ins().f64const(0.0);
+                let by_zero = self.b.ins().fcmp(FloatCC::Equal, b, zero);
+                self.deopt_if(by_zero, frame, ip, depth);
+                let v = self.b.ins().fdiv(a, b);
+                self.set(top(1), Ty::Float, v);
+            }
+            Instr::Mod => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                let a = self.get(top(1), ta);
+                let b = self.get(top(0), tb);
+                if ta == Ty::Int && tb == Ty::Int {
+                    // Zero divides by zero; -1 could trap on i64::MIN: both go to the interpreter.
+                    let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+                    let minus_one = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+                    let bad = self.b.ins().bor(zero, minus_one);
+                    self.deopt_if(bad, frame, ip, depth);
+                    let r = self.b.ins().srem(a, b);
+                    // Floored like Python: a nonzero remainder takes the divisor's sign.
+                    let r_nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+                    let r_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+                    let b_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
+                    let signs_differ = self.b.ins().bxor(r_neg, b_neg);
+                    let fix = self.b.ins().band(r_nonzero, signs_differ);
+                    let adjusted = self.b.ins().iadd(r, b);
+                    let v = self.b.ins().select(fix, adjusted, r);
+                    self.set(top(1), Ty::Int, v);
+                } else {
+                    let (x, y) = (self.as_f64(a, ta), self.as_f64(b, tb));
+                    let zero = self.b.ins().f64const(0.0);
+                    let by_zero = self.b.ins().fcmp(FloatCC::Equal, y, zero);
+                    self.deopt_if(by_zero, frame, ip, depth);
+                    let q = self.b.ins().fdiv(x, y);
+                    let q = self.b.ins().floor(q);
+                    let yq = self.b.ins().fmul(y, q);
+                    let v = self.b.ins().fsub(x, yq);
+                    self.set(top(1), Ty::Float, v);
+                }
+            }
+            Instr::Neg => {
+                let ty = ty_at(0);
+                let a = self.get(top(0), ty);
+                if ty == Ty::Int {
+                    let min = self.b.ins().icmp_imm_s(IntCC::Equal, a, i64::MIN);
+                    self.deopt_if(min, frame, ip, depth);
+                    let v = self.b.ins().ineg(a);
+                    self.set(top(0), Ty::Int, v);
+                } else {
+                    let v = self.b.ins().fneg(a);
+                    self.set(top(0), Ty::Float, v);
+                }
+            }
+            Instr::Not => {
+                let ty = ty_at(0);
+                let a = self.get(top(0), ty);
+                let t = self.truthy(a, ty);
+                let f = self.b.ins().bxor_imm_s(t, 1);
+                let v = self.b.ins().uextend(types::I64, f);
+                self.set(top(0), Ty::Bool, v);
+            }
+            Instr::Eq | Instr::NotEq => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                let a = self.get(top(1), ta);
+                let b = self.get(top(0), tb);
+                let equal = match (ta, tb) {
+                    (Ty::Int, Ty::Int) | (Ty::Bool, Ty::Bool) => {
+                        self.b.ins().icmp(IntCC::Equal, a, b)
+                    }
+                    (Ty::Int | Ty::Float, Ty::Int | Ty::Float) => {
+                        let (x, y) = (self.as_f64(a, ta), self.as_f64(b, tb));
+                        self.b.ins().fcmp(FloatCC::Equal, x, y)
+                    }
+                    (Ty::None, Ty::None) => self.b.ins().iconst(types::I8, 1),
+                    _ => self.b.ins().iconst(types::I8, 0),
+                };
+                let v = if instr == Instr::NotEq {
+                    self.b.ins().bxor_imm_s(equal, 1)
+                } else {
+                    equal
+                };
+                let v = self.b.ins().uextend(types::I64, v);
+                self.set(top(1), Ty::Bool, v);
+            }
+            Instr::Lt | Instr::Le | Instr::Gt | Instr::Ge => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                let a = self.get(top(1), ta);
+                let b = self.get(top(0), tb);
+                let v = if ta == Ty::Int && tb == Ty::Int {
+                    let cc = match instr {
+                        Instr::Lt => IntCC::SignedLessThan,
+                        Instr::Le => IntCC::SignedLessThanOrEqual,
+                        Instr::Gt => IntCC::SignedGreaterThan,
+                        _ => IntCC::SignedGreaterThanOrEqual,
+                    };
+                    self.b.ins().icmp(cc, a, b)
+                } else {
+                    let (x, y) = (self.as_f64(a, ta), self.as_f64(b, tb));
+                    // NaN is unordered: the interpreter raises an error for it.
+                    let unordered = self.b.ins().fcmp(FloatCC::Unordered, x, y);
+                    self.deopt_if(unordered, frame, ip, depth);
+                    let cc = match instr {
+                        Instr::Lt => FloatCC::LessThan,
+                        Instr::Le => FloatCC::LessThanOrEqual,
+                        Instr::Gt => FloatCC::GreaterThan,
+                        _ => FloatCC::GreaterThanOrEqual,
+                    };
+                    self.b.ins().fcmp(cc, x, y)
+                };
+                let v = self.b.ins().uextend(types::I64, v);
+                self.set(top(1), Ty::Bool, v);
+            }
+            Instr::Jump(target) => {
+                self.b.ins().jump(blocks[&(target as usize)], &[]);
+                return Ok(false);
+            }
+            Instr::JumpIfFalse(target) => {
+                let ty = ty_at(0);
+                let a = self.get(top(0), ty);
+                let t = self.truthy(a, ty);
+                self.b
+                    .ins()
+                    .brif(t, blocks[&(ip + 1)], &[], blocks[&(target as usize)], &[]);
+                return Ok(false);
+            }
+            Instr::JumpIfFalseOrPop(target) | Instr::JumpIfTrueOrPop(target) => {
+                let ty = ty_at(0);
+                let a = self.get(top(0), ty);
+                let t = self.truthy(a, ty);
+                let (when_true, when_false) = if matches!(instr, Instr::JumpIfFalseOrPop(_)) {
+                    (blocks[&(ip + 1)], blocks[&(target as usize)])
+                } else {
+                    (blocks[&(target as usize)], blocks[&(ip + 1)])
+                };
+                self.b.ins().brif(t, when_true, &[], when_false, &[]);
+                return Ok(false);
+            }
+            Instr::CallNative { argc, .. } => self.range(ip, frame, argc as usize),
+            Instr::GetIter => {}
+            Instr::ForIter { exit } => {
+                let slot = top(0);
+                let [start, step, index, count] = [
+                    Rep::RangeStart,
+                    Rep::RangeStep,
+                    Rep::RangeIndex,
+                    Rep::RangeCount,
+                ]
+                .map(|r| {
+                    let v = self.var(slot, r);
+                    self.b.use_var(v)
+                });
+                let more = self.b.ins().icmp(IntCC::SignedLessThan, index, count);
+                let offset = self.b.ins().imul(index, step);
+                let item = self.b.ins().iadd(start, offset);
+                self.set(push_slot, Ty::Int, item);
+                let next = self.b.ins().iadd_imm_s(index, 1);
+                let index_var = self.var(slot, Rep::RangeIndex);
+                self.b.def_var(index_var, next);
+                self.b
+                    .ins()
+                    .brif(more, blocks[&(ip + 1)], &[], blocks[&(exit as usize)], &[]);
+                return Ok(false);
+            }
+            Instr::Call { function, argc } => {
+                let argc = argc as usize;
+                // The interpreter refuses a call at the depth limit: let it, with its error.
+                let ctx = self.ctx();
+                let depth_now = self
+                    .b
+                    .ins()
+                    .load(types::I64, MemFlagsData::trusted(), ctx, CTX_DEPTH);
+                let max = self
+                    .b
+                    .ins()
+                    .load(types::I64, MemFlagsData::trusted(), ctx, CTX_MAX_DEPTH);
+                let too_deep =
+                    self.b
+                        .ins()
+                        .icmp(IntCC::SignedGreaterThanOrEqual, depth_now, max);
+                self.deopt_if(too_deep, frame, ip, depth);
+                let arg_types: Vec<Ty> = (0..argc).rev().map(ty_at).collect();
+                let mut args = vec![ctx];
+                for (i, ty) in arg_types.iter().enumerate() {
+                    let v = self.get(top(argc - 1 - i), *ty);
+                    args.push(self.to_bits(v, *ty));
+                }
+                let callee = Spec {
+                    function,
+                    args: arg_types,
+                };
+                let fref = *self
+                    .callees
+                    .get(&callee)
+                    .ok_or("a callee was not declared")?;
+                let call = self.b.ins().call(fref, &args);
+                let result = self.b.inst_results(call)[0];
+                let status = self
+                    .b
+                    .ins()
+                    .load(types::I64, MemFlagsData::trusted(), ctx, CTX_STATUS);
+                // The callee deopted and reported its frame: report this one, waiting for the
+                // callee's result after the call.
+                self.deopt_if(status, frame, ip + 1, depth - argc);
+                let result_ty = self
+                    .plan
+                    .before
+                    .get(ip + 1)
+                    .and_then(|f| f.as_ref())
+                    .and_then(|f| f.stack.last().copied())
+                    .ok_or("no type after a call")?;
+                let v = self.from_bits(result, result_ty);
+                self.set(base + depth - argc, result_ty, v);
+            }
+            Instr::Return => {
+                let ty = ty_at(0);
+                let v = self.get(top(0), ty);
+                let bits = self.to_bits(v, ty);
+                self.add_depth(-1);
+                self.b.ins().return_(&[bits]);
+                return Ok(false);
+            }
+            other => return Err(format!("cannot compile {other:?}")),
+        }
+        Ok(true)
+    }
+
+    /// `range(...)` followed by `GetIter`: the iterator as (start, step, index, count), with
+    /// the interpreter's checks (step zero, too many items) as deopts.
+    fn range(&mut self, ip: usize, frame: &Frame, argc: usize) {
+        let base = self.local_count;
+        let depth = frame.stack.len();
+        let args: Vec<Value> = (0..argc)
+            .map(|i| self.get(base + depth - argc + i, Ty::Int))
+            .collect();
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let one = self.b.ins().iconst(types::I64, 1);
+        let (start, stop, step) = match args.as_slice() {
+            [stop] => (zero, *stop, one),
+            [start, stop] => (*start, *stop, one),
+            [start, stop, step, ..] => (*start, *stop, *step),
+            [] => (zero, zero, one),
+        };
+        let step_zero = self.b.ins().icmp_imm_s(IntCC::Equal, step, 0);
+        self.deopt_if(step_zero, frame, ip, depth);
+        // count = max(0, stop - start + step - 1) / step, or mirrored for a negative step.
+        let up = {
+            let d = self.b.ins().isub(stop, start);
+            let d = self.b.ins().iadd(d, step);
+            let d = self.b.ins().iadd_imm_s(d, -1);
+            let d = self.b.ins().smax(d, zero);
+            self.b.ins().sdiv(d, step)
+        };
+        let down = {
+            let d = self.b.ins().isub(start, stop);
+            let d = self.b.ins().isub(d, step);
+            let d = self.b.ins().iadd_imm_s(d, -1);
+            let d = self.b.ins().smax(d, zero);
+            let neg_step = self.b.ins().ineg(step);
+            // A positive step takes the other branch; keep the divisor nonzero here.
+            let safe = self.b.ins().select(step_zero, one, neg_step);
+            self.b.ins().sdiv(d, safe)
+        };
+        let positive = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, step, 0);
+        let count = self.b.ins().select(positive, up, down);
+        let too_many = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedGreaterThan, count, 100_000_000);
+        self.deopt_if(too_many, frame, ip, depth);
+        let slot = base + depth - argc;
+        for (r, v) in [
+            (Rep::RangeStart, start),
+            (Rep::RangeStep, step),
+            (Rep::RangeIndex, zero),
+            (Rep::RangeCount, count),
+        ] {
+            let var = self.var(slot, r);
+            self.b.def_var(var, v);
+        }
+    }
+}
+
+/// The signature of compiled functions: `(ctx, args as i64 bits...) -> result bits`.
+pub fn signature(module: &dyn Module, argc: usize) -> cranelift_codegen::ir::Signature {
+    let mut sig = module.make_signature();
+    for _ in 0..=argc {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig.returns.push(AbiParam::new(types::I64));
+    sig
+}
+
+/// Declares a compiled function's symbol.
+pub fn declare(
+    module: &mut cranelift_jit::JITModule,
+    name: &str,
+    argc: usize,
+) -> Result<FuncId, String> {
+    let sig = signature(module, argc);
+    module
+        .declare_function(name, cranelift_module::Linkage::Local, &sig)
+        .map_err(|e| e.to_string())
+}

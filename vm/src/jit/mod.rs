@@ -1,0 +1,535 @@
+//! The JIT tier: hot pure functions compiled to machine code with cranelift.
+//!
+//! A function is compiled per *specialization*: the function and the types of its arguments
+//! (int, float, bool, none). `analyze` decides whether it is eligible (no suspension point, only
+//! what the code generator knows) and types every slot; `codegen` emits cranelift IR. Calls
+//! between compiled functions are native calls.
+//!
+//! **Architecture Invariant:** the JIT never changes a program's meaning. Anything that could
+//! make the interpreter raise an error (overflow, division by zero, NaN in a comparison, the call
+//! depth limit) is a *deopt*: compiled code spills its frames and the interpreter resumes at that
+//! instruction, so errors, messages and spans are the interpreter's. `tests/jit.rs` runs every
+//! program both ways and compares.
+
+mod analyze;
+mod codegen;
+
+pub use crate::jit_options::{JitMode, JitOptions};
+
+use crate::value::{Iter, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Module};
+use sglc_compiler::bytecode::{FunctionId, Program};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// The static type of a slot in compiled code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ty {
+    Int,
+    Float,
+    Bool,
+    None,
+    /// `range(...)` before `GetIter`.
+    Range,
+    /// A `for` loop's position in a `range(...)`.
+    RangeIter,
+}
+
+impl Ty {
+    pub fn of(value: &Value) -> Option<Ty> {
+        match value {
+            Value::Int(_) => Some(Ty::Int),
+            Value::Float(_) => Some(Ty::Float),
+            Value::Bool(_) => Some(Ty::Bool),
+            Value::None => Some(Ty::None),
+            _ => None,
+        }
+    }
+
+    fn is_scalar(self) -> bool {
+        matches!(self, Ty::Int | Ty::Float | Ty::Bool | Ty::None)
+    }
+
+    fn is_number(self) -> bool {
+        matches!(self, Ty::Int | Ty::Float)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Int => "int",
+            Ty::Float => "float",
+            Ty::Bool => "bool",
+            Ty::None => "none",
+            Ty::Range | Ty::RangeIter => "a range",
+        }
+    }
+
+    fn code(self) -> char {
+        match self {
+            Ty::Int => 'i',
+            Ty::Float => 'f',
+            Ty::Bool => 'b',
+            Ty::None => 'n',
+            Ty::Range | Ty::RangeIter => 'r',
+        }
+    }
+
+    fn from_bits(self, bits: i64) -> Value {
+        match self {
+            Ty::Int => Value::Int(bits),
+            Ty::Float => Value::Float(f64::from_bits(bits as u64)),
+            Ty::Bool => Value::Bool(bits != 0),
+            _ => Value::None,
+        }
+    }
+
+    fn to_bits(value: &Value) -> i64 {
+        match value {
+            Value::Int(n) => *n,
+            Value::Float(x) => x.to_bits() as i64,
+            Value::Bool(b) => i64::from(*b),
+            _ => 0,
+        }
+    }
+}
+
+/// A function compiled for these argument types.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Spec {
+    pub function: FunctionId,
+    pub args: Vec<Ty>,
+}
+
+/// Most arguments a compiled function takes (the native call is made through a fixed set of
+/// function-pointer types).
+const MAX_ARGS: usize = 6;
+
+/// Shared between compiled code and the runtime; compiled code reads and writes the first
+/// three fields at fixed offsets.
+#[repr(C)]
+pub struct JitCtx {
+    /// Nonzero once compiled code has deopted; every caller then deopts too.
+    status: i64,
+    /// Call frames in use: the interpreter's plus compiled ones.
+    depth: i64,
+    max_depth: i64,
+    /// Frames reported by deopts, innermost first: (site, spilled slots).
+    deopts: Vec<(usize, Vec<i64>)>,
+}
+
+const CTX_STATUS: i32 = 0;
+const CTX_DEPTH: i32 = 8;
+const CTX_MAX_DEPTH: i32 = 16;
+
+/// Called by compiled code to report a frame it leaves to the interpreter.
+extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64, count: i64) {
+    // SAFETY: compiled code passes the context it was given and a buffer of `count` slots.
+    let ctx = unsafe { &mut *ctx };
+    let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) }.to_vec();
+    ctx.status = 1;
+    ctx.deopts.push((site as usize, slots));
+}
+
+/// Where compiled code resumes in the interpreter, and how to rebuild the frame's values.
+#[derive(Clone, Debug)]
+pub struct DeoptSite {
+    pub function: FunctionId,
+    pub ip: u32,
+    pub local_count: u32,
+    pub kinds: Vec<SlotKind>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum SlotKind {
+    Value(Ty),
+    /// Four raw slots: start, step, index, count.
+    RangeIter,
+}
+
+/// A frame handed back to the interpreter: its function, where to resume, its locals followed
+/// by its operand stack.
+pub struct ResumeFrame {
+    pub function: FunctionId,
+    pub ip: u32,
+    pub values: Vec<Value>,
+}
+
+/// What calling a function through the JIT gave.
+pub enum JitCall {
+    /// Not compiled (cold, ineligible, or other argument types): interpret it.
+    Interpret,
+    Returned(Value),
+    /// Compiled code stopped; the interpreter resumes these frames, outermost first.
+    Deopt(Vec<ResumeFrame>),
+}
+
+enum FunctionState {
+    Cold(u32),
+    /// Specializations tried: their code and return type, or `None` when ineligible.
+    Tried(Vec<(Vec<Ty>, Option<(*const u8, Ty)>)>),
+    Ineligible,
+}
+
+/// One JIT per batch: the cranelift module, compiled code, hotness counters, deopt sites.
+/// Compiled code is shared by every program instance of the batch.
+pub struct Jit {
+    options: JitOptions,
+    module: JITModule,
+    ctx: cranelift_codegen::Context,
+    builder_ctx: FunctionBuilderContext,
+    deopt_fn: FuncId,
+    functions: Vec<FunctionState>,
+    compiled: HashMap<Spec, (FuncId, *const u8)>,
+    return_types: HashMap<Spec, Ty>,
+    sites: Vec<DeoptSite>,
+    /// Cranelift IR of every compiled specialization, when asked for (`sglc disasm --jit`).
+    clif: Option<Vec<(Spec, String)>>,
+    /// Why specializations were not compiled, for the disassembler.
+    rejected: Vec<(Spec, String)>,
+    runtime: JitCtx,
+    /// Nanoseconds spent compiling, and specializations compiled.
+    pub compile_nanos: u64,
+    pub compiled_count: usize,
+}
+
+impl Jit {
+    pub fn new(program: &Program, options: JitOptions) -> Result<Jit, String> {
+        let mut flags = settings::builder();
+        let set = |flags: &mut settings::Builder, k: &str, v: &str| {
+            flags.set(k, v).map_err(|e| format!("cranelift setting {k}: {e}"))
+        };
+        set(&mut flags, "use_colocated_libcalls", "false")?;
+        set(&mut flags, "is_pic", "false")?;
+        set(&mut flags, "opt_level", "speed")?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| format!("this machine is not supported by cranelift: {e}"))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| e.to_string())?;
+        let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        builder.symbol("sglc_jit_deopt", sglc_jit_deopt as *const u8);
+        let mut module = JITModule::new(builder);
+        let mut sig = module.make_signature();
+        for _ in 0..4 {
+            sig.params
+                .push(cranelift_codegen::ir::AbiParam::new(cranelift_codegen::ir::types::I64));
+        }
+        let deopt_fn = module
+            .declare_function("sglc_jit_deopt", cranelift_module::Linkage::Import, &sig)
+            .map_err(|e| e.to_string())?;
+        Ok(Jit {
+            options,
+            ctx: module.make_context(),
+            module,
+            builder_ctx: FunctionBuilderContext::new(),
+            deopt_fn,
+            functions: (0..program.functions.len())
+                .map(|_| FunctionState::Cold(0))
+                .collect(),
+            compiled: HashMap::new(),
+            return_types: HashMap::new(),
+            sites: Vec::new(),
+            clif: None,
+            rejected: Vec::new(),
+            runtime: JitCtx {
+                status: 0,
+                depth: 0,
+                max_depth: 0,
+                deopts: Vec::new(),
+            },
+            compile_nanos: 0,
+            compiled_count: 0,
+        })
+    }
+
+    /// Keeps the cranelift IR of everything compiled from now on.
+    pub fn record_clif(&mut self) {
+        self.clif.get_or_insert_with(Vec::new);
+    }
+
+    /// The recorded IR and the reasons specializations were not compiled.
+    pub fn listing(&self, program: &Program) -> String {
+        let mut out = String::new();
+        for (spec, text) in self.clif.iter().flatten() {
+            out.push_str(&format!("; {}\n{text}\n", describe(program, spec)));
+        }
+        for (spec, reason) in &self.rejected {
+            out.push_str(&format!("; {} is not compiled: it {reason}\n", describe(program, spec)));
+        }
+        out
+    }
+
+    /// Counts a backward jump in `function` towards its hotness.
+    pub fn back_edge(&mut self, function: FunctionId) {
+        if let Some(FunctionState::Cold(count)) = self.functions.get_mut(function as usize) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// Calls `function` natively when it is (or now becomes) compiled for these arguments.
+    /// `depth` is the interpreter's frame count; `max_depth` its limit.
+    pub fn call(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        function: FunctionId,
+        args: &[Value],
+        depth: usize,
+        max_depth: usize,
+    ) -> JitCall {
+        let threshold = match self.options.mode {
+            JitMode::Off => return JitCall::Interpret,
+            JitMode::Auto => self.options.threshold,
+            JitMode::Eager => 0,
+        };
+        let Some(state) = self.functions.get_mut(function as usize) else {
+            return JitCall::Interpret;
+        };
+        if let FunctionState::Cold(count) = state {
+            *count = count.saturating_add(1);
+            if *count <= threshold {
+                return JitCall::Interpret;
+            }
+            *state = FunctionState::Tried(Vec::new());
+        }
+        let matches = |types: &[Ty]| {
+            types.len() == args.len() && types.iter().zip(args).all(|(t, a)| Some(*t) == Ty::of(a))
+        };
+        let known = match &self.functions[function as usize] {
+            FunctionState::Ineligible | FunctionState::Cold(_) => return JitCall::Interpret,
+            FunctionState::Tried(specs) => specs.iter().find(|(t, _)| matches(t)).map(|s| s.1),
+        };
+        let compiled = match known {
+            Some(compiled) => compiled,
+            None => {
+                let Some(types) = args.iter().map(Ty::of).collect::<Option<Vec<Ty>>>() else {
+                    return JitCall::Interpret;
+                };
+                let spec = Spec {
+                    function,
+                    args: types.clone(),
+                };
+                let compiled = self
+                    .compile(program, globals, &spec)
+                    .map(|pointer| (pointer, self.return_types[&spec]));
+                if let FunctionState::Tried(specs) = &mut self.functions[function as usize] {
+                    specs.push((types, compiled));
+                    // A function seen with many argument types is left to the interpreter.
+                    if specs.len() > 8 {
+                        self.functions[function as usize] = FunctionState::Ineligible;
+                    }
+                }
+                compiled
+            }
+        };
+        let Some((pointer, return_type)) = compiled else {
+            return JitCall::Interpret;
+        };
+        self.runtime.status = 0;
+        self.runtime.depth = depth as i64;
+        self.runtime.max_depth = max_depth as i64;
+        self.runtime.deopts.clear();
+        let mut bits = [0i64; MAX_ARGS];
+        for (slot, arg) in bits.iter_mut().zip(args) {
+            *slot = Ty::to_bits(arg);
+        }
+        // SAFETY: `pointer` is a finalized function of this module with the signature
+        // `(ctx, i64 x argc) -> i64` (codegen::signature), and argc <= MAX_ARGS.
+        let result = unsafe { invoke(pointer, &mut self.runtime, &bits[..args.len()]) };
+        if self.runtime.status == 0 {
+            return JitCall::Returned(return_type.from_bits(result));
+        }
+        let frames = std::mem::take(&mut self.runtime.deopts)
+            .into_iter()
+            .rev()
+            .map(|(site, slots)| self.resume_frame(site, &slots))
+            .collect();
+        JitCall::Deopt(frames)
+    }
+
+    fn resume_frame(&self, site: usize, slots: &[i64]) -> ResumeFrame {
+        let site = &self.sites[site];
+        let mut values = Vec::with_capacity(site.kinds.len());
+        let mut raw = slots.iter().copied();
+        for kind in &site.kinds {
+            match kind {
+                SlotKind::Value(ty) => values.push(ty.from_bits(raw.next().unwrap_or(0))),
+                SlotKind::RangeIter => {
+                    let start = raw.next().unwrap_or(0);
+                    let step = raw.next().unwrap_or(1);
+                    let index = raw.next().unwrap_or(0);
+                    let count = raw.next().unwrap_or(0);
+                    // The rest of the range, as the interpreter's list iterator would see it.
+                    let rest: Vec<Value> = (index..count.max(index))
+                        .map(|i| Value::Int(start.wrapping_add(i.wrapping_mul(step))))
+                        .collect();
+                    values.push(Value::Iterator(Rc::new(RefCell::new(Iter::List {
+                        list: Rc::new(RefCell::new(rest)),
+                        next: 0,
+                    }))));
+                }
+            }
+        }
+        ResumeFrame {
+            function: site.function,
+            ip: site.ip,
+            values,
+        }
+    }
+
+    /// Compiles `spec` and every specialization it calls; `None` when ineligible.
+    fn compile(&mut self, program: &Program, globals: &[Value], spec: &Spec) -> Option<*const u8> {
+        if let Some((_, pointer)) = self.compiled.get(spec) {
+            return Some(*pointer);
+        }
+        let started = std::time::Instant::now();
+        let result = self.compile_all(program, globals, spec);
+        self.compile_nanos += started.elapsed().as_nanos() as u64;
+        match result {
+            Ok(pointer) => Some(pointer),
+            Err(reason) => {
+                self.rejected.push((spec.clone(), reason));
+                None
+            }
+        }
+    }
+
+    fn compile_all(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        root: &Spec,
+    ) -> Result<*const u8, String> {
+        let mut analyzer = analyze::Analyzer::new(program, globals);
+        // Every specialization reachable from the root, analysed.
+        let mut plans: Vec<analyze::Plan> = Vec::new();
+        let mut pending = vec![root.clone()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(spec) = pending.pop() {
+            if !seen.insert(spec.clone()) || self.compiled.contains_key(&spec) {
+                continue;
+            }
+            if spec.args.len() > MAX_ARGS {
+                return Err(format!("takes more than {MAX_ARGS} arguments"));
+            }
+            let plan = analyzer.plan(&spec)?;
+            pending.extend(plan.callees.iter().cloned());
+            plans.push(plan);
+        }
+        let mut ids = HashMap::new();
+        for plan in &plans {
+            let name = format!(
+                "{}#{}_{}",
+                program.functions[plan.spec.function as usize].name,
+                plan.spec.function,
+                plan.spec.args.iter().map(|t| t.code()).collect::<String>()
+            );
+            let id = codegen::declare(&mut self.module, &name, plan.spec.args.len())?;
+            ids.insert(plan.spec.clone(), id);
+        }
+        for plan in &plans {
+            self.define(program, globals, plan, &ids)?;
+        }
+        self.module
+            .finalize_definitions()
+            .map_err(|e| e.to_string())?;
+        for plan in &plans {
+            let id = ids[&plan.spec];
+            let pointer = self.module.get_finalized_function(id);
+            self.compiled.insert(plan.spec.clone(), (id, pointer));
+            self.return_types.insert(plan.spec.clone(), plan.return_type);
+            self.compiled_count += 1;
+        }
+        self.compiled
+            .get(root)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| "was not compiled".to_string())
+    }
+
+    fn define(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        plan: &analyze::Plan,
+        ids: &HashMap<Spec, FuncId>,
+    ) -> Result<(), String> {
+        self.module.clear_context(&mut self.ctx);
+        self.ctx.func.signature = codegen::signature(&self.module, plan.spec.args.len());
+        let mut callee_refs = HashMap::new();
+        for callee in &plan.callees {
+            let id = ids
+                .get(callee)
+                .or_else(|| self.compiled.get(callee).map(|(id, _)| id))
+                .ok_or("a callee is neither compiled nor being compiled")?;
+            let fref = self.module.declare_func_in_func(*id, &mut self.ctx.func);
+            callee_refs.insert(callee.clone(), fref);
+        }
+        let deopt = self
+            .module
+            .declare_func_in_func(self.deopt_fn, &mut self.ctx.func);
+        let builder = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder_ctx);
+        let codegen = codegen::FunctionCodegen::new(
+            builder,
+            program,
+            globals,
+            plan,
+            callee_refs,
+            deopt,
+            &mut self.sites,
+        );
+        codegen.emit()?;
+        if let Some(clif) = &mut self.clif {
+            clif.push((plan.spec.clone(), self.ctx.func.display().to_string()));
+        }
+        let id = ids[&plan.spec];
+        self.module
+            .define_function(id, &mut self.ctx)
+            .map_err(|e| format!("cranelift rejected the function: {e:?}"))?;
+        self.module.clear_context(&mut self.ctx);
+        Ok(())
+    }
+}
+
+fn describe(program: &Program, spec: &Spec) -> String {
+    let f = &program.functions[spec.function as usize];
+    let args: Vec<String> = f
+        .params
+        .iter()
+        .zip(&spec.args)
+        .map(|(p, t)| format!("{p}: {}", t.name()))
+        .collect();
+    format!("fn {}({})", f.name, args.join(", "))
+}
+
+/// Calls compiled code with `args` as i64 bits.
+///
+/// # Safety
+/// `pointer` must be a finalized function with signature `(ctx, i64 x args.len()) -> i64`.
+unsafe fn invoke(pointer: *const u8, ctx: &mut JitCtx, args: &[i64]) -> i64 {
+    type F0 = extern "C" fn(*mut JitCtx) -> i64;
+    type F1 = extern "C" fn(*mut JitCtx, i64) -> i64;
+    type F2 = extern "C" fn(*mut JitCtx, i64, i64) -> i64;
+    type F3 = extern "C" fn(*mut JitCtx, i64, i64, i64) -> i64;
+    type F4 = extern "C" fn(*mut JitCtx, i64, i64, i64, i64) -> i64;
+    type F5 = extern "C" fn(*mut JitCtx, i64, i64, i64, i64, i64) -> i64;
+    type F6 = extern "C" fn(*mut JitCtx, i64, i64, i64, i64, i64, i64) -> i64;
+    let ctx = ctx as *mut JitCtx;
+    // SAFETY: the caller guarantees the signature matches the argument count.
+    unsafe {
+        match *args {
+            [] => std::mem::transmute::<*const u8, F0>(pointer)(ctx),
+            [a] => std::mem::transmute::<*const u8, F1>(pointer)(ctx, a),
+            [a, b] => std::mem::transmute::<*const u8, F2>(pointer)(ctx, a, b),
+            [a, b, c] => std::mem::transmute::<*const u8, F3>(pointer)(ctx, a, b, c),
+            [a, b, c, d] => std::mem::transmute::<*const u8, F4>(pointer)(ctx, a, b, c, d),
+            [a, b, c, d, e] => std::mem::transmute::<*const u8, F5>(pointer)(ctx, a, b, c, d, e),
+            [a, b, c, d, e, f] => {
+                std::mem::transmute::<*const u8, F6>(pointer)(ctx, a, b, c, d, e, f)
+            }
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! JIT settings, part of every run's configuration (also when the JIT is compiled out).
+
+use serde::{Deserialize, Serialize};
+
+/// When functions are compiled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JitMode {
+    /// Never: everything is interpreted.
+    Off,
+    /// When a function's calls plus loop iterations reach the threshold.
+    #[default]
+    Auto,
+    /// At a function's first call, for the types of that call's arguments (for tests).
+    Eager,
+}
+
+impl std::str::FromStr for JitMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<JitMode, String> {
+        match s {
+            "off" => Ok(JitMode::Off),
+            "auto" => Ok(JitMode::Auto),
+            "eager" => Ok(JitMode::Eager),
+            other => Err(format!("--jit is off, auto or eager, not `{other}`")),
+        }
+    }
+}
+
+/// JIT settings of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JitOptions {
+    pub mode: JitMode,
+    /// Calls plus backward jumps a function makes before it is compiled in `auto` mode.
+    pub threshold: u32,
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        JitOptions {
+            mode: JitMode::Auto,
+            threshold: 200,
+        }
+    }
+}
+
