@@ -14,7 +14,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const PROGRAMS: usize = 1_000;
 
 fn compile(engine: &Engine, name: &str) -> Script {
-    let path = format!("{}/benches/programs/vm/{name}.sgl", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/benches/programs/vm/{name}.sgl",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let source = std::fs::read_to_string(&path).expect("benchmark program");
     engine
         .compile(name, &source)
@@ -32,7 +35,9 @@ fn batch_of_1000(bencher: divan::Bencher, shape: &str) {
             let inputs = (0..PROGRAMS).map(|i| json!({ "q": format!("Question {i}?") }));
             let mut ok = 0usize;
             engine
-                .run_batch_with(&script, "main", inputs, &config, |_, r| ok += usize::from(r.is_ok()))
+                .run_batch_with(&script, "main", inputs, &config, |_, r| {
+                    ok += usize::from(r.is_ok())
+                })
                 .unwrap();
             assert_eq!(ok, PROGRAMS);
         });
@@ -51,7 +56,9 @@ mod scheduling {
     /// await its gen; the driver answers them all.
     #[divan::bench]
     fn task_per_program(bencher: divan::Bencher) {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         bencher
             .counter(divan::counter::ItemsCount::new(PROGRAMS))
             .bench_local(|| {
@@ -62,7 +69,9 @@ mod scheduling {
                     for _ in 0..PROGRAMS {
                         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
                         senders.push(tx);
-                        tasks.push(tokio::task::spawn_local(async move { rx.await.unwrap() + 1 }));
+                        tasks.push(tokio::task::spawn_local(
+                            async move { rx.await.unwrap() + 1 },
+                        ));
                     }
                     for (i, tx) in senders.into_iter().enumerate() {
                         tx.send(i as u32).unwrap();

@@ -174,6 +174,47 @@ impl Engine {
         &self.natives
     }
 
+    /// The cranelift IR the JIT makes of `function` (every function when `None`), compiled for
+    /// `arg_types` (`int`, `float`, `bool` or `none`; `int` for parameters beyond those
+    /// given), or why it is not compiled.
+    pub fn jit_listing(
+        &self,
+        script: &Script,
+        function: Option<&str>,
+        arg_types: &[String],
+    ) -> Result<String, Error> {
+        #[cfg(feature = "jit")]
+        {
+            let types = arg_types
+                .iter()
+                .map(|t| t.parse::<sglc_vm::jit::Ty>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::Internal)?;
+            let functions = match function {
+                None => Vec::new(),
+                Some(name) => vec![script.program.function(name).ok_or_else(|| {
+                    Error::UnknownFunction {
+                        name: name.to_string(),
+                        available: script
+                            .function_names()
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                    }
+                })?],
+            };
+            sglc_vm::jit::listing(&script.program, &self.natives, &functions, &types)
+                .map_err(Error::Internal)
+        }
+        #[cfg(not(feature = "jit"))]
+        {
+            let _ = (script, function, arg_types);
+            Err(Error::Internal(
+                "this sglc was built without the JIT (feature `jit`)".into(),
+            ))
+        }
+    }
+
     /// The native table, for hosts that register functions over VM values directly.
     pub fn natives_mut(&mut self) -> &mut Natives {
         &mut self.natives

@@ -268,7 +268,16 @@ fn bench_vm_smoke_run_prints_every_row() {
     let out = sglc(&["bench", "vm", "--quick"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
-    for row in ["single_gen", "chat3", "select4", "fork4", "loop20", "in flight:", "batches:", "start-up:"] {
+    for row in [
+        "single_gen",
+        "chat3",
+        "select4",
+        "fork4",
+        "loop20",
+        "in flight:",
+        "batches:",
+        "start-up:",
+    ] {
         assert!(table.contains(row), "no `{row}` row:\n{table}");
     }
     // The batch row is checked even in a smoke run: 500 ready programs, batches of 256.

@@ -2,7 +2,7 @@
 //! and rendered diagnostics) and bytecode listings. Record new snapshots with
 //! `INSTA_UPDATE=always cargo test` and review them with `cargo insta review`.
 
-use sglc::{Engine, Error, RunConfig, TestBackend};
+use sglc::{Engine, Error, JitMode, RunConfig, TestBackend};
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,6 +31,10 @@ fn file_name(path: &Path) -> String {
 /// Runs a program and renders what a user would look at: printed lines, the transcript, the
 /// variables and the return value, or the error.
 fn run_program(path: &Path) -> String {
+    run_program_with(path, &RunConfig::default())
+}
+
+fn run_program_with(path: &Path, config: &RunConfig) -> String {
     let source = std::fs::read_to_string(path).unwrap();
     let mut backend = TestBackend::new();
     if let Some(ms) = header(&source, "latency_ms") {
@@ -55,7 +59,7 @@ fn run_program(path: &Path) -> String {
             script.render(&script.warnings, false)
         ));
     }
-    match engine.run(&script, &function, args, &RunConfig::default()) {
+    match engine.run(&script, &function, args, config) {
         Ok(state) => {
             if !state.output.is_empty() {
                 out.push_str(&format!("== output ==\n{}\n", state.output.join("\n")));
@@ -87,6 +91,67 @@ fn programs() {
     insta::glob!("programs/**/*.sgl", |path| {
         insta::assert_snapshot!(run_program(path));
     });
+}
+
+/// Every program gives the same output, variables, return value and errors (spans and traces
+/// included) interpreted and with every function compiled at its first call.
+#[test]
+fn the_jit_changes_nothing() {
+    let with = |mode| {
+        let mut config = RunConfig::default();
+        config.jit.mode = mode;
+        config
+    };
+    let (off, eager) = (with(JitMode::Off), with(JitMode::Eager));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
+    let mut paths = vec![root];
+    let mut checked = 0;
+    while let Some(path) = paths.pop() {
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "sgl") {
+            assert_eq!(
+                run_program_with(&path, &off),
+                run_program_with(&path, &eager),
+                "{}",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} programs");
+}
+
+/// The JIT programs really are compiled (else the comparison above proves nothing).
+#[test]
+fn numeric_functions_are_compiled() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/jit/numeric.sgl");
+    let engine = Engine::new(TestBackend::new());
+    let script = engine
+        .compile("numeric.sgl", &std::fs::read_to_string(path).unwrap())
+        .unwrap();
+    let listing = engine.jit_listing(&script, None, &[]).unwrap();
+    for function in [
+        "fib",
+        "collatz_steps",
+        "sum_range",
+        "integrate",
+        "mods",
+        "logic",
+        "floors",
+    ] {
+        let header = format!("; fn {function}(");
+        let line = listing
+            .lines()
+            .find(|l| l.starts_with(&header))
+            .unwrap_or_else(|| panic!("{function} missing:\n{listing}"));
+        assert!(!line.contains("not compiled"), "{line}");
+    }
+    assert!(listing.contains("; fn main() is not compiled: it calls `print`"));
+    assert!(
+        listing.contains("ssub_overflow"),
+        "overflow checks are in the code"
+    );
 }
 
 #[test]

@@ -10,11 +10,31 @@ use std::time::Instant;
 
 /// The program shapes measured, kept as `.sgl` files beside the other benchmark programs.
 const SHAPES: &[(&str, &str, Option<f64>)] = &[
-    ("single_gen", include_str!("../../benches/programs/vm/single_gen.sgl"), Some(200_000.0)),
-    ("chat3", include_str!("../../benches/programs/vm/chat3.sgl"), Some(70_000.0)),
-    ("select4", include_str!("../../benches/programs/vm/select4.sgl"), None),
-    ("fork4", include_str!("../../benches/programs/vm/fork4.sgl"), Some(40_000.0)),
-    ("loop20", include_str!("../../benches/programs/vm/loop20.sgl"), None),
+    (
+        "single_gen",
+        include_str!("../../benches/programs/vm/single_gen.sgl"),
+        Some(200_000.0),
+    ),
+    (
+        "chat3",
+        include_str!("../../benches/programs/vm/chat3.sgl"),
+        Some(70_000.0),
+    ),
+    (
+        "select4",
+        include_str!("../../benches/programs/vm/select4.sgl"),
+        None,
+    ),
+    (
+        "fork4",
+        include_str!("../../benches/programs/vm/fork4.sgl"),
+        Some(40_000.0),
+    ),
+    (
+        "loop20",
+        include_str!("../../benches/programs/vm/loop20.sgl"),
+        None,
+    ),
 ];
 
 /// Peak RSS allowed for 100,000 programs in flight at once.
@@ -69,7 +89,12 @@ fn inputs(n: usize) -> impl Iterator<Item = serde_json::Value> + Send {
 }
 
 /// Runs `n` programs of `source` on `backend` with `config`; measures this process.
-fn measure(source: &str, backend: TestBackend, n: usize, config: &RunConfig) -> Result<Measurement> {
+fn measure(
+    source: &str,
+    backend: TestBackend,
+    n: usize,
+    config: &RunConfig,
+) -> Result<Measurement> {
     let sizes = backend.batch_sizes();
     let engine = Engine::new(backend);
     let script = engine
@@ -120,7 +145,12 @@ fn child(kind: &str, args: &BenchVmArgs) -> Result<Measurement> {
                 .iter()
                 .find(|(name, _, _)| *name == shape)
                 .with_context(|| format!("no shape `{shape}`"))?;
-            measure(source, TestBackend::new(), args.programs, &RunConfig::default())
+            measure(
+                source,
+                TestBackend::new(),
+                args.programs,
+                &RunConfig::default(),
+            )
         }
     }
 }
@@ -219,7 +249,8 @@ pub fn bench_vm(mut args: BenchVmArgs) -> Result<ExitCode> {
 
     let m = run_child("in_flight", &args)?;
     let peak_mb = m.peak_rss_kb as f64 / 1024.0;
-    let per_program_kb = (m.peak_rss_kb.saturating_sub(m.baseline_rss_kb)) as f64 / m.programs as f64;
+    let per_program_kb =
+        (m.peak_rss_kb.saturating_sub(m.baseline_rss_kb)) as f64 / m.programs as f64;
     println!();
     println!(
         "in flight:  {} programs suspended at once: peak RSS {peak_mb:.1} MB, {per_program_kb:.2} KB per program; target < {IN_FLIGHT_TARGET_MB:.0} MB: {}",
@@ -235,7 +266,10 @@ pub fn bench_vm(mut args: BenchVmArgs) -> Result<ExitCode> {
         m.batches,
         m.full_batches,
         m.max_batch,
-        verdict(m.max_batch == 256 && m.full_batches + 1 >= m.batches, args.quick)
+        verdict(
+            m.max_batch == 256 && m.full_batches + 1 >= m.batches,
+            args.quick
+        )
     );
 
     let runs = if args.quick { 3 } else { 21 };

@@ -79,11 +79,23 @@ enum Command {
     /// Measure the figures the project promises (prints a table).
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Print the bytecode of a program with source locations.
+    /// Print the bytecode of a program with source locations (or, with --jit, the machine
+    /// code's cranelift IR).
     Disasm {
         file: PathBuf,
         /// Only this function.
         function: Option<String>,
+        /// Show the cranelift IR the JIT makes instead, or why a function is not compiled.
+        #[arg(long)]
+        jit: bool,
+        /// Argument types to compile for with --jit (default: int for every parameter).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "int|float|bool|none,...",
+            requires = "jit"
+        )]
+        arg_types: Vec<String>,
     },
     /// An interactive session: definitions, expressions, `:run`, `:disasm` (also `sglc` alone).
     Repl(repl::ReplArgs),
@@ -116,6 +128,8 @@ enum Emit {
     Tokens,
     Ast,
     Bytecode,
+    /// The cranelift IR of every function the JIT compiles (for int arguments).
+    Clif,
 }
 
 #[derive(Args, Debug)]
@@ -150,7 +164,12 @@ struct RunArgs {
     top_k: Option<i64>,
     /// Compile hot pure functions to machine code: `off`, `auto` (when hot) or `eager` (at
     /// their first call).
-    #[arg(long, default_value = "auto", value_name = "off|auto|eager", env = "SGLC_JIT")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "off|auto|eager",
+        env = "SGLC_JIT"
+    )]
     jit: sglc::JitMode,
     /// Calls plus loop iterations before a function is compiled with `--jit auto`.
     #[arg(long, value_name = "N")]
@@ -211,7 +230,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
             local,
         } => check(&file, emit, backend.as_deref(), json, &local),
-        Command::Disasm { file, function } => disasm(&file, function.as_deref()),
+        Command::Disasm {
+            file,
+            function,
+            jit,
+            arg_types,
+        } => disasm(&file, function.as_deref(), jit, &arg_types),
         Command::Model(command) => model(command),
         #[cfg(feature = "local")]
         Command::Bench(BenchCommand::Local(args)) => bench::bench_local(args),
@@ -561,7 +585,7 @@ fn check(
             let (module, _) = sglc_compiler::parse(&source);
             print!("{}", sglc_compiler::ast::dump(&module));
         }
-        Some(Emit::Bytecode) | None => {}
+        Some(Emit::Bytecode) | Some(Emit::Clif) | None => {}
     }
     let engine = match backend {
         Some(spec) => Engine::with_backend(make_backend(Some(spec), local)?),
@@ -606,6 +630,9 @@ fn check(
         if let (Some(script), Some(Emit::Bytecode)) = (&script, emit) {
             print!("{}", script.disassemble());
         }
+        if let (Some(script), Some(Emit::Clif)) = (&script, emit) {
+            print!("{}", engine.jit_listing(script, None, &[])?);
+        }
         let warnings = diagnostics.len() - errors;
         match (script.is_some(), errors) {
             (true, 0) => eprintln!("{name}: ok ({warnings} warning(s))"),
@@ -620,11 +647,20 @@ fn check(
     })
 }
 
-fn disasm(path: &Path, function: Option<&str>) -> Result<ExitCode> {
+fn disasm(
+    path: &Path,
+    function: Option<&str>,
+    jit: bool,
+    arg_types: &[String],
+) -> Result<ExitCode> {
     let engine = Engine::new(TestBackend::new());
     let Some(script) = compile(&engine, path, false)? else {
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
+    if jit {
+        print!("{}", engine.jit_listing(&script, function, arg_types)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     match function {
         None => print!("{}", script.disassemble()),
         Some(name) => {

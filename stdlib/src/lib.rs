@@ -175,15 +175,15 @@ fn install_functions(n: &mut Natives) {
         if b == 0 {
             return Err("division by zero".to_string());
         }
-        a.checked_div_euclid(b)
-            .map(|q| {
-                Value::Int(if b < 0 && a.rem_euclid(b) != 0 {
-                    q + 1
-                } else {
-                    q
-                })
-            })
-            .ok_or_else(|| "integer overflow".to_string())
+        // Floored, as Python's `//`: the quotient rounds towards negative infinity.
+        let q = a
+            .checked_div(b)
+            .ok_or_else(|| "integer overflow".to_string())?;
+        Ok(Value::Int(if a % b != 0 && (a < 0) != (b < 0) {
+            q - 1
+        } else {
+            q
+        }))
     });
     n.register("range", 1, Some(3), |_, args, _| {
         let ints: Vec<i64> = args

@@ -72,7 +72,10 @@ impl<'a> Analyzer<'a> {
             *consulted = true;
             return Ok(*guess);
         }
-        let mut outcome = Err(format!("no consistent return type for `{}`", self.name(spec)));
+        let mut outcome = Err(format!(
+            "no consistent return type for `{}`",
+            self.name(spec)
+        ));
         for guess in GUESSES {
             self.in_progress.insert(spec.clone(), (guess, false));
             let result = self.plan(spec).map(|plan| plan.return_type);
@@ -129,7 +132,13 @@ impl<'a> Analyzer<'a> {
         for (slot, ty) in spec.args.iter().enumerate() {
             locals[slot] = Local::Known(*ty);
         }
-        let mut work = vec![(0usize, Frame { locals, stack: Vec::new() })];
+        let mut work = vec![(
+            0usize,
+            Frame {
+                locals,
+                stack: Vec::new(),
+            },
+        )];
         let mut return_type: Option<Ty> = None;
         let mut callees = Vec::new();
         while let Some((ip, frame)) = work.pop() {
@@ -176,11 +185,7 @@ impl<'a> Analyzer<'a> {
                             None => return_type = Some(ty),
                             Some(t) if t == ty => {}
                             Some(t) => {
-                                return Err(format!(
-                                    "returns both {} and {}",
-                                    t.name(),
-                                    ty.name()
-                                ));
+                                return Err(format!("returns both {} and {}", t.name(), ty.name()));
                             }
                         }
                         break;
@@ -308,22 +313,30 @@ impl<'a> Analyzer<'a> {
                 keywords,
             } => {
                 let name = program.natives[native as usize].as_str();
-                let next_is_iter = matches!(
-                    program.functions[spec.function as usize].code.get(ip + 1),
-                    Some(Instr::GetIter)
-                );
-                if name != "range" || keywords != NO_KEYWORDS || !(1..=3).contains(&argc) {
-                    return Err(format!("calls `{name}`"));
+                if keywords != NO_KEYWORDS {
+                    return Err(format!("calls `{name}` with keywords"));
                 }
-                if !next_is_iter {
-                    return Err("uses range() as a list".into());
-                }
-                for _ in 0..argc {
-                    if pop(stack)? != Ty::Int {
-                        return Err("range() of a non-integer".into());
+                let at = stack
+                    .len()
+                    .checked_sub(argc as usize)
+                    .ok_or("the stack underflows")?;
+                let args = stack.split_off(at);
+                let result = match (name, args.as_slice()) {
+                    ("range", [Ty::Int] | [Ty::Int, Ty::Int] | [Ty::Int, Ty::Int, Ty::Int]) => {
+                        let next_is_iter = matches!(
+                            program.functions[spec.function as usize].code.get(ip + 1),
+                            Some(Instr::GetIter)
+                        );
+                        if !next_is_iter {
+                            return Err("uses range() as a list".into());
+                        }
+                        Ty::Range
                     }
-                }
-                stack.push(Ty::Range);
+                    ("div", [Ty::Int, Ty::Int]) => Ty::Int,
+                    ("abs", [ty @ (Ty::Int | Ty::Float)]) => *ty,
+                    _ => return Err(format!("calls `{name}`")),
+                };
+                stack.push(result);
             }
             Instr::GetIter => {
                 if pop(stack)? != Ty::Range {
@@ -404,7 +417,11 @@ fn merge(a: &Frame, b: &Frame) -> Option<Frame> {
 
 fn instr_name(instr: &Instr) -> String {
     let debug = format!("{instr:?}");
-    let name = debug.split(['(', ' ', '{']).next().unwrap_or("").to_string();
+    let name = debug
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("")
+        .to_string();
     match instr {
         Instr::MakeCall(_) | Instr::CallInto(_) => "gen or select".into(),
         Instr::AppendState | Instr::RoleBegin(_) | Instr::RoleEnd(_) | Instr::MakeRole(_) => {

@@ -205,7 +205,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             3,
         ));
         for (i, v) in raw.iter().enumerate() {
-            self.b.ins().stack_store(types::I64, *v, slot, (i * 8) as i32);
+            self.b
+                .ins()
+                .stack_store(types::I64, *v, slot, (i * 8) as i32);
         }
         let addr = self.b.ins().stack_addr(types::I64, slot, 0);
         let ctx = self.ctx();
@@ -229,7 +231,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 
     /// Emits the whole function.
-    pub fn emit(mut self) -> Result<(), String> {
+    pub fn emit(
+        mut self,
+        config: cranelift_codegen::isa::TargetFrontendConfig,
+    ) -> Result<(), String> {
         let spec = self.plan.spec.clone();
         let function = &self.program.functions[spec.function as usize];
         let code = &function.code;
@@ -279,6 +284,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             return Err("control runs off the end of the function".into());
         }
         self.b.seal_all_blocks();
+        self.b.finalize(config);
         Ok(())
     }
 
@@ -511,7 +517,42 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 self.b.ins().brif(t, when_true, &[], when_false, &[]);
                 return Ok(false);
             }
-            Instr::CallNative { argc, .. } => self.range(ip, frame, argc as usize),
+            Instr::CallNative { native, argc, .. } => {
+                match self.program.natives[native as usize].as_str() {
+                    "div" => {
+                        let (a, b) = (self.get(top(1), Ty::Int), self.get(top(0), Ty::Int));
+                        // Zero and -1 (i64::MIN / -1 overflows) go to the interpreter.
+                        let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+                        let minus_one = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+                        let bad = self.b.ins().bor(zero, minus_one);
+                        self.deopt_if(bad, frame, ip, depth);
+                        let q = self.b.ins().sdiv(a, b);
+                        let r = self.b.ins().srem(a, b);
+                        let r_nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+                        let a_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, a, 0);
+                        let b_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
+                        let signs_differ = self.b.ins().bxor(a_neg, b_neg);
+                        let floor = self.b.ins().band(r_nonzero, signs_differ);
+                        let lower = self.b.ins().iadd_imm_s(q, -1);
+                        let v = self.b.ins().select(floor, lower, q);
+                        self.set(top(1), Ty::Int, v);
+                    }
+                    "abs" => {
+                        let ty = ty_at(0);
+                        let a = self.get(top(0), ty);
+                        if ty == Ty::Int {
+                            let min = self.b.ins().icmp_imm_s(IntCC::Equal, a, i64::MIN);
+                            self.deopt_if(min, frame, ip, depth);
+                            let v = self.b.ins().iabs(a);
+                            self.set(top(0), Ty::Int, v);
+                        } else {
+                            let v = self.b.ins().fabs(a);
+                            self.set(top(0), Ty::Float, v);
+                        }
+                    }
+                    _ => self.range(ip, frame, argc as usize),
+                }
+            }
             Instr::GetIter => {}
             Instr::ForIter { exit } => {
                 let slot = top(0);
@@ -541,18 +582,18 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let argc = argc as usize;
                 // The interpreter refuses a call at the depth limit: let it, with its error.
                 let ctx = self.ctx();
-                let depth_now = self
-                    .b
-                    .ins()
-                    .load(types::I64, MemFlagsData::trusted(), ctx, CTX_DEPTH);
-                let max = self
-                    .b
-                    .ins()
-                    .load(types::I64, MemFlagsData::trusted(), ctx, CTX_MAX_DEPTH);
-                let too_deep =
+                let depth_now =
                     self.b
                         .ins()
-                        .icmp(IntCC::SignedGreaterThanOrEqual, depth_now, max);
+                        .load(types::I64, MemFlagsData::trusted(), ctx, CTX_DEPTH);
+                let max =
+                    self.b
+                        .ins()
+                        .load(types::I64, MemFlagsData::trusted(), ctx, CTX_MAX_DEPTH);
+                let too_deep = self
+                    .b
+                    .ins()
+                    .icmp(IntCC::SignedGreaterThanOrEqual, depth_now, max);
                 self.deopt_if(too_deep, frame, ip, depth);
                 let arg_types: Vec<Ty> = (0..argc).rev().map(ty_at).collect();
                 let mut args = vec![ctx];
@@ -570,10 +611,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     .ok_or("a callee was not declared")?;
                 let call = self.b.ins().call(fref, &args);
                 let result = self.b.inst_results(call)[0];
-                let status = self
-                    .b
-                    .ins()
-                    .load(types::I64, MemFlagsData::trusted(), ctx, CTX_STATUS);
+                let status =
+                    self.b
+                        .ins()
+                        .load(types::I64, MemFlagsData::trusted(), ctx, CTX_STATUS);
                 // The callee deopted and reported its frame: report this one, waiting for the
                 // callee's result after the call.
                 self.deopt_if(status, frame, ip + 1, depth - argc);

@@ -39,6 +39,22 @@ pub enum Ty {
     RangeIter,
 }
 
+impl std::str::FromStr for Ty {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Ty, String> {
+        match s {
+            "int" => Ok(Ty::Int),
+            "float" => Ok(Ty::Float),
+            "bool" => Ok(Ty::Bool),
+            "none" => Ok(Ty::None),
+            other => Err(format!(
+                "argument types are int, float, bool or none, not `{other}`"
+            )),
+        }
+    }
+}
+
 impl Ty {
     pub fn of(value: &Value) -> Option<Ty> {
         match value {
@@ -200,7 +216,9 @@ impl Jit {
     pub fn new(program: &Program, options: JitOptions) -> Result<Jit, String> {
         let mut flags = settings::builder();
         let set = |flags: &mut settings::Builder, k: &str, v: &str| {
-            flags.set(k, v).map_err(|e| format!("cranelift setting {k}: {e}"))
+            flags
+                .set(k, v)
+                .map_err(|e| format!("cranelift setting {k}: {e}"))
         };
         set(&mut flags, "use_colocated_libcalls", "false")?;
         set(&mut flags, "is_pic", "false")?;
@@ -214,8 +232,9 @@ impl Jit {
         let mut module = JITModule::new(builder);
         let mut sig = module.make_signature();
         for _ in 0..4 {
-            sig.params
-                .push(cranelift_codegen::ir::AbiParam::new(cranelift_codegen::ir::types::I64));
+            sig.params.push(cranelift_codegen::ir::AbiParam::new(
+                cranelift_codegen::ir::types::I64,
+            ));
         }
         let deopt_fn = module
             .declare_function("sglc_jit_deopt", cranelift_module::Linkage::Import, &sig)
@@ -257,7 +276,10 @@ impl Jit {
             out.push_str(&format!("; {}\n{text}\n", describe(program, spec)));
         }
         for (spec, reason) in &self.rejected {
-            out.push_str(&format!("; {} is not compiled: it {reason}\n", describe(program, spec)));
+            out.push_str(&format!(
+                "; {} is not compiled: it {reason}\n",
+                describe(program, spec)
+            ));
         }
         out
     }
@@ -440,7 +462,8 @@ impl Jit {
             let id = ids[&plan.spec];
             let pointer = self.module.get_finalized_function(id);
             self.compiled.insert(plan.spec.clone(), (id, pointer));
-            self.return_types.insert(plan.spec.clone(), plan.return_type);
+            self.return_types
+                .insert(plan.spec.clone(), plan.return_type);
             self.compiled_count += 1;
         }
         self.compiled
@@ -480,7 +503,13 @@ impl Jit {
             deopt,
             &mut self.sites,
         );
-        codegen.emit()?;
+        let config = self.module.isa().frontend_config();
+        if let Err(reason) = codegen.emit(config) {
+            // The builder stopped halfway: start the next function from clean state.
+            self.builder_ctx = FunctionBuilderContext::new();
+            self.module.clear_context(&mut self.ctx);
+            return Err(reason);
+        }
         if let Some(clif) = &mut self.clif {
             clif.push((plan.spec.clone(), self.ctx.func.display().to_string()));
         }
@@ -491,6 +520,43 @@ impl Jit {
         self.module.clear_context(&mut self.ctx);
         Ok(())
     }
+}
+
+/// Compiles `functions` (all entry functions when empty) for `arg_types` (ints for parameters
+/// beyond those given) and returns their cranelift IR, or why each is not compiled: what
+/// `sglc disasm --jit` prints.
+pub fn listing(
+    program: &Program,
+    natives: &crate::native::Natives,
+    functions: &[FunctionId],
+    arg_types: &[Ty],
+) -> Result<String, String> {
+    let mut linked = crate::interp::Linked::new(program, natives).map_err(|e| e.message)?;
+    let config = crate::scheduler::RunConfig::default();
+    crate::scheduler::compute_globals(
+        &mut linked,
+        &crate::backend::ChatTemplate::chatml(),
+        &config,
+    )
+    .map_err(|e| e.message)?;
+    let mut jit = Jit::new(program, JitOptions::default())?;
+    jit.record_clif();
+    let all: Vec<FunctionId> = if functions.is_empty() {
+        (0..program.functions.len() as FunctionId)
+            .filter(|f| *f != program.init)
+            .collect()
+    } else {
+        functions.to_vec()
+    };
+    for function in all {
+        let params = program.functions[function as usize].params.len();
+        let args = (0..params)
+            .map(|i| arg_types.get(i).copied().unwrap_or(Ty::Int))
+            .collect();
+        let spec = Spec { function, args };
+        jit.compile(program, &linked.globals, &spec);
+    }
+    Ok(jit.listing(program))
 }
 
 fn describe(program: &Program, spec: &Spec) -> String {
