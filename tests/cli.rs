@@ -283,3 +283,22 @@ fn bench_vm_smoke_run_prints_every_row() {
     // The batch row is checked even in a smoke run: 500 ready programs, batches of 256.
     assert!(table.contains("2 backend calls"), "{table}");
 }
+
+#[test]
+fn bench_jit_smoke_run_agrees_with_the_interpreter() {
+    let out = sglc(&["bench", "jit", "--quick", "--no-python"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    for row in [
+        "fib(30)",
+        "nested int loop",
+        "float integration",
+        "prime sieve",
+        "string building",
+        "scoring strings",
+        "compile latency",
+        "fib::fib",
+    ] {
+        assert!(table.contains(row), "no `{row}`:\n{table}");
+    }
+}

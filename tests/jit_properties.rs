@@ -44,7 +44,11 @@ fn expr(vars: Vec<&'static str>, floats: bool) -> BoxedStrategy<String> {
 
 fn condition(floats: bool) -> impl Strategy<Value = String> {
     let side = || expr(vec!["a", "b", "x", "i"], floats);
-    (side(), prop::sample::select(vec!["<", "<=", ">", ">=", "==", "!="]), side())
+    (
+        side(),
+        prop::sample::select(vec!["<", "<=", ">", ">=", "==", "!="]),
+        side(),
+    )
         .prop_map(|(l, op, r)| format!("{l} {op} {r}"))
 }
 
@@ -76,7 +80,12 @@ fn run(engine: &Engine, source: &str, mode: JitMode, a: i64, b: i64) -> String {
     };
     let mut config = RunConfig::default();
     config.jit.mode = mode;
-    match engine.run(&script, "main", serde_json::json!({"a": a, "b": b}), &config) {
+    match engine.run(
+        &script,
+        "main",
+        serde_json::json!({"a": a, "b": b}),
+        &config,
+    ) {
         Ok(state) => state.return_value.to_string(),
         Err(e) => format!("error: {e:?}"),
     }

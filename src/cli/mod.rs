@@ -3,6 +3,8 @@
 mod batch;
 #[cfg(feature = "local")]
 mod bench;
+#[cfg(feature = "jit")]
+mod bench_jit;
 mod bench_vm;
 #[cfg(feature = "local")]
 mod local;
@@ -113,6 +115,9 @@ enum BenchCommand {
     Local(bench::BenchBackendArgs),
     /// The VM under load: programs/s, CPU and memory per program, batch sizes, start-up.
     Vm(bench_vm::BenchVmArgs),
+    /// The JIT against the interpreter and CPython on compute-heavy programs.
+    #[cfg(feature = "jit")]
+    Jit(bench_jit::BenchJitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +245,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         #[cfg(feature = "local")]
         Command::Bench(BenchCommand::Local(args)) => bench::bench_local(args),
         Command::Bench(BenchCommand::Vm(args)) => bench_vm::bench_vm(args),
+        #[cfg(feature = "jit")]
+        Command::Bench(BenchCommand::Jit(args)) => bench_jit::bench_jit(args),
         Command::Repl(args) => repl::repl(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -559,6 +559,46 @@ pub fn listing(
     Ok(jit.listing(program))
 }
 
+/// Compiles each function of `program` on its own (for int arguments, with what it calls) in a
+/// fresh JIT and reports `(function, nanoseconds, compiled)`: the compile latency figure.
+pub fn compile_times(
+    program: &Program,
+    natives: &crate::native::Natives,
+) -> Result<Vec<(String, u64, bool)>, String> {
+    let mut linked = crate::interp::Linked::new(program, natives).map_err(|e| e.message)?;
+    crate::scheduler::compute_globals(
+        &mut linked,
+        &crate::backend::ChatTemplate::chatml(),
+        &crate::scheduler::RunConfig::default(),
+    )
+    .map_err(|e| e.message)?;
+    let mut times = Vec::new();
+    // The first pass pages cranelift's code and the allocator's first arenas in (a one-time
+    // cost per process, milliseconds on a cold start); the second measures compiling, in one
+    // JIT reused across functions as a batch reuses it. A function already compiled as the
+    // callee of an earlier one reports `None` time.
+    for pass in 0..2 {
+        times.clear();
+        let mut jit = Jit::new(program, JitOptions::default())?;
+        for (id, function) in program.functions.iter().enumerate() {
+            if id as FunctionId == program.init {
+                continue;
+            }
+            let spec = Spec {
+                function: id as FunctionId,
+                args: vec![Ty::Int; function.params.len()],
+            };
+            let already = jit.compiled.contains_key(&spec);
+            let before = jit.compile_nanos;
+            let compiled = jit.compile(program, &linked.globals, &spec).is_some();
+            if pass == 1 && !already {
+                times.push((function.name.clone(), jit.compile_nanos - before, compiled));
+            }
+        }
+    }
+    Ok(times)
+}
+
 fn describe(program: &Program, spec: &Spec) -> String {
     let f = &program.functions[spec.function as usize];
     let args: Vec<String> = f

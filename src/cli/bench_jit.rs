@@ -1,0 +1,264 @@
+//! `sglc bench jit`: compute-heavy programs interpreted, JIT-compiled, and as CPython runs the
+//! same algorithm, plus the JIT's compile latency. The programs and their Python twins live in
+//! `benches/programs/jit/`.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use sglc::{Engine, JitMode, RunConfig, TestBackend};
+use std::process::ExitCode;
+use std::time::Instant;
+
+struct Program {
+    name: &'static str,
+    label: &'static str,
+    sgl: &'static str,
+    py: &'static str,
+    /// `main`'s argument for the full run and for `--quick`.
+    n: i64,
+    quick_n: i64,
+    /// Integer or float work: the JIT must be 10x faster than the interpreter here.
+    numeric: bool,
+}
+
+macro_rules! program {
+    ($name:literal, $label:literal, $n:expr, $quick:expr, $numeric:expr) => {
+        Program {
+            name: $name,
+            label: $label,
+            sgl: include_str!(concat!("../../benches/programs/jit/", $name, ".sgl")),
+            py: include_str!(concat!("../../benches/programs/jit/", $name, ".py")),
+            n: $n,
+            quick_n: $quick,
+            numeric: $numeric,
+        }
+    };
+}
+
+const PROGRAMS: &[Program] = &[
+    program!("fib", "fib(30)", 30, 15, true),
+    program!("nested_loop", "nested int loop", 1500, 60, true),
+    program!("integrate", "float integration", 2_000_000, 5_000, true),
+    program!("sieve", "prime sieve (list)", 300_000, 2_000, false),
+    program!("strings", "string building", 100_000, 1_000, false),
+    program!("scoring", "scoring strings", 20_000, 500, false),
+];
+
+/// Times CPython on `main(n)`: best of `runs`, in seconds, and the result.
+const PY_RUNNER: &str = r#"
+import importlib, json, sys, time
+sys.setrecursionlimit(100000)
+module = importlib.import_module(sys.argv[1])
+n, runs = int(sys.argv[2]), int(sys.argv[3])
+best = None
+for _ in range(runs):
+    t = time.perf_counter()
+    result = module.main(n)
+    elapsed = time.perf_counter() - t
+    best = elapsed if best is None else min(best, elapsed)
+print(json.dumps({"seconds": best, "result": result, "version": sys.version.split()[0]}))
+"#;
+
+#[derive(Args, Debug)]
+pub struct BenchJitArgs {
+    /// Runs per measurement; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Small inputs, one run: checks the benchmark works, not the figures.
+    #[arg(long)]
+    quick: bool,
+    /// Skip the CPython comparison.
+    #[arg(long)]
+    no_python: bool,
+}
+
+/// Best-of-`runs` wall time of `main(n)` in this mode (compile time included), and the result.
+fn time_sgl(program: &Program, n: i64, mode: JitMode, runs: usize) -> Result<(f64, String)> {
+    let engine = Engine::new(TestBackend::new());
+    let script = engine
+        .compile(program.name, program.sgl)
+        .map_err(|e| anyhow::anyhow!(e.render(false)))?;
+    let mut config = RunConfig::default();
+    config.jit.mode = mode;
+    let mut best = f64::INFINITY;
+    let mut result = String::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let state = engine
+            .run(&script, "main", serde_json::json!({ "n": n }), &config)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", program.name))?;
+        best = best.min(started.elapsed().as_secs_f64());
+        result = match state.return_value {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+    }
+    Ok((best, result))
+}
+
+fn time_python(
+    dir: &std::path::Path,
+    program: &Program,
+    n: i64,
+    runs: usize,
+) -> Result<(f64, String, String)> {
+    let output = std::process::Command::new("python3")
+        .arg(dir.join("runner.py"))
+        .args([program.name, &n.to_string(), &runs.to_string()])
+        .current_dir(dir)
+        .output()
+        .context("cannot run python3 (use --no-python to skip the comparison)")?;
+    if !output.status.success() {
+        bail!(
+            "python3 failed on {}: {}",
+            program.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let result = match &report["result"] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Ok((
+        report["seconds"].as_f64().unwrap_or(f64::NAN),
+        result,
+        report["version"].as_str().unwrap_or("?").to_string(),
+    ))
+}
+
+fn verdict(met: bool, quick: bool) -> &'static str {
+    match (quick, met) {
+        (true, _) => "smoke",
+        (false, true) => "met",
+        (false, false) => "MISSED",
+    }
+}
+
+pub fn bench_jit(args: BenchJitArgs) -> Result<ExitCode> {
+    let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let dir = std::env::temp_dir().join(format!("sglc-bench-jit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("runner.py"), PY_RUNNER)?;
+    for program in PROGRAMS {
+        std::fs::write(dir.join(format!("{}.py", program.name)), program.py)?;
+    }
+    println!("sglc bench jit: best of {runs} run(s); JIT times include compiling");
+    println!();
+    println!(
+        "{:<20} {:>11} {:>11} {:>9} {:>11} {:>13} {:>11}",
+        "program", "interpreter", "jit", "speedup", "CPython", "CPython/interp", "CPython/jit"
+    );
+    let mut exit = ExitCode::SUCCESS;
+    let mut version = String::new();
+    let mut verdicts = Vec::new();
+    for program in PROGRAMS {
+        let n = if args.quick {
+            program.quick_n
+        } else {
+            program.n
+        };
+        let (interpreted, expected) = time_sgl(program, n, JitMode::Off, runs)?;
+        let (compiled, result) = time_sgl(program, n, JitMode::Eager, runs)?;
+        if result != expected {
+            eprintln!(
+                "{}: the JIT gave {result}, the interpreter {expected}",
+                program.name
+            );
+            exit = ExitCode::FAILURE;
+        }
+        let python = if args.no_python {
+            None
+        } else {
+            let (seconds, py_result, py_version) = time_python(&dir, program, n, runs)?;
+            if py_result != expected {
+                eprintln!(
+                    "{}: CPython gave {py_result}, sglc {expected}",
+                    program.name
+                );
+                exit = ExitCode::FAILURE;
+            }
+            version = py_version;
+            Some(seconds)
+        };
+        let speedup = interpreted / compiled;
+        let ms = |s: f64| format!("{:.1} ms", s * 1e3);
+        println!(
+            "{:<20} {:>11} {:>11} {:>8.1}x {:>11} {:>12.2}x {:>10.1}x",
+            program.label,
+            ms(interpreted),
+            ms(compiled),
+            speedup,
+            python.map_or("-".into(), ms),
+            python.map_or(f64::NAN, |p| p / interpreted),
+            python.map_or(f64::NAN, |p| p / compiled),
+        );
+        let jit_target = if program.numeric {
+            speedup >= 10.0
+        } else {
+            speedup >= 0.9
+        };
+        verdicts.push(format!(
+            "{}: JIT {} the interpreter ({}x): {}{}",
+            program.label,
+            if program.numeric {
+                ">= 10x"
+            } else {
+                "not slower than"
+            },
+            format_args!("{speedup:.1}"),
+            verdict(jit_target, args.quick),
+            match python {
+                Some(p) => format!(
+                    "; interpreter >= CPython: {}{}",
+                    verdict(p / interpreted >= 1.0, args.quick),
+                    if program.name == "fib" {
+                        format!(
+                            "; JIT >= 20x CPython: {}",
+                            verdict(p / compiled >= 20.0, args.quick)
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+                None => String::new(),
+            }
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if !version.is_empty() {
+        println!("(CPython {version})");
+    }
+    println!();
+    for line in verdicts {
+        println!("{line}");
+    }
+    println!();
+    println!("compile latency (each function with what it calls, for int arguments):");
+    let engine = Engine::new(TestBackend::new());
+    let mut latencies = Vec::new();
+    for program in PROGRAMS {
+        let script = engine
+            .compile(program.name, program.sgl)
+            .map_err(|e| anyhow::anyhow!(e.render(false)))?;
+        for (function, nanos, compiled) in engine.jit_compile_times(&script)? {
+            if compiled {
+                latencies.push(nanos);
+                println!(
+                    "  {:<28} {:>8.1} µs",
+                    format!("{}::{function}", program.name),
+                    nanos as f64 / 1e3
+                );
+            }
+        }
+    }
+    latencies.sort_unstable();
+    if let Some(median) = latencies.get(latencies.len() / 2) {
+        let median = *median as f64 / 1e3;
+        println!(
+            "  median {median:.1} µs over {} functions; target < 200 µs: {}",
+            latencies.len(),
+            verdict(median < 200.0, args.quick)
+        );
+    }
+    Ok(exit)
+}
