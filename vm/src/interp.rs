@@ -271,16 +271,34 @@ impl Instance {
     /// Runs until the instance finishes, waits or uses up `limits.slice` instructions.
     pub fn run(&mut self, env: &mut Env) -> Halt {
         let program = env.linked.program;
-        for _ in 0..env.limits.slice {
-            let frame = self
-                .frames
-                .last_mut()
-                .expect("a running instance has a frame");
-            let code = &program.functions[frame.function as usize].code;
-            let instr = code[frame.ip as usize];
-            frame.ip += 1;
-            let result = self.step(instr, env);
-            if let Err(flow) = result {
+        // Loops with a backward jump count towards JIT hotness in `step`.
+        #[cfg(feature = "jit")]
+        let count_back_edges = env.linked.jit.is_some();
+        #[cfg(not(feature = "jit"))]
+        let count_back_edges = false;
+        let mut budget = env.limits.slice;
+        // The current frame's code, instruction pointer and locals base live in locals here;
+        // the frame is written back only before an instruction that needs it (`step`), and
+        // read again after it, since calls and returns change frames.
+        loop {
+            let frame = self.frames.last().expect("a running instance has a frame");
+            let code: &[Instr] = &program.functions[frame.function as usize].code;
+            let base = frame.base as usize;
+            let mut ip = frame.ip as usize;
+            let instr = loop {
+                if budget == 0 {
+                    self.frames.last_mut().expect("frame").ip = ip as u32;
+                    return Halt::Yield;
+                }
+                budget -= 1;
+                let instr = code[ip];
+                ip += 1;
+                if !self.fast_step(instr, base, &mut ip, count_back_edges) {
+                    break instr;
+                }
+            };
+            self.frames.last_mut().expect("frame").ip = ip as u32;
+            if let Err(flow) = self.step(instr, env) {
                 return match flow {
                     Flow::Wait(state) => {
                         if let Some(frame) = self.frames.last_mut() {
@@ -298,7 +316,77 @@ impl Instance {
                 };
             }
         }
-        Halt::Yield
+    }
+
+    /// The common instructions on the common types, done in place without leaving the run
+    /// loop. Returns false when `step` must do it: another instruction, another type, or a
+    /// case that raises an error (which `step` then reports).
+    #[inline(always)]
+    fn fast_step(&mut self, instr: Instr, base: usize, ip: &mut usize, count_back_edges: bool) -> bool {
+        let stack = &mut self.stack;
+        match instr {
+            Instr::LoadLocal(slot) => {
+                let v = stack[base + slot as usize].clone();
+                stack.push(v);
+            }
+            Instr::StoreLocal(slot) => {
+                let v = stack.pop().unwrap_or_default();
+                stack[base + slot as usize] = v;
+            }
+            Instr::PushInt(n) => stack.push(Value::Int(n)),
+            Instr::PushNone => stack.push(Value::None),
+            Instr::PushBool(b) => stack.push(Value::Bool(b)),
+            Instr::Pop => {
+                stack.pop();
+            }
+            Instr::Jump(target) => {
+                if count_back_edges && (target as usize) < *ip {
+                    return false;
+                }
+                *ip = target as usize;
+            }
+            Instr::JumpIfFalse(target) => {
+                let v = stack.pop().unwrap_or_default();
+                if !v.is_truthy() {
+                    *ip = target as usize;
+                }
+            }
+            Instr::Add | Instr::Sub | Instr::Mul | Instr::Lt | Instr::Le | Instr::Gt
+            | Instr::Ge | Instr::Eq | Instr::NotEq => {
+                let n = stack.len();
+                if n < 2 {
+                    return false;
+                }
+                let (Value::Int(a), Value::Int(b)) = (&stack[n - 2], &stack[n - 1]) else {
+                    return false;
+                };
+                let (a, b) = (*a, *b);
+                let result = match instr {
+                    Instr::Add => match a.checked_add(b) {
+                        Some(r) => Value::Int(r),
+                        None => return false,
+                    },
+                    Instr::Sub => match a.checked_sub(b) {
+                        Some(r) => Value::Int(r),
+                        None => return false,
+                    },
+                    Instr::Mul => match a.checked_mul(b) {
+                        Some(r) => Value::Int(r),
+                        None => return false,
+                    },
+                    Instr::Lt => Value::Bool(a < b),
+                    Instr::Le => Value::Bool(a <= b),
+                    Instr::Gt => Value::Bool(a > b),
+                    Instr::Ge => Value::Bool(a >= b),
+                    Instr::Eq => Value::Bool(a == b),
+                    _ => Value::Bool(a != b),
+                };
+                stack.pop();
+                stack[n - 2] = result;
+            }
+            _ => return false,
+        }
+        true
     }
 
     fn step(&mut self, instr: Instr, env: &mut Env) -> OpResult {
