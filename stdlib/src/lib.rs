@@ -636,7 +636,7 @@ mod tests {
     #[test]
     fn format_fills_positional_and_named_fields() {
         let args = [Value::Int(1), Value::str("x")];
-        let kw = [(Rc::from("k"), Value::Bool(true))];
+        let kw = [(sglc_vm::value::Str::from("k"), Value::Bool(true))];
         assert_eq!(
             format_string("{} {1} {k} {{}}", &args, &kw).unwrap(),
             "1 x true {}"

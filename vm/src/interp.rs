@@ -165,6 +165,38 @@ fn fail_with_help<T>(message: impl Into<String>, help: impl Into<String>) -> Res
     Err(Flow::Error(message.into(), Some(help.into())))
 }
 
+/// Pushes without holding the value in memory across a possible reallocation: growth is a
+/// cold call, so the common path writes the value straight from registers.
+#[inline(always)]
+fn push_value(stack: &mut Vec<Value>, v: Value) {
+    if stack.len() == stack.capacity() {
+        grow(stack);
+    }
+    // SAFETY: capacity exceeds length (checked above); the slot is written before it counts.
+    unsafe {
+        stack.as_mut_ptr().add(stack.len()).write(v);
+        stack.set_len(stack.len() + 1);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn grow(stack: &mut Vec<Value>) {
+    stack.reserve(stack.len().max(64));
+}
+
+/// Drops a value, skipping the out-of-line destructor call for the scalars that have none
+/// (most values on a hot path are ints and bools).
+#[inline(always)]
+fn drop_value(v: Value) {
+    match v {
+        Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Function(_) => {
+            std::mem::forget(v)
+        }
+        other => drop(other),
+    }
+}
+
 /// One running program: its call frames, value stack and the states it created.
 pub struct Instance {
     frames: Vec<Frame>,
@@ -282,8 +314,8 @@ impl Instance {
         // read again after it, since calls and returns change frames.
         loop {
             let frame = self.frames.last().expect("a running instance has a frame");
-            let code: &[Instr] = &program.functions[frame.function as usize].code;
-            let base = frame.base as usize;
+            let mut code: &[Instr] = &program.functions[frame.function as usize].code;
+            let mut base = frame.base as usize;
             let mut ip = frame.ip as usize;
             let instr = loop {
                 if budget == 0 {
@@ -293,9 +325,54 @@ impl Instance {
                 budget -= 1;
                 let instr = code[ip];
                 ip += 1;
-                if !self.fast_step(instr, base, &mut ip, count_back_edges) {
-                    break instr;
+                match instr {
+                    // Calls and returns between functions of the program stay in this loop.
+                    Instr::Call { function, argc }
+                        if self.frames.len() < env.limits.max_call_depth =>
+                    {
+                        self.frames.last_mut().expect("frame").ip = ip as u32;
+                        #[cfg(feature = "jit")]
+                        if count_back_edges && self.call_compiled(env, function, argc) {
+                            // Compiled code ran it, or left frames to interpret: reload.
+                            break None;
+                        }
+                        let f = &program.functions[function as usize];
+                        let callee_base = self.stack.len() - argc as usize;
+                        self.stack
+                            .resize(callee_base + f.local_count as usize, Value::None);
+                        self.frames.push(Frame {
+                            function,
+                            ip: 0,
+                            base: callee_base as u32,
+                            drop_callee: false,
+                        });
+                        code = &f.code;
+                        base = callee_base;
+                        ip = 0;
+                    }
+                    Instr::Return if self.frames.len() > 1 => {
+                        let v = self.stack.pop().unwrap_or_default();
+                        let frame = self.frames.pop().expect("returning from a frame");
+                        let keep = frame.base as usize - usize::from(frame.drop_callee);
+                        while self.stack.len() > keep {
+                            drop_value(self.stack.pop().unwrap_or_default());
+                        }
+                        self.stack.push(v);
+                        let caller = self.frames.last().expect("a caller");
+                        code = &program.functions[caller.function as usize].code;
+                        base = caller.base as usize;
+                        ip = caller.ip as usize;
+                    }
+                    _ => {
+                        if !self.fast_step(instr, base, &mut ip, count_back_edges) {
+                            break Some(instr);
+                        }
+                    }
                 }
+            };
+            // `None`: the JIT handled a call and the frames are already right.
+            let Some(instr) = instr else {
+                continue;
             };
             self.frames.last_mut().expect("frame").ip = ip as u32;
             if let Err(flow) = self.step(instr, env) {
@@ -322,23 +399,27 @@ impl Instance {
     /// loop. Returns false when `step` must do it: another instruction, another type, or a
     /// case that raises an error (which `step` then reports).
     #[inline(always)]
-    fn fast_step(&mut self, instr: Instr, base: usize, ip: &mut usize, count_back_edges: bool) -> bool {
+    fn fast_step(
+        &mut self,
+        instr: Instr,
+        base: usize,
+        ip: &mut usize,
+        count_back_edges: bool,
+    ) -> bool {
         let stack = &mut self.stack;
         match instr {
             Instr::LoadLocal(slot) => {
                 let v = stack[base + slot as usize].clone();
-                stack.push(v);
+                push_value(stack, v);
             }
             Instr::StoreLocal(slot) => {
                 let v = stack.pop().unwrap_or_default();
-                stack[base + slot as usize] = v;
+                drop_value(std::mem::replace(&mut stack[base + slot as usize], v));
             }
-            Instr::PushInt(n) => stack.push(Value::Int(n)),
-            Instr::PushNone => stack.push(Value::None),
-            Instr::PushBool(b) => stack.push(Value::Bool(b)),
-            Instr::Pop => {
-                stack.pop();
-            }
+            Instr::PushInt(n) => push_value(stack, Value::Int(n)),
+            Instr::PushNone => push_value(stack, Value::None),
+            Instr::PushBool(b) => push_value(stack, Value::Bool(b)),
+            Instr::Pop => drop_value(stack.pop().unwrap_or_default()),
             Instr::Jump(target) => {
                 if count_back_edges && (target as usize) < *ip {
                     return false;
@@ -350,9 +431,17 @@ impl Instance {
                 if !v.is_truthy() {
                     *ip = target as usize;
                 }
+                drop_value(v);
             }
-            Instr::Add | Instr::Sub | Instr::Mul | Instr::Lt | Instr::Le | Instr::Gt
-            | Instr::Ge | Instr::Eq | Instr::NotEq => {
+            Instr::Add
+            | Instr::Sub
+            | Instr::Mul
+            | Instr::Lt
+            | Instr::Le
+            | Instr::Gt
+            | Instr::Ge
+            | Instr::Eq
+            | Instr::NotEq => {
                 let n = stack.len();
                 if n < 2 {
                     return false;
@@ -381,7 +470,8 @@ impl Instance {
                     Instr::Eq => Value::Bool(a == b),
                     _ => Value::Bool(a != b),
                 };
-                stack.pop();
+                // Both operands are ints: nothing to drop.
+                stack.truncate(n - 1);
                 stack[n - 2] = result;
             }
             _ => return false,
@@ -860,7 +950,9 @@ impl Instance {
         let v = self.pop();
         let frame = self.frames.pop().expect("returning from a frame");
         let base = frame.base as usize - usize::from(frame.drop_callee);
-        self.stack.truncate(base);
+        while self.stack.len() > base {
+            drop_value(self.stack.pop().unwrap_or_default());
+        }
         if self.frames.is_empty() {
             return Err(Flow::Done(v));
         }
@@ -876,7 +968,7 @@ impl Instance {
         let values = self.pop_n(names.len());
         names
             .iter()
-            .map(|n| Rc::from(n.as_str()))
+            .map(|n| Str::from(n.as_str()))
             .zip(values)
             .collect()
     }
@@ -1001,8 +1093,8 @@ impl Instance {
                             .iter()
                             .map(|m| {
                                 let mut map = IndexMap::new();
-                                map.insert(Rc::from("role"), Value::str(&m.role));
-                                map.insert(Rc::from("content"), Value::str(&m.content));
+                                map.insert(Str::from("role"), Value::str(&m.role));
+                                map.insert(Str::from("content"), Value::str(&m.content));
                                 Value::map(map)
                             })
                             .collect(),

@@ -10,7 +10,60 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
-pub type Str = Rc<str>;
+/// A shared, immutable string. One thin pointer (not `Rc<str>`, a fat one), so a `Value` is two
+/// words and moves in registers through the interpreter's hot paths.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Str(Rc<String>);
+
+impl std::ops::Deref for Str {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Str {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl AsRef<str> for Str {
+    fn as_ref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl From<&str> for Str {
+    fn from(s: &str) -> Str {
+        Str(Rc::new(s.to_string()))
+    }
+}
+
+impl From<String> for Str {
+    fn from(s: String) -> Str {
+        Str(Rc::new(s))
+    }
+}
+
+impl std::fmt::Display for Str {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for Str {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl serde::Serialize for Str {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self)
+    }
+}
 pub type List = Rc<RefCell<Vec<Value>>>;
 pub type Map = Rc<RefCell<IndexMap<Str, Value>>>;
 
@@ -28,10 +81,13 @@ pub enum Value {
     /// A program state: the prompt so far, its variables and its pending calls.
     State(StateRef),
     /// A prompt fragment: what `gen(...)`, `select(...)`, roles and `+` between them build.
-    Fragment(Rc<[Part]>),
+    Fragment(Rc<Vec<Part>>),
     /// A `for` loop's position; never visible to scripts.
     Iterator(Rc<RefCell<Iter>>),
 }
+
+// Two words: the interpreter moves values in registers (see `Str`).
+const _: () = assert!(std::mem::size_of::<Value>() == 16);
 
 pub enum Iter {
     List { list: List, next: usize },
@@ -57,7 +113,7 @@ impl Iter {
 
 impl Value {
     pub fn str(s: &str) -> Value {
-        Value::Str(Rc::from(s))
+        Value::Str(Str::from(s))
     }
 
     pub fn list(items: Vec<Value>) -> Value {
@@ -291,7 +347,7 @@ impl Value {
             J::Object(entries) => Value::map(
                 entries
                     .iter()
-                    .map(|(k, v)| (Rc::from(k.as_str()), Value::from_json(v)))
+                    .map(|(k, v)| (Str::from(k.as_str()), Value::from_json(v)))
                     .collect(),
             ),
         }
