@@ -217,7 +217,7 @@ pub async fn run_batch(
     #[cfg(feature = "jit")]
     if config.jit.mode != crate::jit_options::JitMode::Off {
         // Without a JIT (an unsupported machine) everything is interpreted, as with `off`.
-        linked.jit = crate::jit::Jit::new(program, config.jit)
+        linked.jit = crate::jit::Jit::new(program, config.jit, config.limits.max_call_depth)
             .ok()
             .map(std::cell::RefCell::new);
     }

@@ -9,7 +9,7 @@
 //! instruction itself, so errors, their messages and their spans are the interpreter's own.
 
 use super::analyze::{Frame, Local, Plan};
-use super::{CTX_DEPTH, CTX_MAX_DEPTH, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
+use super::{CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, Block, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, types,
@@ -46,6 +46,10 @@ pub struct FunctionCodegen<'a, 'b> {
     pub sites: &'a mut Vec<DeoptSite>,
     vars: HashMap<(usize, Rep), Variable>,
     ctx: Option<Value>,
+    /// Call frames in use, this one included: a parameter, so calls cost no memory traffic.
+    depth: Option<Value>,
+    /// The interpreter's call depth limit.
+    pub max_depth: i64,
     local_count: usize,
 }
 
@@ -70,6 +74,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             sites,
             vars: HashMap::new(),
             ctx: None,
+            depth: None,
+            max_depth: i64::MAX,
             local_count,
         }
     }
@@ -218,18 +224,6 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.ins().return_(&[zero]);
     }
 
-    fn add_depth(&mut self, delta: i64) {
-        let ctx = self.ctx();
-        let depth = self
-            .b
-            .ins()
-            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_DEPTH);
-        let depth = self.b.ins().iadd_imm_s(depth, delta);
-        self.b
-            .ins()
-            .store(MemFlagsData::trusted(), depth, ctx, CTX_DEPTH);
-    }
-
     /// Emits the whole function.
     pub fn emit(
         mut self,
@@ -243,10 +237,11 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.switch_to_block(entry);
         let params: Vec<Value> = self.b.block_params(entry).to_vec();
         self.ctx = Some(params[0]);
+        self.depth = Some(params[1]);
         for slot in 0..self.local_count {
             match spec.args.get(slot) {
                 Some(ty) => {
-                    let v = self.from_bits(params[slot + 1], *ty);
+                    let v = self.from_bits(params[slot + 2], *ty);
                     self.set(slot, *ty, v);
                 }
                 None => {
@@ -255,7 +250,6 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 }
             }
         }
-        self.add_depth(1);
         let mut blocks: HashMap<usize, Block> = HashMap::new();
         for (ip, leader) in self.plan.leaders.iter().enumerate() {
             if *leader && self.plan.before.get(ip).is_some_and(Option::is_some) {
@@ -582,21 +576,16 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let argc = argc as usize;
                 // The interpreter refuses a call at the depth limit: let it, with its error.
                 let ctx = self.ctx();
-                let depth_now =
-                    self.b
-                        .ins()
-                        .load(types::I64, MemFlagsData::trusted(), ctx, CTX_DEPTH);
-                let max =
-                    self.b
-                        .ins()
-                        .load(types::I64, MemFlagsData::trusted(), ctx, CTX_MAX_DEPTH);
-                let too_deep = self
-                    .b
-                    .ins()
-                    .icmp(IntCC::SignedGreaterThanOrEqual, depth_now, max);
+                let depth_now = self.depth.expect("the entry block defines depth");
+                let too_deep = self.b.ins().icmp_imm_s(
+                    IntCC::SignedGreaterThanOrEqual,
+                    depth_now,
+                    self.max_depth,
+                );
                 self.deopt_if(too_deep, frame, ip, depth);
                 let arg_types: Vec<Ty> = (0..argc).rev().map(ty_at).collect();
-                let mut args = vec![ctx];
+                let callee_depth = self.b.ins().iadd_imm_s(depth_now, 1);
+                let mut args = vec![ctx, callee_depth];
                 for (i, ty) in arg_types.iter().enumerate() {
                     let v = self.get(top(argc - 1 - i), *ty);
                     args.push(self.to_bits(v, *ty));
@@ -632,7 +621,6 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let ty = ty_at(0);
                 let v = self.get(top(0), ty);
                 let bits = self.to_bits(v, ty);
-                self.add_depth(-1);
                 self.b.ins().return_(&[bits]);
                 return Ok(false);
             }
@@ -697,10 +685,11 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 }
 
-/// The signature of compiled functions: `(ctx, args as i64 bits...) -> result bits`.
+/// The signature of compiled functions: `(ctx, depth, args as i64 bits...) -> result bits`,
+/// where `depth` counts the call frames in use with this one.
 pub fn signature(module: &dyn Module, argc: usize) -> cranelift_codegen::ir::Signature {
     let mut sig = module.make_signature();
-    for _ in 0..=argc {
+    for _ in 0..argc + 2 {
         sig.params.push(AbiParam::new(types::I64));
     }
     sig.returns.push(AbiParam::new(types::I64));

@@ -130,16 +130,11 @@ const MAX_ARGS: usize = 6;
 pub struct JitCtx {
     /// Nonzero once compiled code has deopted; every caller then deopts too.
     status: i64,
-    /// Call frames in use: the interpreter's plus compiled ones.
-    depth: i64,
-    max_depth: i64,
     /// Frames reported by deopts, innermost first: (site, spilled slots).
     deopts: Vec<(usize, Vec<i64>)>,
 }
 
 const CTX_STATUS: i32 = 0;
-const CTX_DEPTH: i32 = 8;
-const CTX_MAX_DEPTH: i32 = 16;
 
 /// Called by compiled code to report a frame it leaves to the interpreter.
 extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64, count: i64) {
@@ -207,13 +202,15 @@ pub struct Jit {
     /// Why specializations were not compiled, for the disassembler.
     rejected: Vec<(Spec, String)>,
     runtime: JitCtx,
+    /// The call depth limit compiled code checks (the run's `Limits::max_call_depth`).
+    max_depth: usize,
     /// Nanoseconds spent compiling, and specializations compiled.
     pub compile_nanos: u64,
     pub compiled_count: usize,
 }
 
 impl Jit {
-    pub fn new(program: &Program, options: JitOptions) -> Result<Jit, String> {
+    pub fn new(program: &Program, options: JitOptions, max_depth: usize) -> Result<Jit, String> {
         let mut flags = settings::builder();
         let set = |flags: &mut settings::Builder, k: &str, v: &str| {
             flags
@@ -255,10 +252,9 @@ impl Jit {
             rejected: Vec::new(),
             runtime: JitCtx {
                 status: 0,
-                depth: 0,
-                max_depth: 0,
                 deopts: Vec::new(),
             },
+            max_depth,
             compile_nanos: 0,
             compiled_count: 0,
         })
@@ -351,16 +347,25 @@ impl Jit {
             return JitCall::Interpret;
         };
         self.runtime.status = 0;
-        self.runtime.depth = depth as i64;
-        self.runtime.max_depth = max_depth as i64;
         self.runtime.deopts.clear();
+        // Compiled code checks the limit the interpreter enforces; it was compiled for it.
+        if max_depth != self.max_depth {
+            return JitCall::Interpret;
+        }
         let mut bits = [0i64; MAX_ARGS];
         for (slot, arg) in bits.iter_mut().zip(args) {
             *slot = Ty::to_bits(arg);
         }
         // SAFETY: `pointer` is a finalized function of this module with the signature
         // `(ctx, i64 x argc) -> i64` (codegen::signature), and argc <= MAX_ARGS.
-        let result = unsafe { invoke(pointer, &mut self.runtime, &bits[..args.len()]) };
+        let result = unsafe {
+            invoke(
+                pointer,
+                &mut self.runtime,
+                depth as i64 + 1,
+                &bits[..args.len()],
+            )
+        };
         if self.runtime.status == 0 {
             return JitCall::Returned(return_type.from_bits(result));
         }
@@ -494,7 +499,7 @@ impl Jit {
             .module
             .declare_func_in_func(self.deopt_fn, &mut self.ctx.func);
         let builder = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder_ctx);
-        let codegen = codegen::FunctionCodegen::new(
+        let mut codegen = codegen::FunctionCodegen::new(
             builder,
             program,
             globals,
@@ -503,6 +508,7 @@ impl Jit {
             deopt,
             &mut self.sites,
         );
+        codegen.max_depth = self.max_depth as i64;
         let config = self.module.isa().frontend_config();
         if let Err(reason) = codegen.emit(config) {
             // The builder stopped halfway: start the next function from clean state.
@@ -510,13 +516,26 @@ impl Jit {
             self.module.clear_context(&mut self.ctx);
             return Err(reason);
         }
-        if let Some(clif) = &mut self.clif {
-            clif.push((plan.spec.clone(), self.ctx.func.display().to_string()));
-        }
+        let ir = self
+            .clif
+            .is_some()
+            .then(|| self.ctx.func.display().to_string());
+        self.ctx.set_disasm(ir.is_some());
         let id = ids[&plan.spec];
         self.module
             .define_function(id, &mut self.ctx)
             .map_err(|e| format!("cranelift rejected the function: {e:?}"))?;
+        if let (Some(clif), Some(ir)) = (&mut self.clif, ir) {
+            let machine = self
+                .ctx
+                .compiled_code()
+                .and_then(|c| c.vcode.clone())
+                .unwrap_or_default();
+            clif.push((
+                plan.spec.clone(),
+                format!("{ir}\n; machine code\n{machine}"),
+            ));
+        }
         self.module.clear_context(&mut self.ctx);
         Ok(())
     }
@@ -539,7 +558,7 @@ pub fn listing(
         &config,
     )
     .map_err(|e| e.message)?;
-    let mut jit = Jit::new(program, JitOptions::default())?;
+    let mut jit = Jit::new(program, JitOptions::default(), config.limits.max_call_depth)?;
     jit.record_clif();
     let all: Vec<FunctionId> = if functions.is_empty() {
         (0..program.functions.len() as FunctionId)
@@ -579,7 +598,8 @@ pub fn compile_times(
     // callee of an earlier one reports `None` time.
     for pass in 0..2 {
         times.clear();
-        let mut jit = Jit::new(program, JitOptions::default())?;
+        let max_depth = crate::interp::Limits::default().max_call_depth;
+        let mut jit = Jit::new(program, JitOptions::default(), max_depth)?;
         for (id, function) in program.functions.iter().enumerate() {
             if id as FunctionId == program.init {
                 continue;
@@ -614,26 +634,28 @@ fn describe(program: &Program, spec: &Spec) -> String {
 ///
 /// # Safety
 /// `pointer` must be a finalized function with signature `(ctx, i64 x args.len()) -> i64`.
-unsafe fn invoke(pointer: *const u8, ctx: &mut JitCtx, args: &[i64]) -> i64 {
-    type F0 = extern "C" fn(*mut JitCtx) -> i64;
-    type F1 = extern "C" fn(*mut JitCtx, i64) -> i64;
-    type F2 = extern "C" fn(*mut JitCtx, i64, i64) -> i64;
-    type F3 = extern "C" fn(*mut JitCtx, i64, i64, i64) -> i64;
-    type F4 = extern "C" fn(*mut JitCtx, i64, i64, i64, i64) -> i64;
-    type F5 = extern "C" fn(*mut JitCtx, i64, i64, i64, i64, i64) -> i64;
-    type F6 = extern "C" fn(*mut JitCtx, i64, i64, i64, i64, i64, i64) -> i64;
-    let ctx = ctx as *mut JitCtx;
+unsafe fn invoke(pointer: *const u8, ctx: &mut JitCtx, depth: i64, args: &[i64]) -> i64 {
+    type C = *mut JitCtx;
+    type F0 = extern "C" fn(C, i64) -> i64;
+    type F1 = extern "C" fn(C, i64, i64) -> i64;
+    type F2 = extern "C" fn(C, i64, i64, i64) -> i64;
+    type F3 = extern "C" fn(C, i64, i64, i64, i64) -> i64;
+    type F4 = extern "C" fn(C, i64, i64, i64, i64, i64) -> i64;
+    type F5 = extern "C" fn(C, i64, i64, i64, i64, i64, i64) -> i64;
+    type F6 = extern "C" fn(C, i64, i64, i64, i64, i64, i64, i64) -> i64;
+    let ctx = ctx as C;
+    let d = depth;
     // SAFETY: the caller guarantees the signature matches the argument count.
     unsafe {
         match *args {
-            [] => std::mem::transmute::<*const u8, F0>(pointer)(ctx),
-            [a] => std::mem::transmute::<*const u8, F1>(pointer)(ctx, a),
-            [a, b] => std::mem::transmute::<*const u8, F2>(pointer)(ctx, a, b),
-            [a, b, c] => std::mem::transmute::<*const u8, F3>(pointer)(ctx, a, b, c),
-            [a, b, c, d] => std::mem::transmute::<*const u8, F4>(pointer)(ctx, a, b, c, d),
-            [a, b, c, d, e] => std::mem::transmute::<*const u8, F5>(pointer)(ctx, a, b, c, d, e),
-            [a, b, c, d, e, f] => {
-                std::mem::transmute::<*const u8, F6>(pointer)(ctx, a, b, c, d, e, f)
+            [] => std::mem::transmute::<*const u8, F0>(pointer)(ctx, d),
+            [a] => std::mem::transmute::<*const u8, F1>(pointer)(ctx, d, a),
+            [a, b] => std::mem::transmute::<*const u8, F2>(pointer)(ctx, d, a, b),
+            [a, b, c] => std::mem::transmute::<*const u8, F3>(pointer)(ctx, d, a, b, c),
+            [a, b, c, e] => std::mem::transmute::<*const u8, F4>(pointer)(ctx, d, a, b, c, e),
+            [a, b, c, e, f] => std::mem::transmute::<*const u8, F5>(pointer)(ctx, d, a, b, c, e, f),
+            [a, b, c, e, f, g] => {
+                std::mem::transmute::<*const u8, F6>(pointer)(ctx, d, a, b, c, e, f, g)
             }
             _ => 0,
         }
