@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// The same allocator as the `sglc` binary, so the figure is what users get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SERVE_ENV: &str = "SGLC_BENCH_FAKE_SERVER";
 
 /// The child process: a fake `/generate` that answers every text with one token at once.

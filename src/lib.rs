@@ -84,13 +84,19 @@ impl Script {
         self.program.disassemble(&self.source)
     }
 
-    /// The bytecode listing of one function, when the script has it.
-    pub fn disassemble_function(&self, name: &str) -> Option<String> {
+    /// The bytecode listing of one function, or a message naming the functions there are.
+    pub fn disassemble_function(&self, name: &str) -> Result<String, String> {
         let header = format!("fn {name}(");
         self.disassemble()
             .split("\n\n")
             .find(|block| block.starts_with(&header))
             .map(str::to_string)
+            .ok_or_else(|| {
+                format!(
+                    "no function `{name}`; functions: {}",
+                    self.function_names().join(", ")
+                )
+            })
     }
 
     /// Renders diagnostics (warnings, or a runtime error's) against this script's source.

@@ -671,12 +671,9 @@ fn disasm(
     match function {
         None => print!("{}", script.disassemble()),
         Some(name) => {
-            let listing = script.disassemble_function(name).with_context(|| {
-                format!(
-                    "no function `{name}`; functions: {}",
-                    script.function_names().join(", ")
-                )
-            })?;
+            let listing = script
+                .disassemble_function(name)
+                .map_err(|message| anyhow::anyhow!(message))?;
             println!("{listing}");
         }
     }

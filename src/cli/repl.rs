@@ -384,13 +384,7 @@ impl Session {
             print!("{}", script.disassemble());
             return Ok(());
         }
-        let listing = script.disassemble_function(function).ok_or_else(|| {
-            format!(
-                "no function `{function}`; defined: {}",
-                script.function_names().join(", ")
-            )
-        })?;
-        println!("{listing}");
+        println!("{}", script.disassemble_function(function)?);
         Ok(())
     }
 

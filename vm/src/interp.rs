@@ -336,18 +336,8 @@ impl Instance {
                             // Compiled code ran it, or left frames to interpret: reload.
                             break None;
                         }
-                        let f = &program.functions[function as usize];
-                        let callee_base = self.stack.len() - argc as usize;
-                        self.stack
-                            .resize(callee_base + f.local_count as usize, Value::None);
-                        self.frames.push(Frame {
-                            function,
-                            ip: 0,
-                            base: callee_base as u32,
-                            drop_callee: false,
-                        });
-                        code = &f.code;
-                        base = callee_base;
+                        base = self.push_frame(program, function, argc, false);
+                        code = &program.functions[function as usize].code;
                         ip = 0;
                     }
                     Instr::Return if self.frames.len() > 1 => {
@@ -856,7 +846,21 @@ impl Instance {
                 "is a function calling itself without end?",
             );
         }
-        let f = &env.linked.program.functions[function as usize];
+        self.push_frame(env.linked.program, function, argc, drop_callee);
+        Ok(())
+    }
+
+    /// Starts `function` on the `argc` arguments on top of the stack (they become its first
+    /// locals); returns the new frame's base.
+    #[inline(always)]
+    fn push_frame(
+        &mut self,
+        program: &Program,
+        function: FunctionId,
+        argc: u32,
+        drop_callee: bool,
+    ) -> usize {
+        let f = &program.functions[function as usize];
         let base = self.stack.len() - argc as usize;
         self.stack
             .resize(base + f.local_count as usize, Value::None);
@@ -866,7 +870,7 @@ impl Instance {
             base: base as u32,
             drop_callee,
         });
-        Ok(())
+        base
     }
 
     fn op_call(

@@ -414,19 +414,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     self.set(top(1), Ty::Float, v);
                 }
             }
-            Instr::Neg => {
-                let ty = ty_at(0);
-                let a = self.get(top(0), ty);
-                if ty == Ty::Int {
-                    let min = self.b.ins().icmp_imm_s(IntCC::Equal, a, i64::MIN);
-                    self.deopt_if(min, frame, ip, depth);
-                    let v = self.b.ins().ineg(a);
-                    self.set(top(0), Ty::Int, v);
-                } else {
-                    let v = self.b.ins().fneg(a);
-                    self.set(top(0), Ty::Float, v);
-                }
-            }
+            Instr::Neg => self.sign_op(ip, frame, Instr::Neg),
             Instr::Not => {
                 let ty = ty_at(0);
                 let a = self.get(top(0), ty);
@@ -531,19 +519,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                         let v = self.b.ins().select(floor, lower, q);
                         self.set(top(1), Ty::Int, v);
                     }
-                    "abs" => {
-                        let ty = ty_at(0);
-                        let a = self.get(top(0), ty);
-                        if ty == Ty::Int {
-                            let min = self.b.ins().icmp_imm_s(IntCC::Equal, a, i64::MIN);
-                            self.deopt_if(min, frame, ip, depth);
-                            let v = self.b.ins().iabs(a);
-                            self.set(top(0), Ty::Int, v);
-                        } else {
-                            let v = self.b.ins().fabs(a);
-                            self.set(top(0), Ty::Float, v);
-                        }
-                    }
+                    "abs" => self.sign_op(ip, frame, instr),
                     _ => self.range(ip, frame, argc as usize),
                 }
             }
@@ -627,6 +603,30 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             other => return Err(format!("cannot compile {other:?}")),
         }
         Ok(true)
+    }
+
+    /// Negation (`Neg`) or `abs(...)` (any other instruction) of the top of the stack. On an
+    /// int, `i64::MIN` overflows: the interpreter reports it.
+    fn sign_op(&mut self, ip: usize, frame: &Frame, instr: Instr) {
+        let depth = frame.stack.len();
+        let slot = self.local_count + depth - 1;
+        let ty = frame.stack[depth - 1];
+        let a = self.get(slot, ty);
+        let negate = instr == Instr::Neg;
+        let v = if ty == Ty::Int {
+            let min = self.b.ins().icmp_imm_s(IntCC::Equal, a, i64::MIN);
+            self.deopt_if(min, frame, ip, depth);
+            if negate {
+                self.b.ins().ineg(a)
+            } else {
+                self.b.ins().iabs(a)
+            }
+        } else if negate {
+            self.b.ins().fneg(a)
+        } else {
+            self.b.ins().fabs(a)
+        };
+        self.set(slot, ty, v);
     }
 
     /// `range(...)` followed by `GetIter`: the iterator as (start, step, index, count), with
