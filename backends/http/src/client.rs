@@ -19,7 +19,7 @@ pub struct HttpOptions {
     pub max_backoff: Duration,
     /// Requests one batched call may carry (SGLang's `/generate` takes a list).
     pub max_batch: usize,
-    /// Connections kept open per host.
+    /// Most sockets per host: half for requests in flight, half kept idle for reuse.
     pub pool_size: usize,
 }
 
@@ -53,8 +53,10 @@ pub struct HttpClient {
     pub name: String,
     pub options: HttpOptions,
     pub stats: Arc<HttpStats>,
-    /// At most `pool_size` requests in flight, so connections (and file descriptors) stay
-    /// bounded however many programs wait.
+    /// At most `pool_size / 2` requests in flight, and as many idle connections kept: hyper
+    /// may open a new connection while a finished one is on its way back to the idle pool, so
+    /// in flight plus idle is what bounds the sockets (and file descriptors) to `pool_size`,
+    /// however many programs wait.
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -93,7 +95,7 @@ impl HttpClient {
         let client = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
-            .pool_max_idle_per_host(options.pool_size)
+            .pool_max_idle_per_host((options.pool_size / 2).max(1))
             .build()
             .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
         Ok(HttpClient {
@@ -101,7 +103,7 @@ impl HttpClient {
             base: base.trim_end_matches('/').to_string(),
             api_key,
             name,
-            in_flight: tokio::sync::Semaphore::new(options.pool_size.max(1)),
+            in_flight: tokio::sync::Semaphore::new((options.pool_size / 2).max(1)),
             options,
             stats: Arc::default(),
         })
