@@ -423,9 +423,48 @@ impl Instance {
                 }
                 drop_value(v);
             }
+            Instr::Index => {
+                let n = stack.len();
+                if n < 2 {
+                    return false;
+                }
+                let (Value::List(list), Value::Int(i)) = (&stack[n - 2], &stack[n - 1]) else {
+                    return false;
+                };
+                let item = {
+                    let items = list.borrow();
+                    match normalize_index(*i, items.len()) {
+                        Some(at) => items[at].clone(),
+                        None => return false,
+                    }
+                };
+                stack.truncate(n - 1);
+                stack[n - 2] = item;
+            }
+            Instr::StoreIndex => {
+                let n = stack.len();
+                if n < 3 {
+                    return false;
+                }
+                let (Value::List(list), Value::Int(i)) = (&stack[n - 3], &stack[n - 2]) else {
+                    return false;
+                };
+                let (list, i) = (list.clone(), *i);
+                {
+                    let mut items = list.borrow_mut();
+                    let Some(at) = normalize_index(i, items.len()) else {
+                        return false;
+                    };
+                    let v = stack.pop().unwrap_or_default();
+                    drop_value(std::mem::replace(&mut items[at], v));
+                }
+                stack.truncate(n - 3);
+            }
             Instr::Add
+            | Instr::AddAssign
             | Instr::Sub
             | Instr::Mul
+            | Instr::Mod
             | Instr::Lt
             | Instr::Le
             | Instr::Gt
@@ -441,10 +480,20 @@ impl Instance {
                 };
                 let (a, b) = (*a, *b);
                 let result = match instr {
-                    Instr::Add => match a.checked_add(b) {
+                    Instr::Add | Instr::AddAssign => match a.checked_add(b) {
                         Some(r) => Value::Int(r),
                         None => return false,
                     },
+                    // Floored, as `binary_mod`; zero and -1 (overflow) take the general path.
+                    Instr::Mod if b != 0 && b != -1 => {
+                        let r = a % b;
+                        Value::Int(if r != 0 && (r < 0) != (b < 0) {
+                            r + b
+                        } else {
+                            r
+                        })
+                    }
+                    Instr::Mod => return false,
                     Instr::Sub => match a.checked_sub(b) {
                         Some(r) => Value::Int(r),
                         None => return false,
@@ -979,12 +1028,15 @@ impl Instance {
 
     fn op_call_native(&mut self, env: &Env, native: u32, argc: u32, keywords: u32) -> OpResult {
         let kwargs = self.pop_keywords(env, keywords);
-        let args = self.pop_n(argc as usize);
         let f = &env.linked.natives[native as usize];
+        // The arguments are read in place on the stack, then dropped.
+        let at = self.stack.len() - argc as usize;
         let mut ctx = NativeCtx {
             output: &mut self.output,
         };
-        match f(&mut ctx, &args, &kwargs) {
+        let result = f(&mut ctx, &self.stack[at..], &kwargs);
+        self.stack.truncate(at);
+        match result {
             Ok(v) => {
                 self.stack.push(v);
                 Ok(())
@@ -1024,12 +1076,14 @@ impl Instance {
             ));
         };
         let kwargs = self.pop_keywords(env, keywords);
-        let args = self.pop_n(argc as usize);
-        self.pop();
+        let at = self.stack.len() - argc as usize;
         let mut ctx = NativeCtx {
             output: &mut self.output,
         };
-        match method(&mut ctx, &receiver, &args, &kwargs) {
+        let result = method(&mut ctx, &receiver, &self.stack[at..], &kwargs);
+        // The arguments and the receiver below them.
+        self.stack.truncate(at - 1);
+        match result {
             Ok(v) => {
                 self.stack.push(v);
                 Ok(())

@@ -31,7 +31,8 @@ pub struct NativeFunction {
 #[derive(Clone, Default)]
 pub struct Natives {
     functions: IndexMap<String, NativeFunction>,
-    methods: HashMap<(&'static str, String), MethodFn>,
+    /// By receiver type, then name: a lookup borrows the name, allocating nothing.
+    methods: HashMap<&'static str, HashMap<String, MethodFn>>,
 }
 
 impl Natives {
@@ -85,7 +86,9 @@ impl Natives {
         + 'static,
     ) {
         self.methods
-            .insert((type_name, name.to_string()), Arc::new(f));
+            .entry(type_name)
+            .or_default()
+            .insert(name.to_string(), Arc::new(f));
     }
 
     pub fn function(&self, name: &str) -> Option<&NativeFunction> {
@@ -93,12 +96,16 @@ impl Natives {
     }
 
     pub fn method(&self, type_name: &'static str, name: &str) -> Option<&MethodFn> {
-        self.methods.get(&(type_name, name.to_string()))
+        self.methods.get(type_name)?.get(name)
     }
 
     /// What the compiler needs to check calls: every function's signature and every method name.
     pub fn compile_env(&self) -> sglc_compiler::CompileEnv {
-        let mut methods: Vec<String> = self.methods.keys().map(|(_, m)| m.clone()).collect();
+        let mut methods: Vec<String> = self
+            .methods
+            .values()
+            .flat_map(|by_name| by_name.keys().cloned())
+            .collect();
         methods.sort();
         methods.dedup();
         sglc_compiler::CompileEnv {
