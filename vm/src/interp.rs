@@ -126,6 +126,9 @@ pub struct Env<'a, 'p> {
     pub defaults: &'a GenDefaults,
     pub limits: &'a Limits,
     pub outbox: &'a mut Outbox,
+    /// Other programs of the batch are in flight: a long compiled loop should hand back now
+    /// and then so they (and the answers they wait for) get their turn.
+    pub share_time: bool,
 }
 
 struct Frame {
@@ -149,6 +152,8 @@ pub enum Halt {
 
 enum Flow {
     Wait(StateRef),
+    /// Compiled code used up its fuel: let other programs run (the frames are consistent).
+    Yield,
     Done(Value),
     Error(String, Option<String>),
     /// A state this instance reads failed; the error points at the call that failed.
@@ -332,9 +337,12 @@ impl Instance {
                     {
                         self.frames.last_mut().expect("frame").ip = ip as u32;
                         #[cfg(feature = "jit")]
-                        if count_back_edges && self.call_compiled(env, function, argc) {
-                            // Compiled code ran it, or left frames to interpret: reload.
-                            break None;
+                        if count_back_edges {
+                            match self.call_compiled(env, function, argc) {
+                                Ok(true) => break None,
+                                Ok(false) => {}
+                                Err(_) => return Halt::Yield,
+                            }
                         }
                         base = self.push_frame(program, function, argc, false);
                         code = &program.functions[function as usize].code;
@@ -373,6 +381,7 @@ impl Instance {
                         }
                         Halt::Wait(state)
                     }
+                    Flow::Yield => Halt::Yield,
                     Flow::Done(value) => Halt::Done(value),
                     Flow::Error(message, help) => Halt::Error(self.locate(program, message, help)),
                     Flow::Failed(state) => {
@@ -567,14 +576,21 @@ impl Instance {
             Instr::In => self.op_binary(|a, b| contains(b, a).map(Value::Bool))?,
             Instr::NotIn => self.op_binary(|a, b| contains(b, a).map(|c| Value::Bool(!c)))?,
             Instr::Jump(target) => {
+                // The frame's ip is already past this jump: a target before it is a loop.
+                let backward = target < self.frame().ip;
+                self.jump(target);
                 #[cfg(feature = "jit")]
                 if let Some(jit) = &env.linked.jit {
                     let frame = self.frame();
-                    if target < frame.ip {
-                        jit.borrow_mut().back_edge(frame.function);
+                    if backward
+                        && !frame.drop_callee
+                        && jit.borrow_mut().back_edge(frame.function, target)
+                    {
+                        return self.run_loop_compiled(env);
                     }
                 }
-                self.jump(target)
+                #[cfg(not(feature = "jit"))]
+                let _ = backward;
             }
             Instr::JumpIfFalse(target) => {
                 if !self.pop().is_truthy() {
@@ -930,23 +946,66 @@ impl Instance {
         drop_callee: bool,
     ) -> OpResult {
         #[cfg(feature = "jit")]
-        if !drop_callee && self.call_compiled(env, function, argc) {
+        if !drop_callee && self.call_compiled(env, function, argc)? {
             return Ok(());
         }
         self.enter(env, function, argc, drop_callee)
+    }
+
+    /// On-stack replacement: the current frame stands at a hot loop's header; when the JIT
+    /// can compile the rest of the function from here, it runs natively, and its return (or
+    /// the frames it leaves to interpret) replaces this frame.
+    #[cfg(feature = "jit")]
+    fn run_loop_compiled(&mut self, env: &Env) -> OpResult {
+        let Some(jit) = &env.linked.jit else {
+            return Ok(());
+        };
+        let frame = self.frame();
+        let (function, ip, base) = (frame.function, frame.ip, frame.base as usize);
+        let outcome = jit.borrow_mut().osr(
+            env.linked.program,
+            &env.linked.globals,
+            function,
+            ip,
+            &self.stack[base..],
+            self.frames.len(),
+            env.limits.max_call_depth,
+            env.share_time,
+        );
+        match outcome {
+            crate::jit::JitCall::Interpret => Ok(()),
+            crate::jit::JitCall::Returned(value) => {
+                self.stack.push(value);
+                self.op_return()
+            }
+            crate::jit::JitCall::Deopt {
+                frames,
+                out_of_fuel,
+            } => {
+                self.frames.pop();
+                while self.stack.len() > base {
+                    drop_value(self.stack.pop().unwrap_or_default());
+                }
+                self.push_resumed(frames);
+                if out_of_fuel {
+                    return Err(Flow::Yield);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Runs the call natively when the JIT has (or now makes) code for it; false to interpret.
     /// A deopt leaves the compiled frames on the frame stack, to be interpreted from where
     /// compiled code stopped.
     #[cfg(feature = "jit")]
-    fn call_compiled(&mut self, env: &Env, function: FunctionId, argc: u32) -> bool {
+    fn call_compiled(&mut self, env: &Env, function: FunctionId, argc: u32) -> Result<bool, Flow> {
         let Some(jit) = &env.linked.jit else {
-            return false;
+            return Ok(false);
         };
         let max_depth = env.limits.max_call_depth;
         if self.frames.len() >= max_depth {
-            return false;
+            return Ok(false);
         }
         let at = self.stack.len() - argc as usize;
         let outcome = jit.borrow_mut().call(
@@ -956,28 +1015,41 @@ impl Instance {
             &self.stack[at..],
             self.frames.len(),
             max_depth,
+            env.share_time,
         );
         match outcome {
-            crate::jit::JitCall::Interpret => false,
+            crate::jit::JitCall::Interpret => Ok(false),
             crate::jit::JitCall::Returned(value) => {
                 self.stack.truncate(at);
                 self.stack.push(value);
-                true
+                Ok(true)
             }
-            crate::jit::JitCall::Deopt(frames) => {
+            crate::jit::JitCall::Deopt {
+                frames,
+                out_of_fuel,
+            } => {
                 self.stack.truncate(at);
-                for frame in frames {
-                    let base = self.stack.len() as u32;
-                    self.stack.extend(frame.values);
-                    self.frames.push(Frame {
-                        function: frame.function,
-                        ip: frame.ip,
-                        base,
-                        drop_callee: false,
-                    });
+                self.push_resumed(frames);
+                if out_of_fuel {
+                    return Err(Flow::Yield);
                 }
-                true
+                Ok(true)
             }
+        }
+    }
+
+    /// Pushes the frames compiled code left to interpret, outermost first.
+    #[cfg(feature = "jit")]
+    fn push_resumed(&mut self, frames: Vec<crate::jit::ResumeFrame>) {
+        for frame in frames {
+            let base = self.stack.len() as u32;
+            self.stack.extend(frame.values);
+            self.frames.push(Frame {
+                function: frame.function,
+                ip: frame.ip,
+                base,
+                drop_callee: false,
+            });
         }
     }
 

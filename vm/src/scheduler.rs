@@ -299,6 +299,7 @@ pub async fn run_batch(
                     defaults: &config.defaults,
                     limits: &config.limits,
                     outbox: &mut outbox,
+                    share_time: active > 1,
                 };
                 Some(slot.instance.run(&mut env))
             };
@@ -488,6 +489,7 @@ pub(crate) fn compute_globals(
             defaults: &config.defaults,
             limits: &limits,
             outbox: &mut outbox,
+            share_time: false,
         };
         instance.run_init(&mut env)?
     };

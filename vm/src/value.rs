@@ -90,8 +90,22 @@ pub enum Value {
 const _: () = assert!(std::mem::size_of::<Value>() == 16);
 
 pub enum Iter {
-    List { list: List, next: usize },
-    Chars { chars: Vec<char>, next: usize },
+    List {
+        list: List,
+        next: usize,
+    },
+    Chars {
+        chars: Vec<char>,
+        next: usize,
+    },
+    /// The rest of a `range()` a compiled loop was iterating when it handed back to the
+    /// interpreter: `start + k * step` for `k` in `index..count`, made on demand.
+    Range {
+        start: i64,
+        step: i64,
+        index: i64,
+        count: i64,
+    },
 }
 
 impl Iter {
@@ -106,6 +120,19 @@ impl Iter {
                 let item = chars.get(*next).map(|c| Value::str(&c.to_string()));
                 *next += 1;
                 item
+            }
+            Iter::Range {
+                start,
+                step,
+                index,
+                count,
+            } => {
+                if *index >= *count {
+                    return None;
+                }
+                let item = start.wrapping_add(index.wrapping_mul(*step));
+                *index += 1;
+                Some(Value::Int(item))
             }
         }
     }

@@ -102,15 +102,35 @@ impl<'a> Analyzer<'a> {
 
     /// Analyses `spec`; its callees' return types are analysed (and checked) on the way.
     pub fn plan(&mut self, spec: &Spec) -> Result<Plan, Reject> {
-        let program = self.program;
-        let function = &program.functions[spec.function as usize];
+        let function = &self.program.functions[spec.function as usize];
         if spec.args.len() != function.params.len() {
             return Err("argument count differs from the parameters".into());
         }
+        let mut locals = vec![Local::Known(Ty::None); function.local_count as usize];
+        for (slot, ty) in spec.args.iter().enumerate() {
+            locals[slot] = Local::Known(*ty);
+        }
+        self.plan_from(
+            spec,
+            0,
+            Frame {
+                locals,
+                stack: Vec::new(),
+            },
+        )
+    }
+
+    /// Analyses `spec` entered at instruction `entry` with the types `frame` (0 and the
+    /// arguments for a call; a loop header and the interpreter's types for on-stack
+    /// replacement). Only code reachable from `entry` counts.
+    pub fn plan_from(&mut self, spec: &Spec, entry: usize, frame: Frame) -> Result<Plan, Reject> {
+        let program = self.program;
+        let function = &program.functions[spec.function as usize];
         let code = &function.code;
         let mut before: Vec<Option<Frame>> = vec![None; code.len()];
         let mut leaders = vec![false; code.len() + 1];
         leaders[0] = true;
+        leaders[entry] = true;
         for (ip, instr) in code.iter().enumerate() {
             match *instr {
                 Instr::Jump(t) => {
@@ -128,17 +148,7 @@ impl<'a> Analyzer<'a> {
                 _ => {}
             }
         }
-        let mut locals = vec![Local::Known(Ty::None); function.local_count as usize];
-        for (slot, ty) in spec.args.iter().enumerate() {
-            locals[slot] = Local::Known(*ty);
-        }
-        let mut work = vec![(
-            0usize,
-            Frame {
-                locals,
-                stack: Vec::new(),
-            },
-        )];
+        let mut work = vec![(entry, frame)];
         let mut return_type: Option<Ty> = None;
         let mut callees = Vec::new();
         while let Some((ip, frame)) = work.pop() {

@@ -9,7 +9,7 @@
 //! instruction itself, so errors, their messages and their spans are the interpreter's own.
 
 use super::analyze::{Frame, Local, Plan};
-use super::{CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
+use super::{CTX_FUEL, CTX_SHARE_TIME, CTX_STATUS, DeoptSite, FUEL, SlotKind, Spec, Ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, Block, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, types,
@@ -50,6 +50,9 @@ pub struct FunctionCodegen<'a, 'b> {
     depth: Option<Value>,
     /// The interpreter's call depth limit.
     pub max_depth: i64,
+    /// On-stack replacement: enter at this instruction with the slots (as the interpreter's
+    /// frame has them) read from a buffer, instead of at 0 with arguments.
+    pub osr_entry: Option<(usize, Frame)>,
     local_count: usize,
 }
 
@@ -76,6 +79,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             ctx: None,
             depth: None,
             max_depth: i64::MAX,
+            osr_entry: None,
             local_count,
         }
     }
@@ -238,6 +242,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let params: Vec<Value> = self.b.block_params(entry).to_vec();
         self.ctx = Some(params[0]);
         self.depth = Some(params[1]);
+        if let Some((entry_ip, frame)) = self.osr_entry.clone() {
+            return self.emit_osr(code, params[2], entry_ip, &frame, config);
+        }
         for slot in 0..self.local_count {
             match spec.args.get(slot) {
                 Some(ty) => {
@@ -257,6 +264,72 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             }
         }
         self.b.ins().jump(blocks[&0], &[]);
+        self.emit_body(code, &blocks, config)
+    }
+
+    /// The entry of an on-stack replacement: every slot loaded from the buffer at `slots`,
+    /// then on at the loop header.
+    fn emit_osr(
+        mut self,
+        code: &[Instr],
+        slots: Value,
+        entry_ip: usize,
+        frame: &Frame,
+        config: cranelift_codegen::isa::TargetFrontendConfig,
+    ) -> Result<(), String> {
+        let mut offset = 0i32;
+        let load = |b: &mut FunctionBuilder, offset: &mut i32| {
+            let v = b
+                .ins()
+                .load(types::I64, MemFlagsData::trusted(), slots, *offset);
+            *offset += 8;
+            v
+        };
+        for (slot, local) in frame.locals.iter().enumerate() {
+            let raw = load(&mut self.b, &mut offset);
+            if let Local::Known(ty) = local {
+                let v = self.from_bits(raw, *ty);
+                self.set(slot, *ty, v);
+            }
+        }
+        for (k, ty) in frame.stack.iter().enumerate() {
+            let slot = self.local_count + k;
+            if matches!(ty, Ty::Range | Ty::RangeIter) {
+                for r in [
+                    Rep::RangeStart,
+                    Rep::RangeStep,
+                    Rep::RangeIndex,
+                    Rep::RangeCount,
+                ] {
+                    let raw = load(&mut self.b, &mut offset);
+                    let var = self.var(slot, r);
+                    self.b.def_var(var, raw);
+                }
+            } else {
+                let raw = load(&mut self.b, &mut offset);
+                let v = self.from_bits(raw, *ty);
+                self.set(slot, *ty, v);
+            }
+        }
+        let mut blocks: HashMap<usize, Block> = HashMap::new();
+        for (ip, leader) in self.plan.leaders.iter().enumerate() {
+            if *leader && self.plan.before.get(ip).is_some_and(Option::is_some) {
+                blocks.insert(ip, self.b.create_block());
+            }
+        }
+        let entry = *blocks
+            .get(&entry_ip)
+            .ok_or("the loop header is not reachable")?;
+        self.b.ins().jump(entry, &[]);
+        self.emit_body(code, &blocks, config)
+    }
+
+    fn emit_body(
+        mut self,
+        code: &[Instr],
+        blocks: &HashMap<usize, Block>,
+        config: cranelift_codegen::isa::TargetFrontendConfig,
+    ) -> Result<(), String> {
         let mut open = false;
         for (ip, instr) in code.iter().enumerate() {
             if let Some(block) = blocks.get(&ip) {
@@ -272,7 +345,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             let Some(frame) = self.plan.before[ip].clone() else {
                 continue;
             };
-            open = self.instruction(ip, *instr, &frame, &blocks)?;
+            open = self.instruction(ip, *instr, &frame, blocks)?;
         }
         if open {
             return Err("control runs off the end of the function".into());
@@ -475,6 +548,39 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 self.set(top(1), Ty::Bool, v);
             }
             Instr::Jump(target) => {
+                if (target as usize) <= ip {
+                    // A loop: spend fuel, and hand back to the interpreter when it is gone.
+                    let ctx = self.ctx();
+                    let fuel =
+                        self.b
+                            .ins()
+                            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_FUEL);
+                    let fuel = self.b.ins().iadd_imm_s(fuel, -1);
+                    self.b
+                        .ins()
+                        .store(MemFlagsData::trusted(), fuel, ctx, CTX_FUEL);
+                    let empty = self
+                        .b
+                        .ins()
+                        .icmp_imm_s(IntCC::SignedLessThanOrEqual, fuel, 0);
+                    let refuel = self.b.create_block();
+                    let on = self.b.create_block();
+                    self.b.set_cold_block(refuel);
+                    self.b.ins().brif(empty, refuel, &[], on, &[]);
+                    // Out of fuel: hand back when others wait, else refuel and go on.
+                    self.b.switch_to_block(refuel);
+                    let share =
+                        self.b
+                            .ins()
+                            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_SHARE_TIME);
+                    self.deopt_if(share, frame, ip, depth);
+                    let full = self.b.ins().iconst(types::I64, FUEL);
+                    self.b
+                        .ins()
+                        .store(MemFlagsData::trusted(), full, ctx, CTX_FUEL);
+                    self.b.ins().jump(on, &[]);
+                    self.b.switch_to_block(on);
+                }
                 self.b.ins().jump(blocks[&(target as usize)], &[]);
                 return Ok(false);
             }

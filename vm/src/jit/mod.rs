@@ -130,11 +130,23 @@ const MAX_ARGS: usize = 6;
 pub struct JitCtx {
     /// Nonzero once compiled code has deopted; every caller then deopts too.
     status: i64,
+    /// Loop iterations compiled code may still run before it hands back to the interpreter,
+    /// so a long loop cannot keep the batch's other programs from running.
+    fuel: i64,
+    /// Nonzero when other programs wait: out of fuel, compiled code hands back; otherwise it
+    /// refuels and runs on.
+    share_time: i64,
     /// Frames reported by deopts, innermost first: (site, spilled slots).
     deopts: Vec<(usize, Vec<i64>)>,
 }
 
 const CTX_STATUS: i32 = 0;
+const CTX_FUEL: i32 = 8;
+const CTX_SHARE_TIME: i32 = 16;
+
+/// Backward jumps per entry into compiled code: a few hundred microseconds of a tight loop,
+/// a few interpreter slices' worth, so handing back and re-entering stays under 1% of the time.
+const FUEL: i64 = 100_000;
 
 /// Called by compiled code to report a frame it leaves to the interpreter.
 extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64, count: i64) {
@@ -174,8 +186,12 @@ pub enum JitCall {
     /// Not compiled (cold, ineligible, or other argument types): interpret it.
     Interpret,
     Returned(Value),
-    /// Compiled code stopped; the interpreter resumes these frames, outermost first.
-    Deopt(Vec<ResumeFrame>),
+    /// Compiled code stopped; the interpreter resumes these frames, outermost first. When
+    /// the code ran out of fuel (a long loop), the program should yield to the others first.
+    Deopt {
+        frames: Vec<ResumeFrame>,
+        out_of_fuel: bool,
+    },
 }
 
 enum FunctionState {
@@ -196,6 +212,12 @@ pub struct Jit {
     functions: Vec<FunctionState>,
     compiled: HashMap<Spec, (FuncId, *const u8)>,
     return_types: HashMap<Spec, Ty>,
+    /// Loop headers compiled for on-stack replacement, by the slot types they were entered
+    /// with, and those that cannot be.
+    osr_compiled: HashMap<(FunctionId, u32), Vec<(analyze::Frame, (*const u8, Ty))>>,
+    /// Loop headers that cannot be compiled, by function (a scan of a few entries costs less
+    /// than hashing on every iteration of an interpreted loop).
+    osr_failed: Vec<Vec<u32>>,
     sites: Vec<DeoptSite>,
     /// Cranelift IR of every compiled specialization, when asked for (`sglc disasm --jit`).
     clif: Option<Vec<(Spec, String)>>,
@@ -247,11 +269,15 @@ impl Jit {
                 .collect(),
             compiled: HashMap::new(),
             return_types: HashMap::new(),
+            osr_compiled: HashMap::new(),
+            osr_failed: vec![Vec::new(); program.functions.len()],
             sites: Vec::new(),
             clif: None,
             rejected: Vec::new(),
             runtime: JitCtx {
                 status: 0,
+                fuel: FUEL,
+                share_time: 0,
                 deopts: Vec::new(),
             },
             max_depth,
@@ -281,10 +307,106 @@ impl Jit {
     }
 
     /// Counts a backward jump in `function` towards its hotness.
-    pub fn back_edge(&mut self, function: FunctionId) {
-        if let Some(FunctionState::Cold(count)) = self.functions.get_mut(function as usize) {
-            *count = count.saturating_add(1);
+    /// Counts a backward jump in `function`; true when the function is hot, so its loop is
+    /// worth compiling where it stands (`osr`).
+    pub fn back_edge(&mut self, function: FunctionId, header: u32) -> bool {
+        if self
+            .osr_failed
+            .get(function as usize)
+            .is_some_and(|failed| failed.contains(&header))
+        {
+            return false;
         }
+        let threshold = match self.options.mode {
+            JitMode::Off => return false,
+            JitMode::Auto => self.options.threshold,
+            JitMode::Eager => 0,
+        };
+        match self.functions.get_mut(function as usize) {
+            Some(FunctionState::Cold(count)) => {
+                *count = count.saturating_add(1);
+                *count > threshold
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// On-stack replacement: runs the rest of `function` natively from loop header `ip`, its
+    /// frame's slots being `values` (locals, then the operand stack). `depth` counts the call
+    /// frames with this one.
+    pub fn osr(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        function: FunctionId,
+        ip: u32,
+        values: &[Value],
+        depth: usize,
+        max_depth: usize,
+        share_time: bool,
+    ) -> JitCall {
+        let failed = &self.osr_failed[function as usize];
+        if max_depth != self.max_depth || failed.contains(&ip) {
+            return JitCall::Interpret;
+        }
+        let local_count = program.functions[function as usize].local_count as usize;
+        let Some((frame, raw)) = osr_frame(values, local_count) else {
+            self.osr_failed[function as usize].push(ip);
+            return JitCall::Interpret;
+        };
+        let known = self
+            .osr_compiled
+            .get(&(function, ip))
+            .and_then(|entries| entries.iter().find(|(f, _)| *f == frame))
+            .map(|(_, entry)| *entry);
+        let (pointer, return_type) = match known {
+            Some(entry) => entry,
+            None => {
+                let started = std::time::Instant::now();
+                let compiled = self.compile_osr(program, globals, function, ip as usize, &frame);
+                self.compile_nanos += started.elapsed().as_nanos() as u64;
+                match compiled {
+                    Ok(entry) => {
+                        self.osr_compiled
+                            .entry((function, ip))
+                            .or_default()
+                            .push((frame, entry));
+                        entry
+                    }
+                    Err(reason) => {
+                        self.builder_ctx = FunctionBuilderContext::new();
+                        self.module.clear_context(&mut self.ctx);
+                        self.osr_failed[function as usize].push(ip);
+                        self.rejected.push((
+                            Spec {
+                                function,
+                                args: Vec::new(),
+                            },
+                            format!("(its loop at instruction {ip}) {reason}"),
+                        ));
+                        return JitCall::Interpret;
+                    }
+                }
+            }
+        };
+        self.runtime.status = 0;
+        self.runtime.fuel = FUEL;
+        self.runtime.share_time = i64::from(share_time);
+        self.runtime.deopts.clear();
+        type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> i64;
+        // SAFETY: `pointer` is a finalized on-stack replacement entry of this module, with the
+        // signature `(ctx, depth, slots) -> i64`; `raw` holds the slots in the layout
+        // `osr_frame` describes, which is the one the entry was compiled for.
+        let result = unsafe { std::mem::transmute::<*const u8, Osr>(pointer) }(
+            &mut self.runtime,
+            depth as i64,
+            raw.as_ptr(),
+        );
+        if self.runtime.status == 0 {
+            return JitCall::Returned(return_type.from_bits(result));
+        }
+        self.deopt_frames()
     }
 
     /// Calls `function` natively when it is (or now becomes) compiled for these arguments.
@@ -297,6 +419,7 @@ impl Jit {
         args: &[Value],
         depth: usize,
         max_depth: usize,
+        share_time: bool,
     ) -> JitCall {
         let threshold = match self.options.mode {
             JitMode::Off => return JitCall::Interpret,
@@ -347,6 +470,8 @@ impl Jit {
             return JitCall::Interpret;
         };
         self.runtime.status = 0;
+        self.runtime.fuel = FUEL;
+        self.runtime.share_time = i64::from(share_time);
         self.runtime.deopts.clear();
         // Compiled code checks the limit the interpreter enforces; it was compiled for it.
         if max_depth != self.max_depth {
@@ -369,12 +494,20 @@ impl Jit {
         if self.runtime.status == 0 {
             return JitCall::Returned(return_type.from_bits(result));
         }
+        self.deopt_frames()
+    }
+
+    /// The frames the last deopt reported, outermost first.
+    fn deopt_frames(&mut self) -> JitCall {
         let frames = std::mem::take(&mut self.runtime.deopts)
             .into_iter()
             .rev()
             .map(|(site, slots)| self.resume_frame(site, &slots))
             .collect();
-        JitCall::Deopt(frames)
+        JitCall::Deopt {
+            frames,
+            out_of_fuel: self.runtime.fuel <= 0,
+        }
     }
 
     fn resume_frame(&self, site: usize, slots: &[i64]) -> ResumeFrame {
@@ -385,17 +518,15 @@ impl Jit {
             match kind {
                 SlotKind::Value(ty) => values.push(ty.from_bits(raw.next().unwrap_or(0))),
                 SlotKind::RangeIter => {
-                    let start = raw.next().unwrap_or(0);
-                    let step = raw.next().unwrap_or(1);
-                    let index = raw.next().unwrap_or(0);
-                    let count = raw.next().unwrap_or(0);
-                    // The rest of the range, as the interpreter's list iterator would see it.
-                    let rest: Vec<Value> = (index..count.max(index))
-                        .map(|i| Value::Int(start.wrapping_add(i.wrapping_mul(step))))
-                        .collect();
-                    values.push(Value::Iterator(Rc::new(RefCell::new(Iter::List {
-                        list: Rc::new(RefCell::new(rest)),
-                        next: 0,
+                    // The rest of the range, made on demand: the same items the list
+                    // iterator would give, without building the list.
+                    let mut next = || raw.next().unwrap_or(0);
+                    let (start, step, index, count) = (next(), next(), next(), next());
+                    values.push(Value::Iterator(Rc::new(RefCell::new(Iter::Range {
+                        start,
+                        step,
+                        index,
+                        count,
                     }))));
                 }
             }
@@ -431,9 +562,25 @@ impl Jit {
         root: &Spec,
     ) -> Result<*const u8, String> {
         let mut analyzer = analyze::Analyzer::new(program, globals);
-        // Every specialization reachable from the root, analysed.
+        let defined = self.define_specs(program, globals, &mut analyzer, vec![root.clone()])?;
+        self.finish(defined)?;
+        self.compiled
+            .get(root)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| "was not compiled".to_string())
+    }
+
+    /// Analyses, declares and defines every specialization reachable from `roots` that is not
+    /// compiled yet; `finish` makes them callable.
+    fn define_specs(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        analyzer: &mut analyze::Analyzer,
+        roots: Vec<Spec>,
+    ) -> Result<Vec<(Spec, Ty, FuncId)>, String> {
         let mut plans: Vec<analyze::Plan> = Vec::new();
-        let mut pending = vec![root.clone()];
+        let mut pending = roots;
         let mut seen = std::collections::HashSet::new();
         while let Some(spec) = pending.pop() {
             if !seen.insert(spec.clone()) || self.compiled.contains_key(&spec) {
@@ -458,23 +605,62 @@ impl Jit {
             ids.insert(plan.spec.clone(), id);
         }
         for plan in &plans {
-            self.define(program, globals, plan, &ids)?;
+            self.define(program, globals, plan, ids[&plan.spec], &ids, None)?;
         }
+        Ok(plans
+            .into_iter()
+            .map(|plan| {
+                let id = ids[&plan.spec];
+                (plan.spec, plan.return_type, id)
+            })
+            .collect())
+    }
+
+    /// Finalizes what was defined and records it as compiled.
+    fn finish(&mut self, defined: Vec<(Spec, Ty, FuncId)>) -> Result<(), String> {
         self.module
             .finalize_definitions()
             .map_err(|e| e.to_string())?;
-        for plan in &plans {
-            let id = ids[&plan.spec];
+        for (spec, return_type, id) in defined {
             let pointer = self.module.get_finalized_function(id);
-            self.compiled.insert(plan.spec.clone(), (id, pointer));
-            self.return_types
-                .insert(plan.spec.clone(), plan.return_type);
+            self.compiled.insert(spec.clone(), (id, pointer));
+            self.return_types.insert(spec, return_type);
             self.compiled_count += 1;
         }
-        self.compiled
-            .get(root)
-            .map(|(_, p)| *p)
-            .ok_or_else(|| "was not compiled".to_string())
+        Ok(())
+    }
+
+    /// Compiles `function` entered at loop header `ip` with the slot types `frame`.
+    fn compile_osr(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        function: FunctionId,
+        ip: usize,
+        frame: &analyze::Frame,
+    ) -> Result<(*const u8, Ty), String> {
+        let mut analyzer = analyze::Analyzer::new(program, globals);
+        // Named like a specialization with no arguments; never entered through `compiled`.
+        let spec = Spec {
+            function,
+            args: Vec::new(),
+        };
+        let plan = analyzer.plan_from(&spec, ip, frame.clone())?;
+        let defined = self.define_specs(program, globals, &mut analyzer, plan.callees.clone())?;
+        let name = format!(
+            "{}#{}_loop{ip}_{}",
+            program.functions[function as usize].name,
+            function,
+            self.sites.len()
+        );
+        let id = codegen::declare(&mut self.module, &name, 1)?;
+        let ids: HashMap<Spec, FuncId> = defined
+            .iter()
+            .map(|(spec, _, id)| (spec.clone(), *id))
+            .collect();
+        self.define(program, globals, &plan, id, &ids, Some((ip, frame.clone())))?;
+        self.finish(defined)?;
+        Ok((self.module.get_finalized_function(id), plan.return_type))
     }
 
     fn define(
@@ -482,10 +668,18 @@ impl Jit {
         program: &Program,
         globals: &[Value],
         plan: &analyze::Plan,
+        id: FuncId,
         ids: &HashMap<Spec, FuncId>,
+        osr_entry: Option<(usize, analyze::Frame)>,
     ) -> Result<(), String> {
         self.module.clear_context(&mut self.ctx);
-        self.ctx.func.signature = codegen::signature(&self.module, plan.spec.args.len());
+        // An on-stack replacement entry takes one argument: the buffer of slots.
+        let argc = if osr_entry.is_some() {
+            1
+        } else {
+            plan.spec.args.len()
+        };
+        self.ctx.func.signature = codegen::signature(&self.module, argc);
         let mut callee_refs = HashMap::new();
         for callee in &plan.callees {
             let id = ids
@@ -509,6 +703,7 @@ impl Jit {
             &mut self.sites,
         );
         codegen.max_depth = self.max_depth as i64;
+        codegen.osr_entry = osr_entry;
         let config = self.module.isa().frontend_config();
         if let Err(reason) = codegen.emit(config) {
             // The builder stopped halfway: start the next function from clean state.
@@ -521,7 +716,6 @@ impl Jit {
             .is_some()
             .then(|| self.ctx.func.display().to_string());
         self.ctx.set_disasm(ir.is_some());
-        let id = ids[&plan.spec];
         self.module
             .define_function(id, &mut self.ctx)
             .map_err(|e| format!("cranelift rejected the function: {e:?}"))?;
@@ -539,6 +733,77 @@ impl Jit {
         self.module.clear_context(&mut self.ctx);
         Ok(())
     }
+}
+
+/// The types and raw bits of an interpreter frame's slots, for on-stack replacement: scalars as
+/// themselves, a `for` loop's iterator over an arithmetic run of ints (what `range()` makes) as
+/// a compiled range. `None` when a slot on the operand stack has no compiled form; a local
+/// without one is unknown (compiled code never reads it).
+fn osr_frame(values: &[Value], local_count: usize) -> Option<(analyze::Frame, Vec<i64>)> {
+    let mut raw = Vec::with_capacity(values.len() + 3);
+    let mut locals = Vec::with_capacity(local_count);
+    for value in values.iter().take(local_count) {
+        match Ty::of(value) {
+            Some(ty) => {
+                locals.push(analyze::Local::Known(ty));
+                raw.push(Ty::to_bits(value));
+            }
+            None => {
+                locals.push(analyze::Local::Unknown);
+                raw.push(0);
+            }
+        }
+    }
+    let mut stack = Vec::new();
+    for value in values.iter().skip(local_count) {
+        if let Some(ty) = Ty::of(value) {
+            stack.push(ty);
+            raw.push(Ty::to_bits(value));
+            continue;
+        }
+        let Value::Iterator(iter) = value else {
+            return None;
+        };
+        let iter = iter.borrow();
+        let (list, next) = match &*iter {
+            Iter::Range {
+                start,
+                step,
+                index,
+                count,
+            } => {
+                stack.push(Ty::RangeIter);
+                raw.extend([*start, *step, *index, *count]);
+                continue;
+            }
+            Iter::List { list, next } => (list, next),
+            Iter::Chars { .. } => return None,
+        };
+        let items = list.borrow();
+        let rest = items.get(*next..).unwrap_or_default();
+        let ints: Vec<i64> = rest
+            .iter()
+            .map(|v| match v {
+                Value::Int(n) => Some(*n),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let start = ints.first().copied().unwrap_or(0);
+        let step = match ints.as_slice() {
+            [a, b, ..] => b.checked_sub(*a)?,
+            _ => 1,
+        };
+        if step == 0
+            || ints
+                .windows(2)
+                .any(|w| w[1].checked_sub(w[0]) != Some(step))
+        {
+            return None;
+        }
+        stack.push(Ty::RangeIter);
+        raw.extend([start, step, 0, ints.len() as i64]);
+    }
+    Some((analyze::Frame { locals, stack }, raw))
 }
 
 /// Compiles `functions` (all entry functions when empty) for `arg_types` (ints for parameters
@@ -659,5 +924,86 @@ unsafe fn invoke(pointer: *const u8, ctx: &mut JitCtx, depth: i64, args: &[i64])
             }
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sglc_compiler::bytecode::Instr;
+
+    fn compile(source: &str) -> Program {
+        let mut natives = crate::native::Natives::new();
+        natives.register("range", 1, Some(3), |_, _, _| Ok(Value::None));
+        let compiled = sglc_compiler::compile(source, &natives.compile_env());
+        compiled.program.expect("the test program compiles")
+    }
+
+    /// The interpreter's iterator over what `range(start, stop)` returns, `next` items in.
+    fn range_iter(start: i64, stop: i64, next: usize) -> Value {
+        let items = (start..stop).map(Value::Int).collect();
+        Value::Iterator(Rc::new(RefCell::new(Iter::List {
+            list: Rc::new(RefCell::new(items)),
+            next,
+        })))
+    }
+
+    /// `main`, its `for` loop's header, and a JIT.
+    fn loop_setup(program: &Program) -> (FunctionId, u32, Jit) {
+        let main = program.function("main").unwrap();
+        let header = program.functions[main as usize]
+            .code
+            .iter()
+            .position(|i| matches!(i, Instr::ForIter { .. }))
+            .unwrap() as u32;
+        (
+            main,
+            header,
+            Jit::new(program, JitOptions::default(), 512).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_loop_is_entered_where_the_interpreter_stands() {
+        let program = compile(
+            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
+        );
+        let (main, header, mut jit) = loop_setup(&program);
+        // n = 10, total = 0 + 1 + 2 after three iterations, i = 2, the iterator 3 items in.
+        let values = [
+            Value::Int(10),
+            Value::Int(3),
+            Value::Int(2),
+            range_iter(0, 10, 3),
+        ];
+        let locals = program.functions[main as usize].local_count as usize;
+        assert_eq!(values.len(), locals + 1, "locals, then the iterator");
+        match jit.osr(&program, &[], main, header, &values, 1, 512, false) {
+            JitCall::Returned(Value::Int(total)) => assert_eq!(total, 45),
+            _ => panic!("the loop was not compiled"),
+        }
+        assert_eq!(jit.osr_compiled.len(), 1);
+    }
+
+    #[test]
+    fn an_iterator_that_is_not_a_range_stays_interpreted() {
+        let program = compile(
+            "fn main(xs) {\n    let total = 0\n    for x in xs {\n        total += x\n    }\n    return total\n}\n",
+        );
+        let (main, header, mut jit) = loop_setup(&program);
+        let squares = Value::Iterator(Rc::new(RefCell::new(Iter::List {
+            list: Rc::new(RefCell::new(vec![
+                Value::Int(1),
+                Value::Int(4),
+                Value::Int(9),
+            ])),
+            next: 0,
+        })));
+        let values = [Value::None, Value::Int(0), Value::None, squares];
+        assert!(matches!(
+            jit.osr(&program, &[], main, header, &values, 1, 512, false),
+            JitCall::Interpret
+        ));
+        assert!(jit.osr_failed[main as usize].contains(&header));
     }
 }
