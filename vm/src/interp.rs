@@ -317,11 +317,26 @@ impl Instance {
         // The current frame's code, instruction pointer and locals base live in locals here;
         // the frame is written back only before an instruction that needs it (`step`), and
         // read again after it, since calls and returns change frames.
+        // Which of this function's loops still interest the JIT: `None` for none; else the
+        // loop headers that cannot be compiled, whose backward jumps stay in the fast loop.
+        let loops_wanted = |function: FunctionId| -> Option<Rc<Vec<u32>>> {
+            #[cfg(feature = "jit")]
+            if let Some(jit) = &env.linked.jit {
+                return jit.borrow_mut().wants_back_edges(program, function);
+            }
+            let _ = function;
+            None
+        };
         loop {
             let frame = self.frames.last().expect("a running instance has a frame");
             let mut code: &[Instr] = &program.functions[frame.function as usize].code;
             let mut base = frame.base as usize;
             let mut ip = frame.ip as usize;
+            let mut count_loops = if count_back_edges {
+                loops_wanted(frame.function)
+            } else {
+                None
+            };
             let instr = loop {
                 if budget == 0 {
                     self.frames.last_mut().expect("frame").ip = ip as u32;
@@ -347,6 +362,9 @@ impl Instance {
                         base = self.push_frame(program, function, argc, false);
                         code = &program.functions[function as usize].code;
                         ip = 0;
+                        if count_back_edges {
+                            count_loops = loops_wanted(function);
+                        }
                     }
                     Instr::Return if self.frames.len() > 1 => {
                         let v = self.stack.pop().unwrap_or_default();
@@ -360,9 +378,12 @@ impl Instance {
                         code = &program.functions[caller.function as usize].code;
                         base = caller.base as usize;
                         ip = caller.ip as usize;
+                        if count_back_edges {
+                            count_loops = loops_wanted(caller.function);
+                        }
                     }
                     _ => {
-                        if !self.fast_step(instr, base, &mut ip, count_back_edges) {
+                        if !self.fast_step(instr, base, &mut ip, count_loops.as_deref()) {
                             break Some(instr);
                         }
                     }
@@ -403,7 +424,7 @@ impl Instance {
         instr: Instr,
         base: usize,
         ip: &mut usize,
-        count_back_edges: bool,
+        count_back_edges: Option<&Vec<u32>>,
     ) -> bool {
         let stack = &mut self.stack;
         match instr {
@@ -420,7 +441,10 @@ impl Instance {
             Instr::PushBool(b) => push_value(stack, Value::Bool(b)),
             Instr::Pop => drop_value(stack.pop().unwrap_or_default()),
             Instr::Jump(target) => {
-                if count_back_edges && (target as usize) < *ip {
+                if let Some(uncompilable) = count_back_edges
+                    && (target as usize) < *ip
+                    && !uncompilable.contains(&target)
+                {
                     return false;
                 }
                 *ip = target as usize;

@@ -217,7 +217,9 @@ pub struct Jit {
     osr_compiled: HashMap<(FunctionId, u32), Vec<(analyze::Frame, (*const u8, Ty))>>,
     /// Loop headers that cannot be compiled, by function (a scan of a few entries costs less
     /// than hashing on every iteration of an interpreted loop).
-    osr_failed: Vec<Vec<u32>>,
+    osr_failed: Vec<Rc<Vec<u32>>>,
+    /// Distinct loop headers per function, counted on first need.
+    loop_headers: Vec<Option<usize>>,
     sites: Vec<DeoptSite>,
     /// Cranelift IR of every compiled specialization, when asked for (`sglc disasm --jit`).
     clif: Option<Vec<(Spec, String)>>,
@@ -270,7 +272,8 @@ impl Jit {
             compiled: HashMap::new(),
             return_types: HashMap::new(),
             osr_compiled: HashMap::new(),
-            osr_failed: vec![Vec::new(); program.functions.len()],
+            osr_failed: vec![Rc::default(); program.functions.len()],
+            loop_headers: vec![None; program.functions.len()],
             sites: Vec::new(),
             clif: None,
             rejected: Vec::new(),
@@ -332,6 +335,35 @@ impl Jit {
         }
     }
 
+    /// Whether `function`'s backward jumps should still be counted: `None` once every loop of
+    /// it failed to compile, else the loop headers that failed (their jumps need no counting).
+    pub fn wants_back_edges(
+        &mut self,
+        program: &Program,
+        function: FunctionId,
+    ) -> Option<Rc<Vec<u32>>> {
+        if self.options.mode == JitMode::Off {
+            return None;
+        }
+        let index = function as usize;
+        let headers = *self.loop_headers[index].get_or_insert_with(|| {
+            let code = &program.functions[index].code;
+            let mut targets: Vec<u32> = code
+                .iter()
+                .enumerate()
+                .filter_map(|(ip, instr)| match instr {
+                    sglc_compiler::bytecode::Instr::Jump(t) if (*t as usize) <= ip => Some(*t),
+                    _ => None,
+                })
+                .collect();
+            targets.sort_unstable();
+            targets.dedup();
+            targets.len()
+        });
+        let failed = &self.osr_failed[index];
+        (failed.len() < headers).then(|| failed.clone())
+    }
+
     /// On-stack replacement: runs the rest of `function` natively from loop header `ip`, its
     /// frame's slots being `values` (locals, then the operand stack). `depth` counts the call
     /// frames with this one.
@@ -352,7 +384,7 @@ impl Jit {
         }
         let local_count = program.functions[function as usize].local_count as usize;
         let Some((frame, raw)) = osr_frame(values, local_count) else {
-            self.osr_failed[function as usize].push(ip);
+            Rc::make_mut(&mut self.osr_failed[function as usize]).push(ip);
             return JitCall::Interpret;
         };
         let known = self
@@ -377,7 +409,7 @@ impl Jit {
                     Err(reason) => {
                         self.builder_ctx = FunctionBuilderContext::new();
                         self.module.clear_context(&mut self.ctx);
-                        self.osr_failed[function as usize].push(ip);
+                        Rc::make_mut(&mut self.osr_failed[function as usize]).push(ip);
                         self.rejected.push((
                             Spec {
                                 function,
