@@ -100,8 +100,7 @@ fn measure(
     let script = engine
         .compile("bench.sgl", source)
         .map_err(|e| anyhow::anyhow!(e.render(false)))?;
-    let (_, baseline_rss_kb) = usage();
-    let (cpu_before, _) = usage();
+    let (cpu_before, baseline_rss_kb) = usage();
     let started = Instant::now();
     let mut failed = 0;
     engine.run_batch_with(&script, "main", inputs(n), config, |_, result| {

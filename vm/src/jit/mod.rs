@@ -849,6 +849,22 @@ fn osr_frame(values: &[Value], local_count: usize) -> Option<(analyze::Frame, Ve
     Some((analyze::Frame { locals, stack }, raw))
 }
 
+/// The program's top-level constants, computed as a run computes them (compiled code embeds
+/// the numeric ones), for the listings and measurements outside a run.
+fn computed_globals(
+    program: &Program,
+    natives: &crate::native::Natives,
+) -> Result<Vec<Value>, String> {
+    let mut linked = crate::interp::Linked::new(program, natives).map_err(|e| e.message)?;
+    crate::scheduler::compute_globals(
+        &mut linked,
+        &crate::backend::ChatTemplate::chatml(),
+        &crate::scheduler::RunConfig::default(),
+    )
+    .map_err(|e| e.message)?;
+    Ok(linked.globals)
+}
+
 /// Compiles `functions` (all entry functions when empty) for `arg_types` (ints for parameters
 /// beyond those given) and returns their cranelift IR, or why each is not compiled: what
 /// `sglc disasm --jit` prints.
@@ -858,15 +874,9 @@ pub fn listing(
     functions: &[FunctionId],
     arg_types: &[Ty],
 ) -> Result<String, String> {
-    let mut linked = crate::interp::Linked::new(program, natives).map_err(|e| e.message)?;
-    let config = crate::scheduler::RunConfig::default();
-    crate::scheduler::compute_globals(
-        &mut linked,
-        &crate::backend::ChatTemplate::chatml(),
-        &config,
-    )
-    .map_err(|e| e.message)?;
-    let mut jit = Jit::new(program, JitOptions::default(), config.limits.max_call_depth)?;
+    let globals = computed_globals(program, natives)?;
+    let max_depth = crate::interp::Limits::default().max_call_depth;
+    let mut jit = Jit::new(program, JitOptions::default(), max_depth)?;
     jit.record_clif();
     let all: Vec<FunctionId> = if functions.is_empty() {
         (0..program.functions.len() as FunctionId)
@@ -881,7 +891,7 @@ pub fn listing(
             .map(|i| arg_types.get(i).copied().unwrap_or(Ty::Int))
             .collect();
         let spec = Spec { function, args };
-        jit.compile(program, &linked.globals, &spec);
+        jit.compile(program, &globals, &spec);
     }
     Ok(jit.listing(program))
 }
@@ -892,13 +902,7 @@ pub fn compile_times(
     program: &Program,
     natives: &crate::native::Natives,
 ) -> Result<Vec<(String, u64, bool)>, String> {
-    let mut linked = crate::interp::Linked::new(program, natives).map_err(|e| e.message)?;
-    crate::scheduler::compute_globals(
-        &mut linked,
-        &crate::backend::ChatTemplate::chatml(),
-        &crate::scheduler::RunConfig::default(),
-    )
-    .map_err(|e| e.message)?;
+    let globals = computed_globals(program, natives)?;
     let mut times = Vec::new();
     // The first pass pages cranelift's code and the allocator's first arenas in (a one-time
     // cost per process, milliseconds on a cold start); the second measures compiling, in one
@@ -918,7 +922,7 @@ pub fn compile_times(
             };
             let already = jit.compiled.contains_key(&spec);
             let before = jit.compile_nanos;
-            let compiled = jit.compile(program, &linked.globals, &spec).is_some();
+            let compiled = jit.compile(program, &globals, &spec).is_some();
             if pass == 1 && !already {
                 times.push((function.name.clone(), jit.compile_nanos - before, compiled));
             }
