@@ -7,6 +7,7 @@ mod bench;
 mod bench_jit;
 mod bench_vm;
 #[cfg(feature = "local")]
+mod limits;
 mod local;
 mod repl;
 mod stream;
@@ -213,6 +214,8 @@ struct RunArgs {
     /// Draw the progress bar even when stderr is not a terminal (plain lines otherwise).
     #[arg(long, requires = "batch")]
     progress: bool,
+    #[command(flatten)]
+    limits: limits::LimitArgs,
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -411,6 +414,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig> {
     if let Some(k) = args.top_k {
         config.defaults.top_k = k;
     }
+    args.limits.apply(&mut config.limits);
     config.jit.mode = args.jit;
     if let Some(threshold) = args.jit_threshold {
         config.jit.threshold = threshold;

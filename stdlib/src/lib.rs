@@ -185,7 +185,7 @@ fn install_functions(n: &mut Natives) {
             q
         }))
     });
-    n.register("range", 1, Some(3), |_, args, _| {
+    n.register("range", 1, Some(3), |ctx, args, _| {
         let ints: Vec<i64> = args
             .iter()
             .map(|a| as_int(a, "range bound"))
@@ -204,9 +204,8 @@ fn install_functions(n: &mut Natives) {
         } else {
             (start - stop - step - 1).max(0) / -step
         };
-        if count > 100_000_000 {
-            return Err(format!("range of {count} items is too large"));
-        }
+        ctx.limits
+            .fits_items(usize::try_from(count).unwrap_or(usize::MAX))?;
         Ok(Value::list(
             (0..count).map(|i| Value::Int(start + i * step)).collect(),
         ))
@@ -394,21 +393,44 @@ fn install_str_methods(n: &mut Natives) {
     method(n, "splitlines", |s, _, _| {
         Ok(Value::list(s.lines().map(Value::str).collect()))
     });
-    method(n, "join", |s, args, _| {
+    // `join` and `replace` can build a string far larger than their inputs: they check the
+    // size limit before allocating it.
+    n.register_method("str", "join", |ctx, recv, args, _| {
+        let s = recv.as_str().unwrap_or_default();
         let list = args.first().ok_or("join needs a list")?;
-        let parts: Vec<String> = items(list)?
-            .iter()
-            .map(|v| match v {
-                Value::Str(p) => Ok(p.to_string()),
-                other => Err(format!("join needs strings, found {}", other.type_name())),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Value::str(&parts.join(s)))
+        let parts: Vec<Value> = items(list)?;
+        let mut total = s.len().saturating_mul(parts.len().saturating_sub(1));
+        for part in &parts {
+            match part {
+                Value::Str(p) => total = total.saturating_add(p.len()),
+                other => return Err(format!("join needs strings, found {}", other.type_name())),
+            }
+        }
+        ctx.limits.fits_string(total)?;
+        let mut out = String::with_capacity(total);
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                out.push_str(s);
+            }
+            out.push_str(part.as_str().unwrap_or_default());
+        }
+        Ok(Value::str(&out))
     });
-    method(n, "replace", |s, args, _| {
-        Ok(Value::str(
-            &s.replace(arg(args, 0, "old")?, arg(args, 1, "new")?),
-        ))
+    n.register_method("str", "replace", |ctx, recv, args, _| {
+        let s = recv.as_str().unwrap_or_default();
+        let (old, new) = (arg(args, 0, "old")?, arg(args, 1, "new")?);
+        if new.len() > old.len() {
+            let count = if old.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(old).count()
+            };
+            ctx.limits.fits_string(
+                s.len()
+                    .saturating_add(count.saturating_mul(new.len() - old.len())),
+            )?;
+        }
+        Ok(Value::str(&s.replace(old, new)))
     });
     method(n, "startswith", |s, args, _| {
         Ok(Value::Bool(s.starts_with(arg(args, 0, "prefix")?)))

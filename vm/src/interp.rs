@@ -47,11 +47,24 @@ impl Default for GenDefaults {
     }
 }
 
-/// Bounds on what one program instance may do.
+/// Bounds on what one program instance may do. Exceeding one ends that program (only that
+/// one) with an error that names the limit and points at the instruction that crossed it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     pub max_call_depth: usize,
+    /// Fork branches one program may create in all.
     pub max_forks: usize,
+    /// Instructions one program may run; a loop iteration of compiled code counts as one.
+    pub max_instructions: Option<u64>,
+    /// Bytes in any one string, the prompt text of a state included.
+    pub max_string_bytes: usize,
+    /// Items in any one list or map.
+    pub max_collection_len: usize,
+    /// Tokens the backend may generate for one program, over all its gen calls.
+    pub max_generated_tokens: Option<u64>,
+    /// Wall-clock time one program may take from its start, waiting for the backend included.
+    pub deadline: Option<std::time::Duration>,
     /// Instructions an instance runs before others get a turn.
     pub slice: u32,
 }
@@ -61,8 +74,81 @@ impl Default for Limits {
         Limits {
             max_call_depth: 512,
             max_forks: 1024,
+            max_instructions: Some(10_000_000_000),
+            max_string_bytes: 64 << 20,
+            max_collection_len: 4 << 20,
+            max_generated_tokens: Some(1_000_000),
+            deadline: Some(std::time::Duration::from_secs(600)),
             slice: 20_000,
         }
+    }
+}
+
+impl Limits {
+    /// No bounds beyond the call depth (which protects the host's own stack).
+    pub fn unlimited() -> Limits {
+        Limits {
+            max_forks: usize::MAX,
+            max_instructions: None,
+            max_string_bytes: usize::MAX,
+            max_collection_len: usize::MAX,
+            max_generated_tokens: None,
+            deadline: None,
+            ..Limits::default()
+        }
+    }
+
+    /// Checks a string length before it is allocated.
+    pub fn fits_string(&self, bytes: usize) -> Result<(), String> {
+        if bytes > self.max_string_bytes {
+            return Err(format!(
+                "a string of {bytes} bytes would exceed the limit of {} bytes (max_string_bytes)",
+                self.max_string_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a list or map length before it is allocated.
+    pub fn fits_items(&self, items: usize) -> Result<(), String> {
+        if items > self.max_collection_len {
+            return Err(format!(
+                "a collection of {items} items would exceed the limit of {} items (max_collection_len)",
+                self.max_collection_len
+            ));
+        }
+        Ok(())
+    }
+
+    /// The error for a value that grew past its limit, or `None` when it is within bounds.
+    pub fn oversized(&self, value: &Value) -> Option<String> {
+        let (what, size, limit, unit, name) = match value {
+            Value::Str(s) => (
+                "string",
+                s.len(),
+                self.max_string_bytes,
+                "bytes",
+                "max_string_bytes",
+            ),
+            Value::List(l) => (
+                "list",
+                l.borrow().len(),
+                self.max_collection_len,
+                "items",
+                "max_collection_len",
+            ),
+            Value::Map(m) => (
+                "map",
+                m.borrow().len(),
+                self.max_collection_len,
+                "items",
+                "max_collection_len",
+            ),
+            _ => return None,
+        };
+        (size > limit).then(|| {
+            format!("a {what} of {size} {unit} exceeds the limit of {limit} {unit} ({name})")
+        })
     }
 }
 
@@ -216,6 +302,10 @@ pub struct Instance {
     entry: FunctionId,
     /// Where `StoreGlobal` writes; only the init function has it.
     globals_out: Option<Vec<Value>>,
+    /// Instructions run so far, for `Limits::max_instructions`.
+    executed: u64,
+    /// When the program must have finished, for `Limits::deadline`.
+    pub deadline_at: Option<std::time::Instant>,
 }
 
 impl Instance {
@@ -244,6 +334,26 @@ impl Instance {
             output: Vec::new(),
             entry: function,
             globals_out: None,
+            executed: 0,
+            deadline_at: None,
+        }
+    }
+
+    /// Applies the host's limits to a program about to start.
+    pub fn start_clock(&mut self, limits: &Limits) {
+        self.deadline_at = limits
+            .deadline
+            .and_then(|d| std::time::Instant::now().checked_add(d));
+        self.root.borrow_mut().budget = state::ProgramBudget::new(limits);
+    }
+
+    /// Ends the program from outside (its deadline passed while it waited): answers still in
+    /// flight for its states are dropped, and nothing waits on them.
+    pub fn cancel(&self) {
+        for state in &self.states {
+            let mut s = state.borrow_mut();
+            s.budget.cancelled.set(true);
+            s.waiters.clear();
         }
     }
 
@@ -285,13 +395,38 @@ impl Instance {
 
     /// The error at the instruction being executed, with the trace of callers.
     fn locate(&self, program: &Program, message: String, help: Option<String>) -> RuntimeError {
+        self.locate_at(program, message, help, 1)
+    }
+
+    /// The error at the instruction the stopped instance would run next (it was stopped
+    /// between instructions: a used-up budget, a passed deadline).
+    fn locate_next(
+        &self,
+        program: &Program,
+        message: String,
+        help: Option<String>,
+    ) -> RuntimeError {
+        self.locate_at(program, message, help, 0)
+    }
+
+    /// `back`: how far the innermost frame's ip is past the instruction to blame.
+    fn locate_at(
+        &self,
+        program: &Program,
+        message: String,
+        help: Option<String>,
+        back: usize,
+    ) -> RuntimeError {
+        let innermost = self.frames.len().saturating_sub(1);
         let trace = self
             .frames
             .iter()
+            .enumerate()
             .rev()
-            .map(|frame| {
+            .map(|(depth, frame)| {
                 let function = &program.functions[frame.function as usize];
-                let ip = (frame.ip as usize).saturating_sub(1);
+                let back = if depth == innermost { back } else { 1 };
+                let ip = (frame.ip as usize).saturating_sub(back);
                 TraceFrame {
                     function: function.name.clone(),
                     span: function.spans.get(ip).copied().unwrap_or(function.span),
@@ -305,15 +440,70 @@ impl Instance {
         }
     }
 
-    /// Runs until the instance finishes, waits or uses up `limits.slice` instructions.
+    /// Runs until the instance finishes, waits or uses up `limits.slice` instructions; ends
+    /// it with an error when it has used up its instruction budget or passed its deadline.
     pub fn run(&mut self, env: &mut Env) -> Halt {
+        let slice = match env.limits.max_instructions {
+            Some(max) => {
+                let left = max.saturating_sub(self.executed);
+                u32::try_from(left)
+                    .unwrap_or(u32::MAX)
+                    .min(env.limits.slice)
+            }
+            None => env.limits.slice,
+        };
+        let mut left = slice;
+        let halt = self.run_slice(env, &mut left);
+        self.executed += u64::from(slice - left);
+        if !matches!(halt, Halt::Yield) {
+            return halt;
+        }
+        if let Some(max) = env.limits.max_instructions
+            && self.executed >= max
+        {
+            return Halt::Error(self.locate_next(
+                env.linked.program,
+                format!("the program ran its limit of {max} instructions (max_instructions)"),
+                Some("is a loop running without end? the host sets this limit".to_string()),
+            ));
+        }
+        if let Some(error) = self.check_deadline(env.linked.program, env.limits) {
+            return Halt::Error(error);
+        }
+        halt
+    }
+
+    /// The error for a program past its deadline, pointing at where it is now.
+    pub fn check_deadline(&self, program: &Program, limits: &Limits) -> Option<RuntimeError> {
+        let deadline_at = self.deadline_at?;
+        if std::time::Instant::now() < deadline_at {
+            return None;
+        }
+        let limit = limits.deadline.unwrap_or_default();
+        Some(self.locate_next(
+            program,
+            format!(
+                "the program passed its deadline of {} (deadline)",
+                humanize_duration(limit)
+            ),
+            None,
+        ))
+    }
+
+    /// Counts compiled loop iterations against the instruction budget.
+    #[cfg(feature = "jit")]
+    fn charge(&mut self, instructions: u64) {
+        self.executed = self.executed.saturating_add(instructions);
+    }
+
+    fn run_slice(&mut self, env: &mut Env, budget_out: &mut u32) -> Halt {
         let program = env.linked.program;
         // Loops with a backward jump count towards JIT hotness in `step`.
         #[cfg(feature = "jit")]
         let count_back_edges = env.linked.jit.is_some();
         #[cfg(not(feature = "jit"))]
         let count_back_edges = false;
-        let mut budget = env.limits.slice;
+        let mut budget = *budget_out;
         // The current frame's code, instruction pointer and locals base live in locals here;
         // the frame is written back only before an instruction that needs it (`step`), and
         // read again after it, since calls and returns change frames.
@@ -340,6 +530,7 @@ impl Instance {
             let instr = loop {
                 if budget == 0 {
                     self.frames.last_mut().expect("frame").ip = ip as u32;
+                    *budget_out = 0;
                     return Halt::Yield;
                 }
                 budget -= 1;
@@ -356,7 +547,10 @@ impl Instance {
                             match self.call_compiled(env, function, argc) {
                                 Ok(true) => break None,
                                 Ok(false) => {}
-                                Err(_) => return Halt::Yield,
+                                Err(_) => {
+                                    *budget_out = budget;
+                                    return Halt::Yield;
+                                }
                             }
                         }
                         base = self.push_frame(program, function, argc, false);
@@ -395,6 +589,7 @@ impl Instance {
             };
             self.frames.last_mut().expect("frame").ip = ip as u32;
             if let Err(flow) = self.step(instr, env) {
+                *budget_out = budget;
                 return match flow {
                     Flow::Wait(state) => {
                         if let Some(frame) = self.frames.last_mut() {
@@ -579,11 +774,18 @@ impl Instance {
                 self.pop();
             }
             Instr::Dup => self.stack.push(self.peek(0).clone()),
-            Instr::Add => self.op_binary(binary_add)?,
+            Instr::Add => {
+                self.op_binary(binary_add)?;
+                self.check_size(env.limits, 0)?;
+            }
             Instr::Sub => {
                 self.op_binary(|a, b| arith(a, b, "-", i64::checked_sub, |x, y| x - y))?
             }
-            Instr::Mul => self.op_binary(binary_mul)?,
+            Instr::Mul => {
+                let limits = env.limits;
+                self.op_binary(|a, b| binary_mul(a, b, limits))?;
+                self.check_size(env.limits, 0)?;
+            }
             Instr::Div => self.op_binary(binary_div)?,
             Instr::Mod => self.op_binary(binary_mod)?,
             Instr::Neg => self.op_neg()?,
@@ -641,17 +843,22 @@ impl Instance {
             Instr::BuildList(n) => {
                 let items = self.pop_n(n as usize);
                 self.stack.push(Value::list(items));
+                self.check_size(env.limits, 0)?;
             }
-            Instr::BuildMap(n) => self.op_build_map(n as usize)?,
+            Instr::BuildMap(n) => {
+                self.op_build_map(n as usize)?;
+                self.check_size(env.limits, 0)?;
+            }
             Instr::ListAppendUnder(depth) => {
                 let item = self.pop();
                 match self.peek(depth as usize) {
                     Value::List(list) => list.borrow_mut().push(item),
                     other => return fail(format!("cannot append to {}", other.type_name())),
                 }
+                self.check_size(env.limits, depth as usize)?;
             }
             Instr::Index => self.op_index()?,
-            Instr::StoreIndex => self.op_store_index()?,
+            Instr::StoreIndex => self.op_store_index(env.limits)?,
             Instr::Slice { lo, hi } => self.op_slice(lo, hi)?,
             Instr::FormatValue => {
                 let v = self.pop();
@@ -668,6 +875,7 @@ impl Instance {
                     s.push_str(p.as_str().unwrap_or_default());
                 }
                 self.stack.push(Value::str(&s));
+                self.check_size(env.limits, 0)?;
             }
             Instr::Call { function, argc } => self.op_call(env, function, argc, false)?,
             Instr::CallValue { argc } => self.op_call_value(env, argc)?,
@@ -675,7 +883,10 @@ impl Instance {
                 native,
                 argc,
                 keywords,
-            } => self.op_call_native(env, native, argc, keywords)?,
+            } => {
+                self.op_call_native(env, native, argc, keywords)?;
+                self.check_size(env.limits, 0)?;
+            }
             Instr::CallMethod {
                 name,
                 argc,
@@ -697,14 +908,23 @@ impl Instance {
             Instr::AppendState => {
                 let v = self.pop();
                 let state = self.state_on_top()?;
+                let site = self.site();
                 for part in fragment_parts(&v, "+=")? {
-                    state::push_part(&state, part, env.template, env.outbox);
+                    state::push_part(&state, part, site, env.template, env.outbox);
                 }
+                failed_now(&state)?;
             }
             Instr::CallInto(spec) => {
                 let op = self.build_call(env, spec)?;
                 let state = self.state_on_top()?;
-                state::push_part(&state, Part::Call(Rc::new(op)), env.template, env.outbox);
+                let site = op.site;
+                state::push_part(
+                    &state,
+                    Part::Call(Rc::new(op)),
+                    site,
+                    env.template,
+                    env.outbox,
+                );
             }
             Instr::RoleBegin(role) => self.op_role(env, Part::RoleBegin(role))?,
             Instr::RoleEnd(role) => self.op_role(env, Part::RoleEnd(role))?,
@@ -856,7 +1076,7 @@ impl Instance {
         Ok(())
     }
 
-    fn op_store_index(&mut self) -> OpResult {
+    fn op_store_index(&mut self, limits: &Limits) -> OpResult {
         let v = self.pop();
         let key = self.pop();
         let obj = self.pop();
@@ -871,6 +1091,9 @@ impl Instance {
             }
             (Value::Map(map), Value::Str(k)) => {
                 map.borrow_mut().insert(k.clone(), v);
+                if let Some(message) = limits.oversized(&obj) {
+                    return fail(message);
+                }
             }
             (Value::State(state), Value::Str(k)) => {
                 state.borrow_mut().vars.insert(k.clone(), v);
@@ -926,6 +1149,25 @@ impl Instance {
         };
         self.stack.push(v);
         Ok(())
+    }
+
+    /// The instruction being run, for errors found later (a queued append, a backend answer).
+    fn site(&self) -> Site {
+        let frame = self.frame();
+        Site {
+            function: frame.function,
+            ip: frame.ip - 1,
+        }
+    }
+
+    /// Fails when the value `depth` below the top of the stack grew past its size limit.
+    fn check_size(&self, limits: &Limits, depth: usize) -> OpResult {
+        match limits.oversized(self.peek(depth)) {
+            Some(message) => {
+                fail_with_help(message, "the host sets this limit (see `sglc run --help`)")
+            }
+            None => Ok(()),
+        }
     }
 
     fn enter(&mut self, env: &Env, function: FunctionId, argc: u32, drop_callee: bool) -> OpResult {
@@ -1012,6 +1254,7 @@ impl Instance {
                 }
                 self.push_resumed(frames);
                 if out_of_fuel {
+                    self.charge(crate::jit::FUEL as u64);
                     return Err(Flow::Yield);
                 }
                 Ok(())
@@ -1055,6 +1298,7 @@ impl Instance {
                 self.stack.truncate(at);
                 self.push_resumed(frames);
                 if out_of_fuel {
+                    self.charge(crate::jit::FUEL as u64);
                     return Err(Flow::Yield);
                 }
                 Ok(true)
@@ -1129,6 +1373,7 @@ impl Instance {
         let at = self.stack.len() - argc as usize;
         let mut ctx = NativeCtx {
             output: &mut self.output,
+            limits: env.limits,
         };
         let result = f(&mut ctx, &self.stack[at..], &kwargs);
         self.stack.truncate(at);
@@ -1175,14 +1420,19 @@ impl Instance {
         let at = self.stack.len() - argc as usize;
         let mut ctx = NativeCtx {
             output: &mut self.output,
+            limits: env.limits,
         };
         let result = method(&mut ctx, &receiver, &self.stack[at..], &kwargs);
         // The arguments and the receiver below them.
         self.stack.truncate(at - 1);
         match result {
             Ok(v) => {
+                // Methods such as `append` grow their receiver in place.
+                if let Some(message) = env.limits.oversized(&receiver) {
+                    return fail(message);
+                }
                 self.stack.push(v);
-                Ok(())
+                self.check_size(env.limits, 0)
             }
             Err(message) => fail(format!("{}.{name_str}: {message}", receiver.type_name())),
         }
@@ -1206,14 +1456,22 @@ impl Instance {
                     ("fork", 0 | 1) => {
                         let n = if argc == 1 {
                             match arg(0) {
-                                Value::Int(n) if n >= 1 && n as usize <= env.limits.max_forks => {
+                                Value::Int(n)
+                                    if n >= 1
+                                        && (self.states.len() - 1).saturating_add(n as usize)
+                                            <= env.limits.max_forks =>
+                                {
                                     n as usize
                                 }
-                                Value::Int(n) => {
+                                Value::Int(n) if n >= 1 => {
                                     return fail(format!(
-                                        "fork size must be between 1 and {}, got {n}",
+                                        "fork({n}) would bring the program's branches to {}, past the limit of {} (max_forks)",
+                                        (self.states.len() - 1).saturating_add(n as usize),
                                         env.limits.max_forks
                                     ));
+                                }
+                                Value::Int(n) => {
+                                    return fail(format!("fork size must be at least 1, got {n}"));
                                 }
                                 other => {
                                     return fail(format!(
@@ -1306,7 +1564,7 @@ impl Instance {
 
     fn op_role(&mut self, env: &mut Env, part: Part) -> OpResult {
         let state = self.state_on_top()?;
-        state::push_part(&state, part, env.template, env.outbox);
+        state::push_part(&state, part, self.site(), env.template, env.outbox);
         Ok(())
     }
 
@@ -1315,21 +1573,26 @@ impl Instance {
         let target = self.pop();
         match &target {
             Value::State(state) => {
+                let site = self.site();
                 for part in fragment_parts(&v, "+=")? {
-                    state::push_part(state, part, env.template, env.outbox);
+                    state::push_part(state, part, site, env.template, env.outbox);
                 }
+                failed_now(state)?;
             }
             Value::List(list) => match &v {
                 Value::List(other) => {
                     let items = other.borrow().clone();
                     list.borrow_mut().extend(items);
+                    if let Some(message) = env.limits.oversized(&target) {
+                        return fail(message);
+                    }
                 }
                 other => return fail(format!("cannot extend a list with {}", other.type_name())),
             },
             _ => {
                 let sum = binary_add(&target, &v).or_else(fail)?;
                 self.stack.push(sum);
-                return Ok(());
+                return self.check_size(env.limits, 0);
             }
         }
         self.stack.push(target);
@@ -1340,11 +1603,7 @@ impl Instance {
     fn build_call(&mut self, env: &Env, spec: u32) -> Result<CallOp, Flow> {
         let spec: &CallSpec = &env.linked.program.call_specs[spec as usize];
         let values = self.pop_n(spec.params.len());
-        let frame = self.frame();
-        let site = Site {
-            function: frame.function,
-            ip: frame.ip - 1,
-        };
+        let site = self.site();
         let d = env.defaults;
         let mut name = None;
         let mut p = SamplingParams {
@@ -1621,21 +1880,18 @@ fn flow_message(flow: Flow) -> String {
     }
 }
 
-fn binary_mul(a: &Value, b: &Value) -> Result<Value, String> {
+/// `*`; a repetition is checked against the size limits before anything is allocated.
+fn binary_mul(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
     match (a, b) {
         (Value::Str(s), Value::Int(n)) | (Value::Int(n), Value::Str(s)) => {
             let n = (*n).max(0) as usize;
-            if s.len().saturating_mul(n) > 1 << 30 {
-                return Err("string repetition too large".to_string());
-            }
+            limits.fits_string(s.len().saturating_mul(n))?;
             Ok(Value::str(&s.repeat(n)))
         }
         (Value::List(l), Value::Int(n)) | (Value::Int(n), Value::List(l)) => {
             let n = (*n).max(0) as usize;
             let items = l.borrow();
-            if items.len().saturating_mul(n) > 1 << 26 {
-                return Err("list repetition too large".to_string());
-            }
+            limits.fits_items(items.len().saturating_mul(n))?;
             let mut out = Vec::with_capacity(items.len() * n);
             for _ in 0..n {
                 out.extend(items.iter().cloned());
@@ -1759,6 +2015,29 @@ fn expect_str_list(v: &Value, what: &str, single_ok: bool) -> Result<Vec<String>
 }
 
 /// The error that ended an instance because one of its states failed.
+/// Stops the program at once when an append failed the state (it grew past a limit); later
+/// failures (a backend error) surface when the state is read.
+fn failed_now(state: &StateRef) -> OpResult {
+    if state.borrow().error.is_some() {
+        return Err(Flow::Failed(state.clone()));
+    }
+    Ok(())
+}
+
+/// `1.5s`, `250ms`, `10m`: a limit as the user would write it.
+fn humanize_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 pub fn state_failure(program: &Program, state: &StateRef) -> Option<RuntimeError> {
     let s = state.borrow();
     let error = s.error.as_ref()?;

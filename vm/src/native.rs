@@ -11,6 +11,8 @@ use std::sync::Arc;
 pub struct NativeCtx<'a> {
     /// Lines printed by `print`, kept with the program's result.
     pub output: &'a mut Vec<String>,
+    /// The program's limits: a native that builds a large value checks them first.
+    pub limits: &'a crate::interp::Limits,
 }
 
 /// Keyword arguments as passed: names and values in call order.

@@ -228,6 +228,12 @@ pub async fn run_batch(
     let mut active = 0usize;
     let mut inputs_done = false;
     let mut in_flight: FuturesUnordered<CallInFlight> = FuturesUnordered::new();
+    // Programs with a deadline, by slot and input index, in the order they started: every
+    // program gets the same time, so this is also the order their deadlines fall in.
+    let mut deadlines: VecDeque<(usize, usize)> = VecDeque::new();
+    // Compiled loops hand back now and then when a limit must be checked.
+    let limits_need_turns =
+        config.limits.deadline.is_some() || config.limits.max_instructions.is_some();
 
     loop {
         // Admit new programs up to the concurrency bound.
@@ -248,7 +254,8 @@ pub async fn run_batch(
             next_index += 1;
             match args.and_then(|args| bind_arguments(program, function, &args)) {
                 Ok(values) => {
-                    let instance = Instance::new(program, function, values);
+                    let mut instance = Instance::new(program, function, values);
+                    instance.start_clock(&config.limits);
                     if let Some(sink) = &config.events {
                         instance.root.borrow_mut().stream =
                             Some(state::StateStream::new(sink.clone(), index));
@@ -270,6 +277,9 @@ pub async fn run_batch(
                     };
                     active += 1;
                     runnable.push_back(id);
+                    if instance_deadline(&slots[id]).is_some() {
+                        deadlines.push_back((id, index));
+                    }
                 }
                 Err(message) => {
                     if let Some(sink) = &config.events {
@@ -285,8 +295,12 @@ pub async fn run_batch(
             }
         }
 
-        // Run everything that can run.
-        while let Some(id) = runnable.pop_front() {
+        // Run everything that can run, once: a program that used up its slice goes to the
+        // back for the next pass, after the calls of the others have gone out.
+        for _ in 0..runnable.len() {
+            let Some(id) = runnable.pop_front() else {
+                break;
+            };
             let Some(slot) = slots[id].as_mut() else {
                 continue;
             };
@@ -299,7 +313,7 @@ pub async fn run_batch(
                     defaults: &config.defaults,
                     limits: &config.limits,
                     outbox: &mut outbox,
-                    share_time: active > 1,
+                    share_time: active > 1 || limits_need_turns,
                 };
                 Some(slot.instance.run(&mut env))
             };
@@ -367,6 +381,55 @@ pub async fn run_batch(
             }
         }
 
+        // End the programs whose deadline passed while they waited for the backend.
+        while let Some(&(id, index)) = deadlines.front() {
+            let Some(slot) = slots[id].as_ref().filter(|slot| slot.index == index) else {
+                deadlines.pop_front();
+                continue;
+            };
+            let Some(error) = slot.instance.check_deadline(program, &config.limits) else {
+                break;
+            };
+            deadlines.pop_front();
+            let slot = slots[id].take().expect("slot is live");
+            slot.instance.cancel();
+            runnable.retain(|&r| r != id);
+            free.push(id);
+            active -= 1;
+            if let Some(sink) = &config.events {
+                sink.emit(
+                    slot.index,
+                    crate::stream::StreamEvent::Error {
+                        message: error.message.clone(),
+                    },
+                );
+            }
+            on_done(slot.index, Err(error));
+        }
+        let next_deadline = deadlines
+            .front()
+            .and_then(|&(id, _)| instance_deadline(&slots[id]));
+
+        if active == 0 && inputs_done {
+            // Whatever is still in flight belongs to programs that were ended; dropping the
+            // calls cancels them.
+            break;
+        }
+
+        if !runnable.is_empty() {
+            // Programs are ready to run on: take the answers already there without waiting
+            // (after letting the runtime's IO driver see the sockets).
+            if !in_flight.is_empty() {
+                tokio::task::yield_now().await;
+                let mut finished = Vec::new();
+                while let Some(Some(done)) = in_flight.next().now_or_never() {
+                    finished.push(done);
+                }
+                apply_answers(finished, &template, &mut outbox, &mut runnable);
+            }
+            continue;
+        }
+
         if in_flight.is_empty() {
             if waiting_for_input {
                 tokio::time::sleep(INPUT_POLL).await;
@@ -397,24 +460,42 @@ pub async fn run_batch(
 
         // Wait for one answer, then take every other answer that is already there, so the
         // next round of calls goes out as one batch.
-        let first = if waiting_for_input {
-            match tokio::time::timeout(INPUT_POLL, in_flight.next()).await {
+        let wake_at = match (waiting_for_input, next_deadline) {
+            (true, Some(at)) => Some(at.min(std::time::Instant::now() + INPUT_POLL)),
+            (true, None) => Some(std::time::Instant::now() + INPUT_POLL),
+            (false, at) => at,
+        };
+        let first = match wake_at {
+            Some(at) => match tokio::time::timeout_at(at.into(), in_flight.next()).await {
                 Ok(first) => first,
                 Err(_) => continue,
-            }
-        } else {
-            in_flight.next().await
+            },
+            None => in_flight.next().await,
         };
         let mut finished = vec![first.expect("a call is in flight")];
         while let Some(Some(done)) = in_flight.next().now_or_never() {
             finished.push(done);
         }
-        for (state, result) in finished.into_iter().flatten() {
-            if state::complete(&state, result, &template, &mut outbox) {
-                runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
-            }
+        apply_answers(finished, &template, &mut outbox, &mut runnable);
+    }
+}
+
+/// Hands the backend's answers to their states and wakes the programs that waited on them.
+fn apply_answers(
+    finished: Vec<Option<(StateRef, Result<crate::backend::Response, BackendError>)>>,
+    template: &crate::backend::ChatTemplate,
+    outbox: &mut Outbox,
+    runnable: &mut VecDeque<usize>,
+) {
+    for (state, result) in finished.into_iter().flatten() {
+        if state::complete(&state, result, template, outbox) {
+            runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
         }
     }
+}
+
+fn instance_deadline(slot: &Option<Slot>) -> Option<std::time::Instant> {
+    slot.as_ref().and_then(|slot| slot.instance.deadline_at)
 }
 
 /// Ends every remaining input with `error` (the program could not start at all).

@@ -12,7 +12,7 @@ use crate::stream::{ChunkSink, EventSink, StreamEvent};
 use crate::value::{Str, Value};
 use indexmap::IndexMap;
 use sglc_compiler::bytecode::{FunctionId, Role};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -141,6 +141,38 @@ impl Outbox {
     }
 }
 
+/// What one program may still use, shared by its root state and all its forks.
+#[derive(Debug)]
+pub struct ProgramBudget {
+    pub max_generated_tokens: Option<u64>,
+    pub max_text_bytes: usize,
+    /// Tokens generated so far by all the program's gen calls.
+    pub generated: Cell<u64>,
+    /// The program was ended (its deadline passed): answers still in flight are dropped.
+    pub cancelled: Cell<bool>,
+}
+
+impl Default for ProgramBudget {
+    fn default() -> Self {
+        ProgramBudget {
+            max_generated_tokens: None,
+            max_text_bytes: usize::MAX,
+            generated: Cell::new(0),
+            cancelled: Cell::new(false),
+        }
+    }
+}
+
+impl ProgramBudget {
+    pub fn new(limits: &crate::interp::Limits) -> Rc<ProgramBudget> {
+        Rc::new(ProgramBudget {
+            max_generated_tokens: limits.max_generated_tokens,
+            max_text_bytes: limits.max_string_bytes,
+            ..ProgramBudget::default()
+        })
+    }
+}
+
 #[derive(Default)]
 pub struct StateData {
     pub text: String,
@@ -150,7 +182,7 @@ pub struct StateData {
     /// Variables generated in this state itself (not inherited from a fork parent), for `join`.
     pub generated: Vec<Str>,
     pub meta: IndexMap<Str, serde_json::Value>,
-    queue: VecDeque<Part>,
+    queue: VecDeque<(Part, Site)>,
     in_flight: Option<Rc<CallOp>>,
     pub error: Option<StateError>,
     /// Program instances parked until this state is idle.
@@ -158,6 +190,7 @@ pub struct StateData {
     pub parent: Option<Weak<RefCell<StateData>>>,
     /// Set on a program's root state when the run streams.
     pub stream: Option<StateStream>,
+    pub budget: Rc<ProgramBudget>,
 }
 
 impl StateData {
@@ -179,31 +212,56 @@ impl StateData {
             open_role: parent.open_role,
             vars: parent.vars.clone(),
             parent: Some(Rc::downgrade(this)),
+            budget: parent.budget.clone(),
             ..StateData::default()
         }))
     }
 }
 
-/// Appends a part: applied at once when the state is idle, queued behind its pending work
-/// otherwise. A call that starts goes to `outbox`.
-pub fn push_part(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Outbox) {
+/// Appends a part made by the instruction at `site`: applied at once when the state is idle,
+/// queued behind its pending work otherwise. A call that starts goes to `outbox`.
+pub fn push_part(
+    state: &StateRef,
+    part: Part,
+    site: Site,
+    template: &ChatTemplate,
+    outbox: &mut Outbox,
+) {
     let mut s = state.borrow_mut();
     if s.error.is_some() {
         return;
     }
     if s.is_busy() {
-        s.queue.push_back(part);
+        s.queue.push_back((part, site));
         return;
     }
     drop(s);
-    apply(state, part, template, outbox);
+    apply(state, part, site, template, outbox);
 }
 
-fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Outbox) {
+impl StateData {
+    /// Fails the state when its prompt text grew past the program's limit.
+    fn check_text_size(&mut self, site: Site) {
+        if self.text.len() > self.budget.max_text_bytes {
+            self.error = Some(StateError {
+                message: format!(
+                    "the prompt text of {} bytes exceeds the limit of {} bytes (max_string_bytes)",
+                    self.text.len(),
+                    self.budget.max_text_bytes
+                ),
+                site: Some(site),
+            });
+            self.queue.clear();
+        }
+    }
+}
+
+fn apply(state: &StateRef, part: Part, site: Site, template: &ChatTemplate, outbox: &mut Outbox) {
     let mut s = state.borrow_mut();
     match part {
         Part::Text(text) => {
             s.text.push_str(&text);
+            s.check_text_size(site);
             if let Some(stream) = &s.stream {
                 stream.text(&text);
             }
@@ -216,7 +274,7 @@ fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Out
                         role.name(),
                         open.name()
                     ),
-                    site: None,
+                    site: Some(site),
                 });
                 return;
             }
@@ -247,6 +305,27 @@ fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Out
             }
         }
         Part::Call(op) => {
+            let mut kind = op.kind.clone();
+            if let (RequestKind::Gen(params), Some(max)) =
+                (&mut kind, s.budget.max_generated_tokens)
+            {
+                let left = max.saturating_sub(s.budget.generated.get());
+                if left == 0 {
+                    s.error = Some(StateError {
+                        message: format!(
+                            "the program has generated its limit of {max} tokens (max_generated_tokens)"
+                        ),
+                        site: Some(op.site),
+                    });
+                    s.queue.clear();
+                    return;
+                }
+                // The last call gets only what is left, so the total never passes the limit.
+                params.max_new_tokens = params
+                    .max_new_tokens
+                    .min(u32::try_from(left).unwrap_or(u32::MAX));
+                params.min_new_tokens = params.min_new_tokens.min(params.max_new_tokens);
+            }
             let on_chunk = s.stream.as_ref().map(|stream| {
                 stream.emit(StreamEvent::VarStarted {
                     name: op.name.as_deref().unwrap_or_default().to_string(),
@@ -257,7 +336,7 @@ fn apply(state: &StateRef, part: Part, template: &ChatTemplate, outbox: &mut Out
                 prompt: Arc::from(s.text.as_str()),
                 messages: s.messages.clone(),
                 open_role: s.open_role.map(|(r, _)| r),
-                kind: op.kind.clone(),
+                kind,
                 on_chunk,
             };
             s.in_flight = Some(op);
@@ -277,12 +356,23 @@ pub fn complete(
 ) -> bool {
     {
         let mut s = state.borrow_mut();
+        if s.budget.cancelled.get() {
+            // The program has already ended; nothing waits for this answer.
+            s.in_flight = None;
+            s.queue.clear();
+            return false;
+        }
         let Some(op) = s.in_flight.take() else {
             return !s.is_busy();
         };
         match (result, &op.kind) {
             (Ok(Response::Gen(out)), RequestKind::Gen(params)) => {
+                let budget = s.budget.clone();
+                budget
+                    .generated
+                    .set(budget.generated.get() + u64::from(out.usage.completion_tokens));
                 s.text.push_str(&out.text);
+                s.check_text_size(op.site);
                 if let Some(stream) = &s.stream {
                     stream.text(stream.rest(&out.text));
                     stream.emit(StreamEvent::VarFinished {
@@ -366,7 +456,7 @@ pub fn complete(
             s.queue.pop_front()
         };
         match next {
-            Some(part) => apply(state, part, template, outbox),
+            Some((part, site)) => apply(state, part, site, template, outbox),
             None => return true,
         }
     }

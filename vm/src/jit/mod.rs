@@ -146,7 +146,7 @@ const CTX_SHARE_TIME: i32 = 16;
 
 /// Backward jumps per entry into compiled code: a few hundred microseconds of a tight loop,
 /// a few interpreter slices' worth, so handing back and re-entering stays under 1% of the time.
-const FUEL: i64 = 100_000;
+pub(crate) const FUEL: i64 = 100_000;
 
 /// Called by compiled code to report a frame it leaves to the interpreter.
 extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64, count: i64) {

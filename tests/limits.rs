@@ -1,0 +1,309 @@
+//! The limits a host puts on each program: every one ends only the program that crosses it,
+//! with an error that names the limit and points at the code that crossed it.
+
+use serde_json::json;
+use sglc::{Engine, Error, Limits, RunConfig, RuntimeError, TestBackend};
+use std::time::{Duration, Instant};
+
+/// Runs `main` of `source` under `limits` and returns the error it must end with.
+fn limit_error(source: &str, limits: Limits) -> RuntimeError {
+    let engine = Engine::new(TestBackend::new());
+    let script = engine
+        .compile("limits.sgl", source)
+        .unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let config = RunConfig {
+        limits,
+        ..RunConfig::default()
+    };
+    match engine.run(&script, "main", json!({}), &config) {
+        Ok(state) => panic!("expected a limit error, got {:?}", state.return_value),
+        Err(Error::Runtime(error)) => error,
+        Err(other) => panic!("expected a runtime error, got {other}"),
+    }
+}
+
+/// The source text the error's innermost span covers.
+fn blamed<'s>(source: &'s str, error: &RuntimeError) -> &'s str {
+    let span = error
+        .span()
+        .unwrap_or_else(|| panic!("no span on `{}`", error.message));
+    &source[span.start as usize..span.end as usize]
+}
+
+fn assert_limit(source: &str, limits: Limits, name: &str, code: &str) {
+    let error = limit_error(source, limits);
+    assert!(
+        error.message.contains(&format!("({name})")),
+        "`{}` does not name {name}",
+        error.message
+    );
+    assert_eq!(blamed(source, &error), code, "span of `{}`", error.message);
+}
+
+#[test]
+fn an_endless_loop_ends_at_the_instruction_budget() {
+    let source = "fn main() {\n    let n = 0\n    while true {\n        n += 1\n    }\n}\n";
+    for jit in [sglc::JitMode::Off, sglc::JitMode::Eager] {
+        let engine = Engine::new(TestBackend::new());
+        let script = engine.compile("loop.sgl", source).unwrap();
+        let mut config = RunConfig::default();
+        config.limits.max_instructions = Some(2_000_000);
+        config.limits.deadline = None;
+        config.jit.mode = jit;
+        let error = match engine.run(&script, "main", json!({}), &config) {
+            Err(Error::Runtime(error)) => error,
+            other => panic!("expected the budget to end the loop, got {other:?}"),
+        };
+        assert!(
+            error
+                .message
+                .contains("2000000 instructions (max_instructions)")
+        );
+        assert!(
+            ["n += 1", "true", "while true {\n        n += 1\n    }"]
+                .contains(&blamed(source, &error)),
+            "{jit:?}: blamed `{}`",
+            blamed(source, &error)
+        );
+    }
+}
+
+#[test]
+fn an_endless_loop_ends_at_its_deadline() {
+    let source = "fn main() {\n    let n = 0\n    while true {\n        n += 1\n    }\n}\n";
+    let limits = Limits {
+        deadline: Some(Duration::from_millis(200)),
+        max_instructions: None,
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let error = limit_error(source, limits);
+    assert!(
+        error.message.contains("deadline of 200ms (deadline)"),
+        "{}",
+        error.message
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(!blamed(source, &error).is_empty());
+}
+
+#[test]
+fn a_program_waiting_for_the_model_ends_at_its_deadline() {
+    // The backend answers after 2 s; the program may take 150 ms.
+    let engine = Engine::new(TestBackend::new().with_latency(Duration::from_secs(2)));
+    let source = "fn main(s) {\n    s += \"Q: \" + gen(\"a\")\n    return s[\"a\"]\n}\n";
+    let script = engine.compile("wait.sgl", source).unwrap();
+    let mut config = RunConfig::default();
+    config.limits.deadline = Some(Duration::from_millis(150));
+    let started = Instant::now();
+    let error = match engine.run(&script, "main", json!({}), &config) {
+        Err(Error::Runtime(error)) => error,
+        other => panic!("expected the deadline, got {other:?}"),
+    };
+    assert!(error.message.contains("(deadline)"), "{}", error.message);
+    assert_eq!(blamed(source, &error), "s[\"a\"]");
+    // Ended at the deadline, not when the answer came.
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+#[test]
+fn one_endless_program_does_not_hold_up_a_batch() {
+    let source = r#"
+fn main(s, n) {
+    if n == 500 {
+        while true {}
+    }
+    s += "item " + str(n) + ": " + gen("x", max_tokens=4)
+    return n
+}
+"#;
+    let engine = Engine::new(TestBackend::new());
+    let script = engine.compile("batch.sgl", source).unwrap();
+    let mut config = RunConfig::default();
+    config.limits.deadline = Some(Duration::from_secs(2));
+    config.limits.max_instructions = None;
+    let inputs: Vec<_> = (0..1000).map(|n| json!({ "n": n })).collect();
+    let mut order = Vec::new();
+    engine
+        .run_batch_with(&script, "main", inputs, &config, |index, result| {
+            order.push((index, result.map(|state| state.return_value)));
+        })
+        .unwrap();
+    assert_eq!(order.len(), 1000);
+    // Every other program finished, and before the endless one was stopped.
+    let (last_index, last) = order.last().unwrap();
+    assert_eq!(*last_index, 500);
+    let error = last.as_ref().unwrap_err();
+    assert!(error.message.contains("(deadline)"), "{}", error.message);
+    for (index, result) in &order[..999] {
+        assert_eq!(result.as_ref().unwrap(), &json!(*index));
+    }
+}
+
+#[test]
+fn strings_lists_and_maps_stop_at_their_size_limits() {
+    let small = Limits {
+        max_string_bytes: 1000,
+        max_collection_len: 100,
+        ..Limits::default()
+    };
+    // Repetition is refused before it allocates.
+    assert_limit(
+        "fn main() {\n    return \"ab\" * 1000000000000\n}\n",
+        small.clone(),
+        "max_string_bytes",
+        "\"ab\" * 1000000000000",
+    );
+    assert_limit(
+        "fn main() {\n    let t = \"\"\n    while true {\n        t = t + \"xy\"\n    }\n}\n",
+        small.clone(),
+        "max_string_bytes",
+        "t + \"xy\"",
+    );
+    assert_limit(
+        "fn main() {\n    let t = \"\"\n    while true {\n        t += \"xy\"\n    }\n}\n",
+        small.clone(),
+        "max_string_bytes",
+        "t += \"xy\"",
+    );
+    assert_limit(
+        "fn main() {\n    return \",\".join([\"abcdefghij\"] * 99)\n}\n",
+        small.clone(),
+        "max_string_bytes",
+        "\",\".join([\"abcdefghij\"] * 99)",
+    );
+    assert_limit(
+        "fn main() {\n    let xs = []\n    while true {\n        xs.append(1)\n    }\n}\n",
+        small.clone(),
+        "max_collection_len",
+        "xs.append(1)",
+    );
+    assert_limit(
+        "fn main() {\n    return [i for i in range(50)] * 3\n}\n",
+        small.clone(),
+        "max_collection_len",
+        "[i for i in range(50)] * 3",
+    );
+    assert_limit(
+        "fn main() {\n    return range(1000000000000)\n}\n",
+        small.clone(),
+        "max_collection_len",
+        "range(1000000000000)",
+    );
+    assert_limit(
+        "fn main() {\n    let m = {}\n    let i = 0\n    while true {\n        m[str(i)] = i\n        i += 1\n    }\n}\n",
+        small.clone(),
+        "max_collection_len",
+        "m[str(i)] = i",
+    );
+    // The prompt text is a string too.
+    assert_limit(
+        "fn main(s) {\n    while true {\n        s += \"0123456789abcdef\"\n    }\n}\n",
+        small,
+        "max_string_bytes",
+        "s += \"0123456789abcdef\"",
+    );
+}
+
+#[test]
+fn generated_tokens_stop_at_the_program_limit() {
+    // The test backend generates 8 words per gen; the limit allows 20 in all.
+    let source =
+        "fn main(s) {\n    for i in range(10) {\n        s += gen(\"x\" + str(i))\n    }\n}\n";
+    let limits = Limits {
+        max_generated_tokens: Some(20),
+        ..Limits::default()
+    };
+    let error = limit_error(source, limits);
+    assert!(
+        error
+            .message
+            .contains("limit of 20 tokens (max_generated_tokens)"),
+        "{}",
+        error.message
+    );
+    assert_eq!(blamed(source, &error), "gen(\"x\" + str(i))");
+}
+
+#[test]
+fn the_last_gen_under_the_token_limit_gets_what_is_left() {
+    let engine = Engine::new(TestBackend::new());
+    let source = "fn main(s) {\n    s += gen(\"a\") + \" \" + gen(\"b\")\n}\n";
+    let script = engine.compile("left.sgl", source).unwrap();
+    let mut config = RunConfig::default();
+    config.limits.max_generated_tokens = Some(11);
+    let state = engine.run(&script, "main", json!({}), &config).unwrap();
+    let words = |name: &str| {
+        state.variables[name]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count()
+    };
+    assert_eq!((words("a"), words("b")), (8, 3));
+}
+
+#[test]
+fn forks_stop_at_the_program_limit() {
+    let limits = Limits {
+        max_forks: 10,
+        ..Limits::default()
+    };
+    assert_limit(
+        "fn main(s) {\n    let a = s.fork(6)\n    let b = s.fork(6)\n}\n",
+        limits,
+        "max_forks",
+        "s.fork(6)",
+    );
+}
+
+#[test]
+fn call_depth_is_limited() {
+    let source = "fn down(n) {\n    return down(n + 1)\n}\n\nfn main() {\n    return down(0)\n}\n";
+    let error = limit_error(
+        source,
+        Limits {
+            max_call_depth: 50,
+            ..Limits::default()
+        },
+    );
+    assert!(
+        error.message.contains("call depth limit of 50"),
+        "{}",
+        error.message
+    );
+    assert_eq!(blamed(source, &error), "down(n + 1)");
+}
+
+#[test]
+fn limits_come_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("sglc-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("spin.sgl");
+    std::fs::write(&file, "fn main() {\n    while true {}\n}\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sglc"))
+        .args([
+            "run",
+            "--backend",
+            "test",
+            "--deadline",
+            "100ms",
+            "--max-instructions",
+            "none",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("deadline of 100ms (deadline)"), "{stderr}");
+    assert!(stderr.contains("spin.sgl:2:"), "{stderr}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sglc"))
+        .args(["run", "--backend", "test", "--deadline", "soon"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--deadline"));
+    std::fs::remove_dir_all(&dir).ok();
+}
