@@ -574,14 +574,22 @@ fn unescape(body: &str, offset: usize, out: &mut Lexed) -> String {
 /// parser's recursion (and its stack) bounded on hostile input. Python allows 200.
 pub const MAX_NESTING: usize = 200;
 
-/// Reports the first bracket that opens a level deeper than `MAX_NESTING`.
+/// Operators in one expression, counting those of the expressions around it: `1 + 1 + ...`,
+/// `- - - x` and `x.a.b` each nest one tree level per operator, and the parser, the checker,
+/// the lowering and even dropping the tree recurse once per level. This bound keeps all of
+/// them within a 2 MiB thread stack.
+pub const MAX_EXPRESSION_DEPTH: usize = 1000;
+
+/// Reports the first bracket that opens a level deeper than `MAX_NESTING`, or the first
+/// operator that makes an expression deeper than `MAX_EXPRESSION_DEPTH`.
 pub fn check_nesting(tokens: &[(Token, Span)]) -> Option<Diagnostic> {
+    // The expression depth where each open bracket started, innermost last.
+    let mut opened: Vec<usize> = Vec::new();
     let mut depth = 0usize;
     for (token, span) in tokens {
         match token {
             Token::LParen | Token::LBracket | Token::LBrace | Token::InterpStart => {
-                depth += 1;
-                if depth > MAX_NESTING {
+                if opened.len() >= MAX_NESTING {
                     return Some(
                         Diagnostic::error(
                             "E0011",
@@ -592,11 +600,43 @@ pub fn check_nesting(tokens: &[(Token, Span)]) -> Option<Diagnostic> {
                         .with_help("split the expression into smaller parts with `let`"),
                     );
                 }
+                depth += 1;
+                opened.push(depth);
             }
             Token::RParen | Token::RBracket | Token::RBrace | Token::InterpEnd => {
-                depth = depth.saturating_sub(1)
+                depth = opened.pop().unwrap_or(0);
             }
-            _ => {}
+            Token::Comma
+            | Token::Semicolon
+            | Token::Newline
+            | Token::Colon
+            | Token::Assign
+            | Token::PlusAssign
+            | Token::MinusAssign
+            | Token::StarAssign
+            | Token::SlashAssign => depth = opened.last().copied().unwrap_or(0),
+            Token::Ident(_)
+            | Token::Int(_)
+            | Token::Float(_)
+            | Token::Str(_)
+            | Token::FText(_)
+            | Token::FStart
+            | Token::FEnd
+            | Token::True
+            | Token::False
+            | Token::None => {}
+            _ => depth += 1,
+        }
+        if depth > MAX_EXPRESSION_DEPTH {
+            return Some(
+                Diagnostic::error(
+                    "E0011",
+                    format!("expression nested deeper than {MAX_EXPRESSION_DEPTH} operators"),
+                    *span,
+                )
+                .with_label("this operator is one too many")
+                .with_help("split the expression into smaller parts with `let`"),
+            );
         }
     }
     None
@@ -612,23 +652,29 @@ fn drop_bracketed_newlines(
 ) -> Vec<(Token, Span)> {
     let mut stack: Vec<(Token, Span)> = Vec::new();
     let mut out: Vec<(Token, Span)> = Vec::with_capacity(tokens.len());
+    // One diagnostic for the outermost unclosed bracket: the ones inside it are unclosed
+    // because it is, and 10,000 of them must not make 10,000 errors.
     let report_unclosed = |stack: &mut Vec<(Token, Span)>, diagnostics: &mut Vec<Diagnostic>| {
-        for (open, span) in stack.drain(..) {
-            let close = match open {
-                Token::LParen => ")",
-                Token::LBracket => "]",
-                _ => continue,
-            };
-            diagnostics.push(
-                Diagnostic::error(
-                    "E0010",
-                    format!("unclosed `{}`", &open.to_string()[1..2]),
-                    span,
-                )
+        let mut unclosed = stack
+            .drain(..)
+            .filter(|(open, _)| matches!(open, Token::LParen | Token::LBracket));
+        let Some((open, span)) = unclosed.next() else {
+            return;
+        };
+        let inner = unclosed.count();
+        let close = if open == Token::LParen { ")" } else { "]" };
+        let message = match inner {
+            0 => format!("unclosed `{}`", &open.to_string()[1..2]),
+            n => format!(
+                "unclosed `{}` (and {n} more unclosed inside it)",
+                &open.to_string()[1..2]
+            ),
+        };
+        diagnostics.push(
+            Diagnostic::error("E0010", message, span)
                 .with_label("this bracket is never closed")
                 .with_help(format!("add the missing `{close}`")),
-            );
-        }
+        );
     };
     let mut tokens = tokens.into_iter().peekable();
     while let Some((token, span)) = tokens.next() {

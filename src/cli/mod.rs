@@ -284,13 +284,36 @@ fn color_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
+/// Reads a source file: at most `MAX_SOURCE_BYTES` (so a huge file costs no memory), and
+/// UTF-8, with the line and column of the first byte that is not.
 fn read_source(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    use std::io::Read;
+    let limit = sglc_compiler::MAX_SOURCE_BYTES;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() > limit {
+        bail!(
+            "{} is larger than the {limit} bytes one source file may have",
+            path.display()
+        );
+    }
     String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let valid = &e.as_bytes()[..at];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
         anyhow::anyhow!(
-            "{} is not valid UTF-8 (first bad byte at offset {})",
+            "{}:{line}:{column}: the file is not valid UTF-8 (byte 0x{:02x} at offset {at})",
             path.display(),
-            e.utf8_error().valid_up_to()
+            e.as_bytes()[at]
         )
     })
 }
@@ -585,6 +608,9 @@ fn check(
     let source = read_source(path)?;
     match emit {
         Some(Emit::Tokens) => {
+            if let Some(too_large) = sglc_compiler::check_source_size(&source) {
+                bail!("{}: {}", path.display(), too_large.message);
+            }
             let lexed = sglc_compiler::lexer::lex(&source);
             let lines = sglc_compiler::span::LineIndex::new(&source);
             for (token, span) in &lexed.tokens {
