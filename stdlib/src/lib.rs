@@ -199,6 +199,8 @@ fn install_functions(n: &mut Natives) {
         if step == 0 {
             return Err("range() step must not be zero".to_string());
         }
+        // In i128: `stop - start` of two i64 overflows i64 at the extremes.
+        let (start, stop, step) = (i128::from(start), i128::from(stop), i128::from(step));
         let count = if step > 0 {
             (stop - start + step - 1).max(0) / step
         } else {
@@ -206,8 +208,11 @@ fn install_functions(n: &mut Natives) {
         };
         ctx.limits
             .fits_items(usize::try_from(count).unwrap_or(usize::MAX))?;
+        // Every item lies between start and stop, so fits in i64.
         Ok(Value::list(
-            (0..count).map(|i| Value::Int(start + i * step)).collect(),
+            (0..count)
+                .map(|i| Value::Int((start + i * step) as i64))
+                .collect(),
         ))
     });
     n.register("zip", 0, None, |_, args, _| {

@@ -219,6 +219,10 @@ pub async fn run_batch(
         // Without a JIT (an unsupported machine) everything is interpreted, as with `off`.
         linked.jit = crate::jit::Jit::new(program, config.jit, config.limits.max_call_depth)
             .ok()
+            .map(|mut jit| {
+                jit.max_range = config.limits.max_collection_len;
+                jit
+            })
             .map(std::cell::RefCell::new);
     }
 

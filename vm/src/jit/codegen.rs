@@ -50,6 +50,8 @@ pub struct FunctionCodegen<'a, 'b> {
     depth: Option<Value>,
     /// The interpreter's call depth limit.
     pub max_depth: i64,
+    /// The longest `range()` iterated here; the interpreter refuses longer ones.
+    pub max_range: i64,
     /// On-stack replacement: enter at this instruction with the slots (as the interpreter's
     /// frame has them) read from a buffer, instead of at 0 with arguments.
     pub osr_entry: Option<(usize, Frame)>,
@@ -79,6 +81,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             ctx: None,
             depth: None,
             max_depth: i64::MAX,
+            max_range: i64::MAX,
             osr_entry: None,
             local_count,
         }
@@ -754,29 +757,40 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let step_zero = self.b.ins().icmp_imm_s(IntCC::Equal, step, 0);
         self.deopt_if(step_zero, frame, ip, depth);
         // count = max(0, stop - start + step - 1) / step, or mirrored for a negative step.
-        let up = {
-            let d = self.b.ins().isub(stop, start);
-            let d = self.b.ins().iadd(d, step);
-            let d = self.b.ins().iadd_imm_s(d, -1);
+        // Bounds near the ends of i64 overflow here: the interpreter (which counts in i128)
+        // takes those, as it takes ranges longer than the collection limit.
+        let minus_one = self.b.ins().iconst(types::I64, -1);
+        let (up, up_overflow) = {
+            let (d, o1) = self.b.ins().ssub_overflow(stop, start);
+            let (d, o2) = self.b.ins().sadd_overflow(d, step);
+            let (d, o3) = self.b.ins().sadd_overflow(d, minus_one);
             let d = self.b.ins().smax(d, zero);
-            self.b.ins().sdiv(d, step)
+            let o = self.b.ins().bor(o1, o2);
+            let o = self.b.ins().bor(o, o3);
+            (self.b.ins().sdiv(d, step), o)
         };
-        let down = {
-            let d = self.b.ins().isub(start, stop);
-            let d = self.b.ins().isub(d, step);
-            let d = self.b.ins().iadd_imm_s(d, -1);
+        let (down, down_overflow) = {
+            let (d, o1) = self.b.ins().ssub_overflow(start, stop);
+            let (d, o2) = self.b.ins().ssub_overflow(d, step);
+            let (d, o3) = self.b.ins().sadd_overflow(d, minus_one);
             let d = self.b.ins().smax(d, zero);
+            let step_min = self.b.ins().icmp_imm_s(IntCC::Equal, step, i64::MIN);
             let neg_step = self.b.ins().ineg(step);
             // A positive step takes the other branch; keep the divisor nonzero here.
             let safe = self.b.ins().select(step_zero, one, neg_step);
-            self.b.ins().sdiv(d, safe)
+            let o = self.b.ins().bor(o1, o2);
+            let o = self.b.ins().bor(o, o3);
+            let o = self.b.ins().bor(o, step_min);
+            (self.b.ins().sdiv(d, safe), o)
         };
         let positive = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, step, 0);
+        let overflow = self.b.ins().select(positive, up_overflow, down_overflow);
+        self.deopt_if(overflow, frame, ip, depth);
         let count = self.b.ins().select(positive, up, down);
         let too_many = self
             .b
             .ins()
-            .icmp_imm_s(IntCC::SignedGreaterThan, count, 100_000_000);
+            .icmp_imm_s(IntCC::SignedGreaterThan, count, self.max_range);
         self.deopt_if(too_many, frame, ip, depth);
         let slot = base + depth - argc;
         for (r, v) in [

@@ -228,6 +228,9 @@ pub struct Jit {
     runtime: JitCtx,
     /// The call depth limit compiled code checks (the run's `Limits::max_call_depth`).
     max_depth: usize,
+    /// The longest `range()` compiled code iterates; a longer one is the interpreter's to
+    /// refuse (the run's `Limits::max_collection_len`).
+    pub max_range: usize,
     /// Nanoseconds spent compiling, and specializations compiled.
     pub compile_nanos: u64,
     pub compiled_count: usize,
@@ -295,6 +298,7 @@ impl Jit {
                 deopts: Vec::new(),
             },
             max_depth,
+            max_range: crate::interp::Limits::default().max_collection_len,
             compile_nanos: 0,
             compiled_count: 0,
         })
@@ -746,6 +750,7 @@ impl Jit {
             &mut self.sites,
         );
         codegen.max_depth = self.max_depth as i64;
+        codegen.max_range = i64::try_from(self.max_range).unwrap_or(i64::MAX);
         codegen.osr_entry = osr_entry;
         let config = self.module.isa().frontend_config();
         if let Err(reason) = codegen.emit(config) {
