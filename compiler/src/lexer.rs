@@ -390,7 +390,12 @@ fn decode_string_literal(raw: &str, span: Span, out: &mut Lexed) {
     };
     while i < body.len() {
         let c = bytes[i];
-        if c == b'\\' {
+        if body[i..].starts_with("\\u{") && body[i + 3..].contains('}') {
+            // A `\u{HEX}` escape: its braces are not an interpolation.
+            let end = i + 3 + body[i + 3..].find('}').unwrap_or(0) + 1;
+            text.push_str(&body[i..end]);
+            i = end;
+        } else if c == b'\\' {
             let len = body[i + 1..].chars().next().map_or(0, char::len_utf8);
             text.push_str(&body[i..i + 1 + len]);
             i += 1 + len;
@@ -726,6 +731,23 @@ mod tests {
         let lexed = lex(src);
         assert!(lexed.diagnostics.is_empty(), "{:?}", lexed.diagnostics);
         lexed.tokens.into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// Found by the round-trip property test: `\u{..}` in an f-string was read as `\u`
+    /// followed by an interpolation.
+    #[test]
+    fn unicode_escape_in_an_fstring_is_not_an_interpolation() {
+        assert_eq!(
+            kinds(r#"f"a\u{85}{x}""#),
+            vec![
+                Token::FStart,
+                Token::FText("a\u{85}".into()),
+                Token::InterpStart,
+                Token::Ident("x".into()),
+                Token::InterpEnd,
+                Token::FEnd
+            ]
+        );
     }
 
     #[test]

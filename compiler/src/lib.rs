@@ -10,6 +10,7 @@ pub mod diagnostic;
 pub mod lexer;
 pub mod lower;
 pub mod parser;
+pub mod pretty;
 pub mod render;
 pub mod span;
 

@@ -136,6 +136,8 @@ enum Emit {
     Bytecode,
     /// The cranelift IR of every function the JIT compiles (for int arguments).
     Clif,
+    /// The source printed back from its syntax tree (every operation parenthesised).
+    Pretty,
 }
 
 #[derive(Args, Debug)]
@@ -621,6 +623,10 @@ fn check(
         Some(Emit::Ast) => {
             let (module, _) = sglc_compiler::parse(&source);
             print!("{}", sglc_compiler::ast::dump(&module));
+        }
+        Some(Emit::Pretty) => {
+            let (module, _) = sglc_compiler::parse(&source);
+            print!("{}", sglc_compiler::pretty::pretty(&module));
         }
         Some(Emit::Bytecode) | Some(Emit::Clif) | None => {}
     }
