@@ -13,6 +13,7 @@ pub enum LexError {
     UnterminatedString,
     UnterminatedComment,
     IntTooLarge,
+    FloatTooLarge,
 }
 
 /// Tokens. The variants after `Newline` are never produced by logos directly: the second pass
@@ -164,8 +165,15 @@ fn parse_int(lex: &mut logos::Lexer<Token>) -> Result<i64, LexError> {
         .map_err(|_| LexError::IntTooLarge)
 }
 
-fn parse_float(lex: &mut logos::Lexer<Token>) -> Option<f64> {
-    lex.slice().replace('_', "").parse().ok()
+/// A literal past f64's range (`1e400`) is an error rather than infinity: found by fuzzing,
+/// an infinite constant is also one that no data format (JSON included) can carry.
+fn parse_float(lex: &mut logos::Lexer<Token>) -> Result<f64, LexError> {
+    lex.slice()
+        .replace('_', "")
+        .parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .ok_or(LexError::FloatTooLarge)
 }
 
 /// Consumes up to and including the closing quote; backslash escapes the next char.
@@ -345,6 +353,8 @@ fn lex_error_diagnostic(error: LexError, slice: &str, span: Span) -> Diagnostic 
         LexError::IntTooLarge => Diagnostic::error("E0004", "integer literal too large", span)
             .with_label("does not fit in a 64-bit integer")
             .with_help("integers are signed 64-bit; use a float for larger magnitudes"),
+        LexError::FloatTooLarge => Diagnostic::error("E0004", "float literal too large", span)
+            .with_label("larger than the largest float, 1.8e308"),
     }
 }
 

@@ -193,14 +193,67 @@ impl HttpClient {
             .acquire()
             .await
             .map_err(|_| fail("the client is shutting down".into()))?;
+        // A stream that breaks before its first event has shown nothing yet: it is retried
+        // like a failed connection. After that, what was streamed is out, so it is an error.
+        let mut broken_streams = 0;
+        loop {
+            let response = self
+                .open_stream(path, &body)
+                .await
+                .map_err(|f| fail(f.message))?;
+            let mut delivered = false;
+            let mut events = response.bytes_stream().eventsource();
+            let broken = loop {
+                let Some(event) = events.next().await else {
+                    break "the event stream ended before [DONE]".to_string();
+                };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => break format!("the event stream broke: {e}"),
+                };
+                let data = event.data.trim();
+                if data == "[DONE]" {
+                    return Ok(());
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let json = serde_json::from_str(data).map_err(|e| {
+                    fail(format!(
+                        "an event is not valid JSON ({e}): {}",
+                        excerpt(data.as_bytes())
+                    ))
+                })?;
+                delivered = true;
+                on_data(json);
+            };
+            broken_streams += 1;
+            if delivered || broken_streams >= self.options.max_attempts {
+                return Err(fail(broken));
+            }
+            let wait = self.options.min_backoff;
+            tracing::warn!(backend = %self.name, "{path} (stream): {broken}; retrying");
+            self.stats
+                .retry_wait_ms
+                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends a streaming POST until it answers 2xx, retrying connection errors, 429 and 5xx.
+    async fn open_stream(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, Failure> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.options.min_backoff)
             .with_max_delay(self.options.max_backoff)
             .with_max_times(self.options.max_attempts.saturating_sub(1))
             .with_jitter();
-        let response = (|| async {
+        (|| async {
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-            let mut request = self.client.post(format!("{}{path}", self.base)).json(&body);
+            let mut request = self.client.post(format!("{}{path}", self.base)).json(body);
             if let Some(key) = &self.api_key {
                 request = request.bearer_auth(key);
             }
@@ -213,15 +266,22 @@ impl HttpClient {
             if status.is_success() {
                 return Ok(response);
             }
+            let retry_after = retry_after(&response);
             let bytes = response.bytes().await.unwrap_or_default();
             Err(Failure {
                 message: format!("HTTP {status}: {}", excerpt(&bytes)),
                 retryable: status.as_u16() == 429 || status.is_server_error(),
-                retry_after: None,
+                retry_after,
             })
         })
         .retry(backoff)
         .when(|f: &Failure| f.retryable)
+        .adjust(|f: &Failure, planned| {
+            planned.map(|d| {
+                f.retry_after
+                    .map_or(d, |r| r.min(self.options.max_backoff * 6))
+            })
+        })
         .notify(|failure: &Failure, wait| {
             tracing::warn!(
                 backend = %self.name,
@@ -229,28 +289,11 @@ impl HttpClient {
                 failure.message,
                 wait.as_secs_f64()
             );
+            self.stats
+                .retry_wait_ms
+                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
         })
         .await
-        .map_err(|f| fail(f.message))?;
-        let mut events = response.bytes_stream().eventsource();
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|e| fail(format!("the event stream broke: {e}")))?;
-            let data = event.data.trim();
-            if data == "[DONE]" {
-                return Ok(());
-            }
-            if data.is_empty() {
-                continue;
-            }
-            let json = serde_json::from_str(data).map_err(|e| {
-                fail(format!(
-                    "an event is not valid JSON ({e}): {}",
-                    excerpt(data.as_bytes())
-                ))
-            })?;
-            on_data(json);
-        }
-        Err(fail("the event stream ended before [DONE]".to_string()))
     }
 
     async fn attempt(
@@ -277,12 +320,7 @@ impl HttpClient {
             retry_after: None,
         })?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+        let retry_after = retry_after(&response);
         let bytes = response.bytes().await.map_err(|e| Failure {
             message: format!(
                 "HTTP {status}, then the connection failed while reading the body: {}",
@@ -298,12 +336,41 @@ impl HttpClient {
                 retry_after,
             });
         }
+        // A 200 whose body is not JSON is a broken proxy or a cut-off answer more often than a
+        // server that always answers so: worth the retries (a request is safe to repeat).
         serde_json::from_slice(&bytes).map_err(|e| Failure {
             message: format!("the response is not valid JSON ({e}): {}", excerpt(&bytes)),
-            retryable: false,
+            retryable: true,
             retry_after: None,
         })
     }
+}
+
+impl HttpClient {
+    /// `1,200 requests in 1,410 attempts, 3.2 s waiting to retry`.
+    pub fn report(&self) -> Option<String> {
+        let requests = self.stats.requests.load(Ordering::Relaxed);
+        let attempts = self.stats.attempts.load(Ordering::Relaxed);
+        let waited = self.stats.retry_wait_ms.load(Ordering::Relaxed);
+        (requests > 0).then(|| {
+            format!(
+                "{}: {requests} requests in {attempts} attempts, {:.1} s waiting to retry",
+                self.name,
+                waited as f64 / 1000.0
+            )
+        })
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from model servers and ignored).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|secs| secs.is_finite())
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 3600.0)))
 }
 
 /// A reqwest error without its URL's query (no secrets are in URLs here, but keep it short).

@@ -436,6 +436,10 @@ impl Backend for OpenAiBackend {
         &self.info
     }
 
+    fn report(&self) -> Option<String> {
+        self.http.report()
+    }
+
     fn execute(&self, batch: Vec<Request>) -> Vec<CallFuture> {
         batch
             .into_iter()

@@ -292,6 +292,10 @@ impl Backend for SglangBackend {
         &self.info
     }
 
+    fn report(&self) -> Option<String> {
+        self.http.report()
+    }
+
     fn cache_prefix(&self, prompt: Arc<str>) -> Option<futures::future::BoxFuture<'static, ()>> {
         let http = self.http.clone();
         let body =

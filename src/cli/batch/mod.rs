@@ -220,6 +220,9 @@ pub fn run_batch(
     }
     if show_summary {
         eprintln!("{summary}");
+        if let Some(report) = engine.backend().report() {
+            eprintln!("{report}");
+        }
     }
     if interrupts.load(Ordering::SeqCst) > 0 {
         eprintln!("interrupted: rerun with --resume to run the inputs that did not start");

@@ -203,6 +203,12 @@ pub trait Backend: Send + Sync + 'static {
     fn cache_prefix(&self, _prompt: Arc<str>) -> Option<BoxFuture<'static, ()>> {
         None
     }
+
+    /// A line on how the backend fared, for the end of a batch job: requests, retries and
+    /// the time spent waiting to retry. `None` when there is nothing to tell.
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A call site that needs a backend capability.
