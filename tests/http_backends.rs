@@ -350,14 +350,25 @@ fn malformed_json_and_timeouts_are_reported() {
     let (url, fake) = serve();
     let engine = Engine::with_backend(sglang(&url, fast_retries(3)));
     let script = engine.compile("s.sgl", SUMMARIZE).unwrap();
+    // Invalid JSON once: retried (a cut-off answer or a broken proxy), then it succeeds.
     fake.faults.lock().unwrap().push_back(Fault::InvalidJson);
+    let state = engine
+        .run(&script, "main", json!({"text": "x"}), &RunConfig::default())
+        .unwrap();
+    assert!(state["summary"].as_str().unwrap().starts_with("gen("));
+    // Invalid JSON every time: a clear error after the attempts.
+    fake.faults.lock().unwrap().extend([
+        Fault::InvalidJson,
+        Fault::InvalidJson,
+        Fault::InvalidJson,
+    ]);
     let error = engine
         .run(&script, "main", json!({"text": "x"}), &RunConfig::default())
         .unwrap_err();
     assert!(
         error
             .to_string()
-            .contains("failed after 1 attempt: the response is not valid JSON"),
+            .contains("failed after 3 attempts: the response is not valid JSON"),
         "{error}"
     );
 
