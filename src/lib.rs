@@ -222,10 +222,14 @@ impl Engine {
     }
 
     /// How long the JIT takes to compile each function of `script` (for int arguments):
-    /// `(function, nanoseconds, compiled)`.
+    /// `(function, median nanoseconds over `rounds` compiles, compiled)`.
     #[cfg(feature = "jit")]
-    pub fn jit_compile_times(&self, script: &Script) -> Result<Vec<(String, u64, bool)>, Error> {
-        sglc_vm::jit::compile_times(&script.program, &self.natives).map_err(Error::Internal)
+    pub fn jit_compile_times(
+        &self,
+        script: &Script,
+        rounds: usize,
+    ) -> Result<Vec<(String, u64, bool)>, Error> {
+        sglc_vm::jit::compile_times(&script.program, &self.natives, rounds).map_err(Error::Internal)
     }
 
     /// The native table, for hosts that register functions over VM values directly.

@@ -182,15 +182,18 @@ pub fn bench_jit(args: BenchJitArgs) -> Result<ExitCode> {
         };
         let speedup = interpreted / compiled;
         let ms = |s: f64| format!("{:.1} ms", s * 1e3);
+        let ratio = |to: f64, digits: usize| {
+            python.map_or("-".to_string(), |p| format!("{:.digits$}x", p / to))
+        };
         println!(
-            "{:<20} {:>11} {:>11} {:>8.1}x {:>11} {:>12.2}x {:>10.1}x",
+            "{:<20} {:>11} {:>11} {:>8.1}x {:>11} {:>13} {:>11}",
             program.label,
             ms(interpreted),
             ms(compiled),
             speedup,
             python.map_or("-".into(), ms),
-            python.map_or(f64::NAN, |p| p / interpreted),
-            python.map_or(f64::NAN, |p| p / compiled),
+            ratio(interpreted, 2),
+            ratio(compiled, 1),
         );
         let jit_target = if program.numeric {
             speedup >= 10.0
@@ -233,14 +236,17 @@ pub fn bench_jit(args: BenchJitArgs) -> Result<ExitCode> {
         println!("{line}");
     }
     println!();
-    println!("compile latency (each function with what it calls, for int arguments):");
+    let rounds = if args.quick { 3 } else { 25 };
+    println!(
+        "compile latency (each function with what it calls, for int arguments; median of {rounds} compiles):"
+    );
     let engine = Engine::new(TestBackend::new());
     let mut latencies = Vec::new();
     for program in PROGRAMS {
         let script = engine
             .compile(program.name, program.sgl)
             .map_err(|e| anyhow::anyhow!(e.render(false)))?;
-        for (function, nanos, compiled) in engine.jit_compile_times(&script)? {
+        for (function, nanos, compiled) in engine.jit_compile_times(&script, rounds)? {
             if compiled {
                 latencies.push(nanos);
                 println!(

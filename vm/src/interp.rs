@@ -212,9 +212,10 @@ pub struct Env<'a, 'p> {
     pub defaults: &'a GenDefaults,
     pub limits: &'a Limits,
     pub outbox: &'a mut Outbox,
-    /// Other programs of the batch are in flight: a long compiled loop should hand back now
-    /// and then so they (and the answers they wait for) get their turn.
-    pub share_time: bool,
+    /// `Some(n)`: a compiled loop hands back to the interpreter after `n` backward jumps, so
+    /// other programs of the batch (and the answers they wait for) get their turn and the
+    /// limits get checked. `None`: it runs on to the end.
+    pub hand_back_after: Option<i64>,
 }
 
 struct Frame {
@@ -239,6 +240,7 @@ pub enum Halt {
 enum Flow {
     Wait(StateRef),
     /// Compiled code used up its fuel: let other programs run (the frames are consistent).
+    #[cfg_attr(not(feature = "jit"), allow(dead_code))]
     Yield,
     Done(Value),
     Error(String, Option<String>),
@@ -1236,7 +1238,7 @@ impl Instance {
             &self.stack[base..],
             self.frames.len(),
             env.limits.max_call_depth,
-            env.share_time,
+            env.hand_back_after,
         );
         match outcome {
             crate::jit::JitCall::Interpret => Ok(()),
@@ -1254,7 +1256,7 @@ impl Instance {
                 }
                 self.push_resumed(frames);
                 if out_of_fuel {
-                    self.charge(crate::jit::FUEL as u64);
+                    self.charge(env.hand_back_after.unwrap_or(crate::jit_options::FUEL) as u64);
                     return Err(Flow::Yield);
                 }
                 Ok(())
@@ -1282,7 +1284,7 @@ impl Instance {
             &self.stack[at..],
             self.frames.len(),
             max_depth,
-            env.share_time,
+            env.hand_back_after,
         );
         match outcome {
             crate::jit::JitCall::Interpret => Ok(false),
@@ -1298,7 +1300,7 @@ impl Instance {
                 self.stack.truncate(at);
                 self.push_resumed(frames);
                 if out_of_fuel {
-                    self.charge(crate::jit::FUEL as u64);
+                    self.charge(env.hand_back_after.unwrap_or(crate::jit_options::FUEL) as u64);
                     return Err(Flow::Yield);
                 }
                 Ok(true)

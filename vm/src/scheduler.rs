@@ -317,7 +317,16 @@ pub async fn run_batch(
                     defaults: &config.defaults,
                     limits: &config.limits,
                     outbox: &mut outbox,
-                    share_time: active > 1 || limits_need_turns,
+                    // Other programs waiting get a turn every few hundred microseconds; a
+                    // program alone is interrupted only for its limits, twenty times less
+                    // often (a deadline is still checked within milliseconds).
+                    hand_back_after: if active > 1 {
+                        Some(crate::jit_options::FUEL)
+                    } else if limits_need_turns {
+                        Some(crate::jit_options::FUEL * 20)
+                    } else {
+                        None
+                    },
                 };
                 Some(slot.instance.run(&mut env))
             };
@@ -574,7 +583,7 @@ pub(crate) fn compute_globals(
             defaults: &config.defaults,
             limits: &limits,
             outbox: &mut outbox,
-            share_time: false,
+            hand_back_after: None,
         };
         instance.run_init(&mut env)?
     };

@@ -754,6 +754,14 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             [start, stop, step, ..] => (*start, *stop, *step),
             [] => (zero, zero, one),
         };
+        if argc < 3 {
+            // `range(n)`, `range(a, b)`: the step is 1, so the count is `max(0, stop - start)`.
+            let (d, overflow) = self.b.ins().ssub_overflow(stop, start);
+            self.deopt_if(overflow, frame, ip, depth);
+            let count = self.b.ins().smax(d, zero);
+            self.range_result(ip, frame, argc, [start, one, zero, count]);
+            return;
+        }
         let step_zero = self.b.ins().icmp_imm_s(IntCC::Equal, step, 0);
         self.deopt_if(step_zero, frame, ip, depth);
         // count = max(0, stop - start + step - 1) / step, or mirrored for a negative step.
@@ -787,18 +795,26 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let overflow = self.b.ins().select(positive, up_overflow, down_overflow);
         self.deopt_if(overflow, frame, ip, depth);
         let count = self.b.ins().select(positive, up, down);
+        self.range_result(ip, frame, argc, [start, step, zero, count]);
+    }
+
+    /// Checks a range's length against the collection limit (a longer one is the
+    /// interpreter's to refuse) and defines the range iterator's four variables.
+    fn range_result(&mut self, ip: usize, frame: &Frame, argc: usize, parts: [Value; 4]) {
+        let depth = frame.stack.len();
         let too_many = self
             .b
             .ins()
-            .icmp_imm_s(IntCC::SignedGreaterThan, count, self.max_range);
+            .icmp_imm_s(IntCC::SignedGreaterThan, parts[3], self.max_range);
         self.deopt_if(too_many, frame, ip, depth);
-        let slot = base + depth - argc;
-        for (r, v) in [
-            (Rep::RangeStart, start),
-            (Rep::RangeStep, step),
-            (Rep::RangeIndex, zero),
-            (Rep::RangeCount, count),
-        ] {
+        let slot = self.local_count + depth - argc;
+        let reps = [
+            Rep::RangeStart,
+            Rep::RangeStep,
+            Rep::RangeIndex,
+            Rep::RangeCount,
+        ];
+        for (r, v) in reps.into_iter().zip(parts) {
             let var = self.var(slot, r);
             self.b.def_var(var, v);
         }

@@ -144,9 +144,7 @@ const CTX_STATUS: i32 = 0;
 const CTX_FUEL: i32 = 8;
 const CTX_SHARE_TIME: i32 = 16;
 
-/// Backward jumps per entry into compiled code: a few hundred microseconds of a tight loop,
-/// a few interpreter slices' worth, so handing back and re-entering stays under 1% of the time.
-pub(crate) const FUEL: i64 = 100_000;
+use crate::jit_options::FUEL;
 
 /// Called by compiled code to report a frame it leaves to the interpreter.
 extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64, count: i64) {
@@ -391,7 +389,7 @@ impl Jit {
         values: &[Value],
         depth: usize,
         max_depth: usize,
-        share_time: bool,
+        hand_back_after: Option<i64>,
     ) -> JitCall {
         let failed = &self.osr_failed[function as usize];
         if max_depth != self.max_depth || failed.contains(&ip) {
@@ -438,8 +436,8 @@ impl Jit {
             }
         };
         self.runtime.status = 0;
-        self.runtime.fuel = FUEL;
-        self.runtime.share_time = i64::from(share_time);
+        self.runtime.fuel = hand_back_after.unwrap_or(FUEL);
+        self.runtime.share_time = i64::from(hand_back_after.is_some());
         self.runtime.deopts.clear();
         type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> i64;
         // SAFETY: `pointer` is a finalized on-stack replacement entry of this module, with the
@@ -466,7 +464,7 @@ impl Jit {
         args: &[Value],
         depth: usize,
         max_depth: usize,
-        share_time: bool,
+        hand_back_after: Option<i64>,
     ) -> JitCall {
         let threshold = match self.options.mode {
             JitMode::Off => return JitCall::Interpret,
@@ -517,8 +515,8 @@ impl Jit {
             return JitCall::Interpret;
         };
         self.runtime.status = 0;
-        self.runtime.fuel = FUEL;
-        self.runtime.share_time = i64::from(share_time);
+        self.runtime.fuel = hand_back_after.unwrap_or(FUEL);
+        self.runtime.share_time = i64::from(hand_back_after.is_some());
         self.runtime.deopts.clear();
         // Compiled code checks the limit the interpreter enforces; it was compiled for it.
         if max_depth != self.max_depth {
@@ -902,19 +900,21 @@ pub fn listing(
 }
 
 /// Compiles each function of `program` on its own (for int arguments, with what it calls) in a
-/// fresh JIT and reports `(function, nanoseconds, compiled)`: the compile latency figure.
+/// fresh JIT and reports `(function, nanoseconds, compiled)`: the compile latency figure, the
+/// median of `rounds` compiles.
 pub fn compile_times(
     program: &Program,
     natives: &crate::native::Natives,
+    rounds: usize,
 ) -> Result<Vec<(String, u64, bool)>, String> {
     let globals = computed_globals(program, natives)?;
-    let mut times = Vec::new();
-    // The first pass pages cranelift's code and the allocator's first arenas in (a one-time
-    // cost per process, milliseconds on a cold start); the second measures compiling, in one
-    // JIT reused across functions as a batch reuses it. A function already compiled as the
-    // callee of an earlier one reports `None` time.
-    for pass in 0..2 {
-        times.clear();
+    // `samples[i]`: the times of function i (None where it was compiled already as the callee
+    // of an earlier one, or is the init function).
+    let mut samples: Vec<Option<(String, Vec<u64>, bool)>> = vec![None; program.functions.len()];
+    // The first round pages cranelift's code and the allocator's first arenas in (a one-time
+    // cost per process, milliseconds on a cold start) and is not counted; each later round
+    // compiles every function in a fresh JIT, reused across functions as a batch reuses it.
+    for round in 0..=rounds.max(1) {
         let max_depth = crate::interp::Limits::default().max_call_depth;
         let mut jit = Jit::new(program, JitOptions::default(), max_depth)?;
         for (id, function) in program.functions.iter().enumerate() {
@@ -928,12 +928,21 @@ pub fn compile_times(
             let already = jit.compiled.contains_key(&spec);
             let before = jit.compile_nanos;
             let compiled = jit.compile(program, &globals, &spec).is_some();
-            if pass == 1 && !already {
-                times.push((function.name.clone(), jit.compile_nanos - before, compiled));
+            if round > 0 && !already {
+                let entry = samples[id]
+                    .get_or_insert_with(|| (function.name.clone(), Vec::new(), compiled));
+                entry.1.push(jit.compile_nanos - before);
             }
         }
     }
-    Ok(times)
+    Ok(samples
+        .into_iter()
+        .flatten()
+        .map(|(name, mut nanos, compiled)| {
+            nanos.sort_unstable();
+            (name, nanos[nanos.len() / 2], compiled)
+        })
+        .collect())
 }
 
 fn describe(program: &Program, spec: &Spec) -> String {
