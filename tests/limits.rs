@@ -88,6 +88,26 @@ fn an_endless_loop_ends_at_its_deadline() {
 }
 
 #[test]
+fn compiled_recursion_without_loops_ends_at_its_deadline() {
+    // fib(60) compiled to machine code: no loop, ~10^12 calls; only the deadline ends it.
+    let source = "fn fib(n) {\n    if n < 2 {\n        return n\n    }\n    return fib(n - 1) + fib(n - 2)\n}\n\nfn main() {\n    return fib(60)\n}\n";
+    let engine = Engine::new(TestBackend::new());
+    let script = engine.compile("fib.sgl", source).unwrap();
+    let mut config = RunConfig::default();
+    config.limits.deadline = Some(Duration::from_millis(300));
+    config.limits.max_instructions = None;
+    config.jit.mode = sglc::JitMode::Eager;
+    let started = Instant::now();
+    let error = match engine.run(&script, "main", json!({}), &config) {
+        Err(Error::Runtime(error)) => error,
+        other => panic!("expected the deadline, got {other:?}"),
+    };
+    assert!(error.message.contains("(deadline)"), "{}", error.message);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(error.trace.len() > 2, "the trace shows the recursion");
+}
+
+#[test]
 fn a_program_waiting_for_the_model_ends_at_its_deadline() {
     // The backend answers after 2 s; the program may take 150 ms.
     let engine = Engine::new(TestBackend::new().with_latency(Duration::from_secs(2)));

@@ -231,6 +231,42 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.ins().return_(&[zero]);
     }
 
+    /// Spends one unit of fuel; out of it, hands back to the interpreter (resuming at `ip`)
+    /// when others wait or a limit needs checking, else refuels and goes on. Loops spend at
+    /// their back edge and functions that call at their entry, so no compiled code runs long
+    /// without spending (a loop-free function that calls nothing runs a bounded time).
+    fn spend_fuel(&mut self, frame: &Frame, ip: usize, depth: usize) {
+        let ctx = self.ctx();
+        let fuel = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_FUEL);
+        let fuel = self.b.ins().iadd_imm_s(fuel, -1);
+        self.b
+            .ins()
+            .store(MemFlagsData::trusted(), fuel, ctx, CTX_FUEL);
+        let empty = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedLessThanOrEqual, fuel, 0);
+        let refuel = self.b.create_block();
+        let on = self.b.create_block();
+        self.b.set_cold_block(refuel);
+        self.b.ins().brif(empty, refuel, &[], on, &[]);
+        self.b.switch_to_block(refuel);
+        let share = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_SHARE_TIME);
+        self.deopt_if(share, frame, ip, depth);
+        let full = self.b.ins().iconst(types::I64, FUEL);
+        self.b
+            .ins()
+            .store(MemFlagsData::trusted(), full, ctx, CTX_FUEL);
+        self.b.ins().jump(on, &[]);
+        self.b.switch_to_block(on);
+    }
+
     /// Emits the whole function.
     pub fn emit(
         mut self,
@@ -264,6 +300,12 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         for (ip, leader) in self.plan.leaders.iter().enumerate() {
             if *leader && self.plan.before.get(ip).is_some_and(Option::is_some) {
                 blocks.insert(ip, self.b.create_block());
+            }
+        }
+        if !self.plan.callees.is_empty() {
+            // A function that calls may recurse: without a loop it could still run for ever.
+            if let Some(frame) = self.plan.before[0].clone() {
+                self.spend_fuel(&frame, 0, 0);
             }
         }
         self.b.ins().jump(blocks[&0], &[]);
@@ -553,36 +595,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             Instr::Jump(target) => {
                 if (target as usize) <= ip {
                     // A loop: spend fuel, and hand back to the interpreter when it is gone.
-                    let ctx = self.ctx();
-                    let fuel =
-                        self.b
-                            .ins()
-                            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_FUEL);
-                    let fuel = self.b.ins().iadd_imm_s(fuel, -1);
-                    self.b
-                        .ins()
-                        .store(MemFlagsData::trusted(), fuel, ctx, CTX_FUEL);
-                    let empty = self
-                        .b
-                        .ins()
-                        .icmp_imm_s(IntCC::SignedLessThanOrEqual, fuel, 0);
-                    let refuel = self.b.create_block();
-                    let on = self.b.create_block();
-                    self.b.set_cold_block(refuel);
-                    self.b.ins().brif(empty, refuel, &[], on, &[]);
-                    // Out of fuel: hand back when others wait, else refuel and go on.
-                    self.b.switch_to_block(refuel);
-                    let share =
-                        self.b
-                            .ins()
-                            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_SHARE_TIME);
-                    self.deopt_if(share, frame, ip, depth);
-                    let full = self.b.ins().iconst(types::I64, FUEL);
-                    self.b
-                        .ins()
-                        .store(MemFlagsData::trusted(), full, ctx, CTX_FUEL);
-                    self.b.ins().jump(on, &[]);
-                    self.b.switch_to_block(on);
+                    self.spend_fuel(frame, ip, depth);
                 }
                 self.b.ins().jump(blocks[&(target as usize)], &[]);
                 return Ok(false);
