@@ -1039,7 +1039,7 @@ mod tests {
         ];
         let locals = program.functions[main as usize].local_count as usize;
         assert_eq!(values.len(), locals + 1, "locals, then the iterator");
-        match jit.osr(&program, &[], main, header, &values, 1, 512, false) {
+        match jit.osr(&program, &[], main, header, &values, 1, 512, None) {
             JitCall::Returned(Value::Int(total)) => assert_eq!(total, 45),
             _ => panic!("the loop was not compiled"),
         }
@@ -1062,7 +1062,7 @@ mod tests {
         })));
         let values = [Value::None, Value::Int(0), Value::None, squares];
         assert!(matches!(
-            jit.osr(&program, &[], main, header, &values, 1, 512, false),
+            jit.osr(&program, &[], main, header, &values, 1, 512, None),
             JitCall::Interpret
         ));
         assert!(jit.osr_failed[main as usize].contains(&header));
