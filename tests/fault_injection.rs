@@ -6,6 +6,8 @@
 
 #![cfg(feature = "http")]
 
+mod support;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -214,17 +216,7 @@ fn serve(chaos: Chaos) -> (String, Arc<Chaos>) {
         .route("/generate", post(generate))
         .route("/v1/chat/completions", post(chat))
         .with_state(chaos.clone());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (format!("http://{address}"), chaos)
+    (support::serve_on_loopback(app), chaos)
 }
 
 const PROGRAM: &str = r#"

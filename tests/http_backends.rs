@@ -3,6 +3,8 @@
 
 #![cfg(feature = "http")]
 
+mod support;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -213,17 +215,7 @@ fn serve() -> (String, Arc<Fake>) {
         .route("/generate", post(generate))
         .route("/v1/chat/completions", post(chat))
         .with_state(fake.clone());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (format!("http://{address}"), fake)
+    (support::serve_on_loopback(app), fake)
 }
 
 fn fast_retries(attempts: usize) -> HttpOptions {

@@ -129,35 +129,16 @@ impl HttpClient {
     ) -> Result<serde_json::Value, BackendError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let attempts = AtomicU64::new(0);
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.options.min_backoff)
-            .with_max_delay(self.options.max_backoff)
-            .with_max_times(self.options.max_attempts.saturating_sub(1))
-            .with_jitter();
+        let what = format!("{method} {path}");
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             self.attempt(method.clone(), path, body.as_ref()).await
         })
-        .retry(backoff)
+        .retry(self.backoff())
         .when(|f: &Failure| f.retryable)
-        .adjust(|f: &Failure, planned| {
-            planned.map(|d| {
-                f.retry_after
-                    .map_or(d, |r| r.min(self.options.max_backoff * 6))
-            })
-        })
-        .notify(|failure: &Failure, wait| {
-            tracing::warn!(
-                backend = %self.name,
-                "{method} {path}: {}; retrying in {:.1} s",
-                failure.message,
-                wait.as_secs_f64()
-            );
-            self.stats
-                .retry_wait_ms
-                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
-        })
+        .adjust(|f: &Failure, planned| self.wait_before_retry(f, planned))
+        .notify(|failure: &Failure, wait| self.note_retry(&what, failure, wait))
         .await;
         result.map_err(|f| {
             let n = attempts.load(Ordering::Relaxed);
@@ -246,11 +227,6 @@ impl HttpClient {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<reqwest::Response, Failure> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.options.min_backoff)
-            .with_max_delay(self.options.max_backoff)
-            .with_max_times(self.options.max_attempts.saturating_sub(1))
-            .with_jitter();
         (|| async {
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             let mut request = self.client.post(format!("{}{path}", self.base)).json(body);
@@ -274,24 +250,11 @@ impl HttpClient {
                 retry_after,
             })
         })
-        .retry(backoff)
+        .retry(self.backoff())
         .when(|f: &Failure| f.retryable)
-        .adjust(|f: &Failure, planned| {
-            planned.map(|d| {
-                f.retry_after
-                    .map_or(d, |r| r.min(self.options.max_backoff * 6))
-            })
-        })
+        .adjust(|f: &Failure, planned| self.wait_before_retry(f, planned))
         .notify(|failure: &Failure, wait| {
-            tracing::warn!(
-                backend = %self.name,
-                "{path} (stream): {}; retrying in {:.1} s",
-                failure.message,
-                wait.as_secs_f64()
-            );
-            self.stats
-                .retry_wait_ms
-                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+            self.note_retry(&format!("{path} (stream)"), failure, wait)
         })
         .await
     }
@@ -347,6 +310,37 @@ impl HttpClient {
 }
 
 impl HttpClient {
+    /// Exponential backoff with jitter, `max_attempts` in all.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.options.min_backoff)
+            .with_max_delay(self.options.max_backoff)
+            .with_max_times(self.options.max_attempts.saturating_sub(1))
+            .with_jitter()
+    }
+
+    /// The planned wait, or the server's `Retry-After` (capped) when it sent one.
+    fn wait_before_retry(&self, failure: &Failure, planned: Option<Duration>) -> Option<Duration> {
+        planned.map(|d| {
+            failure
+                .retry_after
+                .map_or(d, |r| r.min(self.options.max_backoff * 6))
+        })
+    }
+
+    /// Logs a retry and counts its wait for `report`.
+    fn note_retry(&self, what: &str, failure: &Failure, wait: Duration) {
+        tracing::warn!(
+            backend = %self.name,
+            "{what}: {}; retrying in {:.1} s",
+            failure.message,
+            wait.as_secs_f64()
+        );
+        self.stats
+            .retry_wait_ms
+            .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// `1,200 requests in 1,410 attempts, 3.2 s waiting to retry`.
     pub fn report(&self) -> Option<String> {
         let requests = self.stats.requests.load(Ordering::Relaxed);
