@@ -212,10 +212,9 @@ pub struct Env<'a, 'p> {
     pub defaults: &'a GenDefaults,
     pub limits: &'a Limits,
     pub outbox: &'a mut Outbox,
-    /// `Some(n)`: a compiled loop hands back to the interpreter after `n` backward jumps, so
-    /// other programs of the batch (and the answers they wait for) get their turn and the
-    /// limits get checked. `None`: it runs on to the end.
-    pub hand_back_after: Option<i64>,
+    /// Other programs of the batch are in flight: long-running compiled code should hand
+    /// back now and then so they (and the answers they wait for) get their turn.
+    pub share_time: bool,
 }
 
 struct Frame {
@@ -492,10 +491,28 @@ impl Instance {
         ))
     }
 
-    /// Counts compiled loop iterations against the instruction budget.
+    /// When compiled code entered now must hand back: others wait, or this program's
+    /// deadline or instruction budget is reached.
     #[cfg(feature = "jit")]
-    fn charge(&mut self, instructions: u64) {
-        self.executed = self.executed.saturating_add(instructions);
+    fn jit_turn(&self, env: &Env) -> crate::jit::Turn {
+        crate::jit::Turn {
+            share_time: env.share_time,
+            deadline: self.deadline_at,
+            budget: env
+                .limits
+                .max_instructions
+                .map(|max| max.saturating_sub(self.executed)),
+        }
+    }
+
+    /// Counts what compiled code ran (loop iterations and calls) against the instruction
+    /// budget.
+    #[cfg(feature = "jit")]
+    fn charge_compiled(&mut self, env: &Env) {
+        if let Some(jit) = &env.linked.jit {
+            let spent = jit.borrow_mut().take_fuel_spent();
+            self.executed = self.executed.saturating_add(spent);
+        }
     }
 
     fn run_slice(&mut self, env: &mut Env, budget_out: &mut u32) -> Halt {
@@ -777,16 +794,15 @@ impl Instance {
             }
             Instr::Dup => self.stack.push(self.peek(0).clone()),
             Instr::Add => {
-                self.op_binary(binary_add)?;
-                self.check_size(env.limits, 0)?;
+                let limits = env.limits;
+                self.op_binary(|a, b| binary_add(a, b, limits))?
             }
             Instr::Sub => {
                 self.op_binary(|a, b| arith(a, b, "-", i64::checked_sub, |x, y| x - y))?
             }
             Instr::Mul => {
                 let limits = env.limits;
-                self.op_binary(|a, b| binary_mul(a, b, limits))?;
-                self.check_size(env.limits, 0)?;
+                self.op_binary(|a, b| binary_mul(a, b, limits))?
             }
             Instr::Div => self.op_binary(binary_div)?,
             Instr::Mod => self.op_binary(binary_mod)?,
@@ -1163,7 +1179,17 @@ impl Instance {
     }
 
     /// Fails when the value `depth` below the top of the stack grew past its size limit.
+    /// Inlined so numbers, the common case, cost one comparison.
+    #[inline(always)]
     fn check_size(&self, limits: &Limits, depth: usize) -> OpResult {
+        match self.peek(depth) {
+            Value::Str(_) | Value::List(_) | Value::Map(_) => self.check_size_of(limits, depth),
+            _ => Ok(()),
+        }
+    }
+
+    #[inline(never)]
+    fn check_size_of(&self, limits: &Limits, depth: usize) -> OpResult {
         match limits.oversized(self.peek(depth)) {
             Some(message) => {
                 fail_with_help(message, "the host sets this limit (see `sglc run --help`)")
@@ -1238,8 +1264,9 @@ impl Instance {
             &self.stack[base..],
             self.frames.len(),
             env.limits.max_call_depth,
-            env.hand_back_after,
+            self.jit_turn(env),
         );
+        self.charge_compiled(env);
         match outcome {
             crate::jit::JitCall::Interpret => Ok(()),
             crate::jit::JitCall::Returned(value) => {
@@ -1256,7 +1283,6 @@ impl Instance {
                 }
                 self.push_resumed(frames);
                 if out_of_fuel {
-                    self.charge(env.hand_back_after.unwrap_or(crate::jit_options::FUEL) as u64);
                     return Err(Flow::Yield);
                 }
                 Ok(())
@@ -1284,8 +1310,9 @@ impl Instance {
             &self.stack[at..],
             self.frames.len(),
             max_depth,
-            env.hand_back_after,
+            self.jit_turn(env),
         );
+        self.charge_compiled(env);
         match outcome {
             crate::jit::JitCall::Interpret => Ok(false),
             crate::jit::JitCall::Returned(value) => {
@@ -1300,7 +1327,6 @@ impl Instance {
                 self.stack.truncate(at);
                 self.push_resumed(frames);
                 if out_of_fuel {
-                    self.charge(env.hand_back_after.unwrap_or(crate::jit_options::FUEL) as u64);
                     return Err(Flow::Yield);
                 }
                 Ok(true)
@@ -1592,9 +1618,9 @@ impl Instance {
                 other => return fail(format!("cannot extend a list with {}", other.type_name())),
             },
             _ => {
-                let sum = binary_add(&target, &v).or_else(fail)?;
+                let sum = binary_add(&target, &v, env.limits).or_else(fail)?;
                 self.stack.push(sum);
-                return self.check_size(env.limits, 0);
+                return Ok(());
             }
         }
         self.stack.push(target);
@@ -1848,15 +1874,19 @@ fn arith(
     }
 }
 
-pub fn binary_add(a: &Value, b: &Value) -> Result<Value, String> {
+/// `+`; a string or list it makes is checked against the size limits before it is built, so
+/// numbers pay nothing for the limits.
+pub fn binary_add(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
     match (a, b) {
         (Value::Str(x), Value::Str(y)) => {
+            limits.fits_string(x.len() + y.len())?;
             let mut s = String::with_capacity(x.len() + y.len());
             s.push_str(x);
             s.push_str(y);
             Ok(Value::str(&s))
         }
         (Value::List(x), Value::List(y)) => {
+            limits.fits_items(x.borrow().len() + y.borrow().len())?;
             let mut items = x.borrow().clone();
             items.extend(y.borrow().iter().cloned());
             Ok(Value::list(items))

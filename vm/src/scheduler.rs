@@ -235,9 +235,6 @@ pub async fn run_batch(
     // Programs with a deadline, by slot and input index, in the order they started: every
     // program gets the same time, so this is also the order their deadlines fall in.
     let mut deadlines: VecDeque<(usize, usize)> = VecDeque::new();
-    // Compiled loops hand back now and then when a limit must be checked.
-    let limits_need_turns =
-        config.limits.deadline.is_some() || config.limits.max_instructions.is_some();
 
     loop {
         // Admit new programs up to the concurrency bound.
@@ -317,16 +314,7 @@ pub async fn run_batch(
                     defaults: &config.defaults,
                     limits: &config.limits,
                     outbox: &mut outbox,
-                    // Other programs waiting get a turn every few hundred microseconds; a
-                    // program alone is interrupted only for its limits, twenty times less
-                    // often (a deadline is still checked within milliseconds).
-                    hand_back_after: if active > 1 {
-                        Some(crate::jit_options::FUEL)
-                    } else if limits_need_turns {
-                        Some(crate::jit_options::FUEL * 20)
-                    } else {
-                        None
-                    },
+                    share_time: active > 1,
                 };
                 Some(slot.instance.run(&mut env))
             };
@@ -583,7 +571,7 @@ pub(crate) fn compute_globals(
             defaults: &config.defaults,
             limits: &limits,
             outbox: &mut outbox,
-            hand_back_after: None,
+            share_time: false,
         };
         instance.run_init(&mut env)?
     };

@@ -9,7 +9,7 @@
 //! instruction itself, so errors, their messages and their spans are the interpreter's own.
 
 use super::analyze::{Frame, Local, Plan};
-use super::{CTX_FUEL, CTX_SHARE_TIME, CTX_STATUS, DeoptSite, FUEL, SlotKind, Spec, Ty};
+use super::{CTX_FUEL, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, Block, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, types,
@@ -43,6 +43,8 @@ pub struct FunctionCodegen<'a, 'b> {
     /// Callees, by specialization, as imported into this function.
     pub callees: HashMap<Spec, cranelift_codegen::ir::FuncRef>,
     pub deopt: cranelift_codegen::ir::FuncRef,
+    /// `sglc_jit_refuel(ctx) -> stop`, called out of fuel.
+    pub refuel: cranelift_codegen::ir::FuncRef,
     pub sites: &'a mut Vec<DeoptSite>,
     vars: HashMap<(usize, Rep), Variable>,
     ctx: Option<Value>,
@@ -65,7 +67,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         globals: &'a [crate::value::Value],
         plan: &'a Plan,
         callees: HashMap<Spec, cranelift_codegen::ir::FuncRef>,
-        deopt: cranelift_codegen::ir::FuncRef,
+        (deopt, refuel): (
+            cranelift_codegen::ir::FuncRef,
+            cranelift_codegen::ir::FuncRef,
+        ),
         sites: &'a mut Vec<DeoptSite>,
     ) -> Self {
         let local_count = program.functions[plan.spec.function as usize].local_count as usize;
@@ -76,6 +81,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             plan,
             callees,
             deopt,
+            refuel,
             sites,
             vars: HashMap::new(),
             ctx: None,
@@ -231,8 +237,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.ins().return_(&[zero]);
     }
 
-    /// Spends one unit of fuel; out of it, hands back to the interpreter (resuming at `ip`)
-    /// when others wait or a limit needs checking, else refuels and goes on. Loops spend at
+    /// Spends one unit of fuel; out of it, asks the runtime (`sglc_jit_refuel`) whether to
+    /// hand back to the interpreter (resuming at `ip`): when others wait or a limit is
+    /// reached; else it refuels and goes on. Loops spend at
     /// their back edge and functions that call at their entry, so no compiled code runs long
     /// without spending (a loop-free function that calls nothing runs a bounded time).
     fn spend_fuel(&mut self, frame: &Frame, ip: usize, depth: usize) {
@@ -254,15 +261,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.set_cold_block(refuel);
         self.b.ins().brif(empty, refuel, &[], on, &[]);
         self.b.switch_to_block(refuel);
-        let share = self
-            .b
-            .ins()
-            .load(types::I64, MemFlagsData::trusted(), ctx, CTX_SHARE_TIME);
-        self.deopt_if(share, frame, ip, depth);
-        let full = self.b.ins().iconst(types::I64, FUEL);
-        self.b
-            .ins()
-            .store(MemFlagsData::trusted(), full, ctx, CTX_FUEL);
+        let call = self.b.ins().call(self.refuel, &[ctx]);
+        let stop = self.b.inst_results(call)[0];
+        self.deopt_if(stop, frame, ip, depth);
         self.b.ins().jump(on, &[]);
         self.b.switch_to_block(on);
     }
@@ -302,11 +303,19 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 blocks.insert(ip, self.b.create_block());
             }
         }
-        if !self.plan.callees.is_empty() {
+        if !self.plan.callees.is_empty()
+            && let Some(frame) = self.plan.before[0].clone()
+        {
             // A function that calls may recurse: without a loop it could still run for ever.
-            if let Some(frame) = self.plan.before[0].clone() {
-                self.spend_fuel(&frame, 0, 0);
-            }
+            // It spends fuel when entered at every fourth call depth: a test of a register on
+            // most calls, and a recursion still meets a check every few levels (a function
+            // with c call sites makes at most c^3 calls between two checks).
+            let depth = self.depth.expect("the entry block defines depth");
+            let low = self.b.ins().band_imm_u(depth, 3);
+            let check = self.b.create_block();
+            self.b.ins().brif(low, blocks[&0], &[], check, &[]);
+            self.b.switch_to_block(check);
+            self.spend_fuel(&frame, 0, 0);
         }
         self.b.ins().jump(blocks[&0], &[]);
         self.emit_body(code, &blocks, config)

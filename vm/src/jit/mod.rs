@@ -133,18 +133,48 @@ pub struct JitCtx {
     /// Loop iterations compiled code may still run before it hands back to the interpreter,
     /// so a long loop cannot keep the batch's other programs from running.
     fuel: i64,
-    /// Nonzero when other programs wait: out of fuel, compiled code hands back; otherwise it
-    /// refuels and runs on.
-    share_time: i64,
     /// Frames reported by deopts, innermost first: (site, spilled slots).
     deopts: Vec<(usize, Vec<i64>)>,
+    /// When out of fuel, compiled code asks `sglc_jit_refuel` whether to go on.
+    turn: Turn,
+    /// Times compiled code refuelled since it was entered.
+    refuels: i64,
+}
+
+/// When compiled code must hand back to the interpreter: other programs wait, or a limit of
+/// the program is reached. Checked each time it runs out of fuel.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Turn {
+    pub share_time: bool,
+    pub deadline: Option<std::time::Instant>,
+    /// Fuel (loop iterations and calls) the program may still spend.
+    pub budget: Option<u64>,
 }
 
 const CTX_STATUS: i32 = 0;
 const CTX_FUEL: i32 = 8;
-const CTX_SHARE_TIME: i32 = 16;
 
 use crate::jit_options::FUEL;
+
+/// Called by compiled code out of fuel: 1 to hand back to the interpreter (others wait, the
+/// deadline passed or the instruction budget is spent), else 0 with the tank refilled.
+extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
+    // SAFETY: compiled code passes the context it was given.
+    let ctx = unsafe { &mut *ctx };
+    ctx.refuels += 1;
+    let turn = ctx.turn;
+    let spent = (ctx.refuels as u64).saturating_mul(FUEL as u64);
+    if turn.share_time
+        || turn.budget.is_some_and(|budget| spent >= budget)
+        || turn
+            .deadline
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+    {
+        return 1;
+    }
+    ctx.fuel = FUEL;
+    0
+}
 
 /// Called by compiled code to report a frame it leaves to the interpreter.
 extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64, count: i64) {
@@ -207,6 +237,7 @@ pub struct Jit {
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
     deopt_fn: FuncId,
+    refuel_fn: FuncId,
     functions: Vec<FunctionState>,
     compiled: HashMap<Spec, (FuncId, *const u8)>,
     return_types: HashMap<Spec, Ty>,
@@ -262,6 +293,7 @@ impl Jit {
             .map_err(|e| e.to_string())?;
         let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         builder.symbol("sglc_jit_deopt", sglc_jit_deopt as *const u8);
+        builder.symbol("sglc_jit_refuel", sglc_jit_refuel as *const u8);
         let mut module = JITModule::new(builder);
         let mut sig = module.make_signature();
         for _ in 0..4 {
@@ -272,12 +304,29 @@ impl Jit {
         let deopt_fn = module
             .declare_function("sglc_jit_deopt", cranelift_module::Linkage::Import, &sig)
             .map_err(|e| e.to_string())?;
+        let mut refuel_sig = module.make_signature();
+        refuel_sig.params.push(cranelift_codegen::ir::AbiParam::new(
+            cranelift_codegen::ir::types::I64,
+        ));
+        refuel_sig
+            .returns
+            .push(cranelift_codegen::ir::AbiParam::new(
+                cranelift_codegen::ir::types::I64,
+            ));
+        let refuel_fn = module
+            .declare_function(
+                "sglc_jit_refuel",
+                cranelift_module::Linkage::Import,
+                &refuel_sig,
+            )
+            .map_err(|e| e.to_string())?;
         Ok(Jit {
             options,
             ctx: module.make_context(),
             module,
             builder_ctx: FunctionBuilderContext::new(),
             deopt_fn,
+            refuel_fn,
             functions: (0..program.functions.len())
                 .map(|_| FunctionState::Cold(0))
                 .collect(),
@@ -292,8 +341,9 @@ impl Jit {
             runtime: JitCtx {
                 status: 0,
                 fuel: FUEL,
-                share_time: 0,
                 deopts: Vec::new(),
+                turn: Turn::default(),
+                refuels: 0,
             },
             max_depth,
             max_range: crate::interp::Limits::default().max_collection_len,
@@ -389,7 +439,7 @@ impl Jit {
         values: &[Value],
         depth: usize,
         max_depth: usize,
-        hand_back_after: Option<i64>,
+        turn: Turn,
     ) -> JitCall {
         let failed = &self.osr_failed[function as usize];
         if max_depth != self.max_depth || failed.contains(&ip) {
@@ -436,8 +486,9 @@ impl Jit {
             }
         };
         self.runtime.status = 0;
-        self.runtime.fuel = hand_back_after.unwrap_or(FUEL);
-        self.runtime.share_time = i64::from(hand_back_after.is_some());
+        self.runtime.fuel = FUEL;
+        self.runtime.turn = turn;
+        self.runtime.refuels = 0;
         self.runtime.deopts.clear();
         type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> i64;
         // SAFETY: `pointer` is a finalized on-stack replacement entry of this module, with the
@@ -464,7 +515,7 @@ impl Jit {
         args: &[Value],
         depth: usize,
         max_depth: usize,
-        hand_back_after: Option<i64>,
+        turn: Turn,
     ) -> JitCall {
         let threshold = match self.options.mode {
             JitMode::Off => return JitCall::Interpret,
@@ -515,8 +566,9 @@ impl Jit {
             return JitCall::Interpret;
         };
         self.runtime.status = 0;
-        self.runtime.fuel = hand_back_after.unwrap_or(FUEL);
-        self.runtime.share_time = i64::from(hand_back_after.is_some());
+        self.runtime.fuel = FUEL;
+        self.runtime.turn = turn;
+        self.runtime.refuels = 0;
         self.runtime.deopts.clear();
         // Compiled code checks the limit the interpreter enforces; it was compiled for it.
         if max_depth != self.max_depth {
@@ -540,6 +592,19 @@ impl Jit {
             return JitCall::Returned(return_type.from_bits(result));
         }
         self.deopt_frames()
+    }
+
+    /// Fuel spent by the last run of compiled code (loop iterations and calls), which counts
+    /// against the program's instruction budget.
+    /// Reading it starts the count again.
+    pub fn take_fuel_spent(&mut self) -> u64 {
+        let left = self.runtime.fuel.clamp(0, FUEL);
+        let spent = (self.runtime.refuels as u64)
+            .saturating_mul(FUEL as u64)
+            .saturating_add((FUEL - left) as u64);
+        self.runtime.fuel = FUEL;
+        self.runtime.refuels = 0;
+        spent
     }
 
     /// The frames the last deopt reported, outermost first.
@@ -737,6 +802,9 @@ impl Jit {
         let deopt = self
             .module
             .declare_func_in_func(self.deopt_fn, &mut self.ctx.func);
+        let refuel = self
+            .module
+            .declare_func_in_func(self.refuel_fn, &mut self.ctx.func);
         let builder = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder_ctx);
         let mut codegen = codegen::FunctionCodegen::new(
             builder,
@@ -744,7 +812,7 @@ impl Jit {
             globals,
             plan,
             callee_refs,
-            deopt,
+            (deopt, refuel),
             &mut self.sites,
         );
         codegen.max_depth = self.max_depth as i64;
@@ -1039,7 +1107,16 @@ mod tests {
         ];
         let locals = program.functions[main as usize].local_count as usize;
         assert_eq!(values.len(), locals + 1, "locals, then the iterator");
-        match jit.osr(&program, &[], main, header, &values, 1, 512, None) {
+        match jit.osr(
+            &program,
+            &[],
+            main,
+            header,
+            &values,
+            1,
+            512,
+            Turn::default(),
+        ) {
             JitCall::Returned(Value::Int(total)) => assert_eq!(total, 45),
             _ => panic!("the loop was not compiled"),
         }
@@ -1062,7 +1139,16 @@ mod tests {
         })));
         let values = [Value::None, Value::Int(0), Value::None, squares];
         assert!(matches!(
-            jit.osr(&program, &[], main, header, &values, 1, 512, None),
+            jit.osr(
+                &program,
+                &[],
+                main,
+                header,
+                &values,
+                1,
+                512,
+                Turn::default()
+            ),
             JitCall::Interpret
         ));
         assert!(jit.osr_failed[main as usize].contains(&header));
