@@ -18,8 +18,12 @@
 //! engine.register_fn("shout", 1, |args| Ok(json!(args[0].as_str().unwrap_or("").to_uppercase())));
 //! let script = engine.compile("summarize.sgl", source).map_err(|e| e.render(false)).unwrap();
 //!
-//! // One run, with sampling defaults for gens that leave them unset.
-//! let config = RunConfig::default().with_temperature(0.3).with_max_new_tokens(200);
+//! // One run, with sampling defaults for gens that leave them unset, and a deadline per
+//! // program (the other limits, `sglc::Limits`, keep their defaults).
+//! let config = RunConfig::default()
+//!     .with_temperature(0.3)
+//!     .with_max_new_tokens(200)
+//!     .with_deadline(std::time::Duration::from_secs(30));
 //! let state = engine.run(&script, "summarize", json!({"text": "Rust is fast."}), &config).unwrap();
 //! let summary = state["summary"].as_str().unwrap();
 //! assert!(state.text().contains("Summarize: Rust is fast."));

@@ -51,6 +51,18 @@ impl RunConfig {
         self.concurrency = Some(concurrency);
         self
     }
+
+    /// The limits each program runs under (`Limits::default()` unless set).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Each program's wall-clock deadline, waiting for the model included.
+    pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.limits.deadline = Some(deadline);
+        self
+    }
 }
 
 /// The finished state of one program: what SGLang's `ProgramState` exposes.
@@ -282,17 +294,12 @@ pub async fn run_batch(
                         deadlines.push_back((id, index));
                     }
                 }
-                Err(message) => {
-                    if let Some(sink) = &config.events {
-                        sink.emit(
-                            index,
-                            crate::stream::StreamEvent::Error {
-                                message: message.clone(),
-                            },
-                        );
-                    }
-                    on_done(index, Err(RuntimeError::without_location(message)))
-                }
+                Err(message) => finish(
+                    config,
+                    index,
+                    Err(RuntimeError::without_location(message)),
+                    &mut on_done,
+                ),
             }
         }
 
@@ -338,18 +345,7 @@ pub async fn run_batch(
                 let slot = slots[id].take().expect("slot is live");
                 free.push(id);
                 active -= 1;
-                if let Some(sink) = &config.events {
-                    sink.emit(
-                        slot.index,
-                        match &result {
-                            Ok(_) => crate::stream::StreamEvent::Done,
-                            Err(e) => crate::stream::StreamEvent::Error {
-                                message: e.message.clone(),
-                            },
-                        },
-                    );
-                }
-                on_done(slot.index, result);
+                finish(config, slot.index, result, &mut on_done);
             }
         }
 
@@ -397,15 +393,7 @@ pub async fn run_batch(
             runnable.retain(|&r| r != id);
             free.push(id);
             active -= 1;
-            if let Some(sink) = &config.events {
-                sink.emit(
-                    slot.index,
-                    crate::stream::StreamEvent::Error {
-                        message: error.message.clone(),
-                    },
-                );
-            }
-            on_done(slot.index, Err(error));
+            finish(config, slot.index, Err(error), &mut on_done);
         }
         let next_deadline = deadlines
             .front()
@@ -493,6 +481,25 @@ fn apply_answers(
             runnable.extend(std::mem::take(&mut state.borrow_mut().waiters));
         }
     }
+}
+
+/// Hands a finished program's result to the caller, after its last stream event.
+fn finish(
+    config: &RunConfig,
+    index: usize,
+    result: ProgramResult,
+    on_done: &mut impl FnMut(usize, ProgramResult),
+) {
+    if let Some(sink) = &config.events {
+        let event = match &result {
+            Ok(_) => crate::stream::StreamEvent::Done,
+            Err(e) => crate::stream::StreamEvent::Error {
+                message: e.message.clone(),
+            },
+        };
+        sink.emit(index, event);
+    }
+    on_done(index, result);
 }
 
 fn instance_deadline(slot: &Option<Slot>) -> Option<std::time::Instant> {
