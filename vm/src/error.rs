@@ -42,16 +42,18 @@ impl RuntimeError {
                 None => String::new(),
             },
         );
-        // Deep recursion repeats one frame many times: show each run of equal frames once.
-        let mut callers = self.trace.iter().skip(1).peekable();
-        while let Some(frame) = callers.next() {
-            let mut repeats = 1;
-            while callers.peek() == Some(&frame) {
-                callers.next();
-                repeats += 1;
+        // Deep recursion repeats call sites many times (alternating, for `fib(n - 1) +
+        // fib(n - 2)`): label each call site once, innermost first, with its frame count.
+        let mut sites: Vec<(&TraceFrame, usize)> = Vec::new();
+        for frame in self.trace.iter().skip(1) {
+            match sites.iter_mut().find(|(seen, _)| *seen == frame) {
+                Some((_, count)) => *count += 1,
+                None => sites.push((frame, 1)),
             }
-            let times = if repeats > 1 {
-                format!(" ({repeats} times)")
+        }
+        for (frame, count) in sites {
+            let times = if count > 1 {
+                format!(" ({count} times)")
             } else {
                 String::new()
             };
@@ -64,5 +66,49 @@ impl RuntimeError {
             d = d.with_help(help.clone());
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recursion_labels_each_call_site_once_with_its_count() {
+        let frame = |start: u32| TraceFrame {
+            function: "fib".to_string(),
+            span: Span {
+                start,
+                end: start + 3,
+            },
+        };
+        // Innermost first: the error, then calls alternating between two sites, then main.
+        let mut trace = vec![frame(0)];
+        for i in 0..40 {
+            trace.push(frame(if i % 3 == 0 { 20 } else { 10 }));
+        }
+        trace.push(TraceFrame {
+            function: "main".to_string(),
+            span: Span { start: 40, end: 45 },
+        });
+        let error = RuntimeError {
+            message: "boom".to_string(),
+            trace,
+            help: None,
+        };
+        let labels: Vec<String> = error
+            .to_diagnostic()
+            .secondary
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "called from `fib` (14 times)",
+                "called from `fib` (26 times)",
+                "called from `main`"
+            ]
+        );
     }
 }
