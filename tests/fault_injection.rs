@@ -267,7 +267,7 @@ fn a_5000_program_batch_survives_20_percent_transient_faults() {
             "--timeout",
             "0.5",
             "--attempts",
-            "8",
+            "12",
             "--concurrency",
             "256",
         ])
@@ -317,7 +317,7 @@ fn batched_sglang_requests_survive_20_percent_transient_faults() {
     let (url, chaos) = serve(Chaos::new(0.2, None));
     let options = HttpOptions {
         timeout: Duration::from_millis(500),
-        max_attempts: 10,
+        max_attempts: 12,
         min_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(50),
         max_batch: 16,
