@@ -141,6 +141,17 @@ pub struct JitCtx {
     refuels: i64,
 }
 
+impl JitCtx {
+    /// Readies the context for a new entry into compiled code.
+    fn start(&mut self, turn: Turn) {
+        self.status = 0;
+        self.fuel = FUEL;
+        self.turn = turn;
+        self.refuels = 0;
+        self.deopts.clear();
+    }
+}
+
 /// When compiled code must hand back to the interpreter: other programs wait, or a limit of
 /// the program is reached. Checked each time it runs out of fuel.
 #[derive(Clone, Copy, Debug, Default)]
@@ -485,11 +496,7 @@ impl Jit {
                 }
             }
         };
-        self.runtime.status = 0;
-        self.runtime.fuel = FUEL;
-        self.runtime.turn = turn;
-        self.runtime.refuels = 0;
-        self.runtime.deopts.clear();
+        self.runtime.start(turn);
         type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> i64;
         // SAFETY: `pointer` is a finalized on-stack replacement entry of this module, with the
         // signature `(ctx, depth, slots) -> i64`; `raw` holds the slots in the layout
@@ -565,11 +572,7 @@ impl Jit {
         let Some((pointer, return_type)) = compiled else {
             return JitCall::Interpret;
         };
-        self.runtime.status = 0;
-        self.runtime.fuel = FUEL;
-        self.runtime.turn = turn;
-        self.runtime.refuels = 0;
-        self.runtime.deopts.clear();
+        self.runtime.start(turn);
         // Compiled code checks the limit the interpreter enforces; it was compiled for it.
         if max_depth != self.max_depth {
             return JitCall::Interpret;
