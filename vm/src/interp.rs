@@ -85,19 +85,6 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// No bounds beyond the call depth (which protects the host's own stack).
-    pub fn unlimited() -> Limits {
-        Limits {
-            max_forks: usize::MAX,
-            max_instructions: None,
-            max_string_bytes: usize::MAX,
-            max_collection_len: usize::MAX,
-            max_generated_tokens: None,
-            deadline: None,
-            ..Limits::default()
-        }
-    }
-
     /// Checks a string length before it is allocated.
     pub fn fits_string(&self, bytes: usize) -> Result<(), String> {
         if bytes > self.max_string_bytes {
