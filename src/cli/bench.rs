@@ -66,6 +66,9 @@ fn long_prefix() -> String {
     text
 }
 
+/// Prompts the direct driver runs one at a time for the batching ceiling.
+const DIRECT_ALONE_SAMPLE: usize = 4;
+
 struct Row {
     figure: String,
     measured: String,
@@ -152,6 +155,16 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
     let direct_run =
         direct::generate_batch(&path, &prompts, args.tokens, threads).map_err(|e| anyhow!(e))?;
     let direct_rate = direct_run.generated_tokens as f64 / secs(direct_run.elapsed);
+    // The same driver one sequence at a time (a sample of the prompts): how much batching can
+    // gain on this machine at all, whatever drives llama.cpp.
+    let (mut alone_tokens, mut alone_time) = (0, Duration::ZERO);
+    for prompt in prompts.iter().take(DIRECT_ALONE_SAMPLE) {
+        let run = direct::generate_batch(&path, std::slice::from_ref(prompt), args.tokens, threads)
+            .map_err(|e| anyhow!(e))?;
+        alone_tokens += run.generated_tokens;
+        alone_time += run.elapsed;
+    }
+    let direct_alone_rate = alone_tokens as f64 / secs(alone_time);
     rows.push(Row {
         figure: format!("run_batch of {n} x {} tokens vs one by one", args.tokens),
         measured: format!(
@@ -170,6 +183,10 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
         target: ">= 85%".to_string(),
         ok: batched >= 0.85 * direct_rate,
     });
+    let ceiling = format!(
+        "llama.cpp direct, {n} sequences in one batch vs one at a time: {direct_rate:.0} vs {direct_alone_rate:.0} tok/s = {:.2}x (what batching gains on this machine; the 2x figure cannot exceed it by much)",
+        direct_rate / direct_alone_rate
+    );
 
     // 2. fork(8) after a long prefix: the prefix is evaluated once.
     let prefix = long_prefix();
@@ -292,5 +309,6 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
             if row.ok { "ok" } else { "MISSED" }
         );
     }
+    println!("\n{ceiling}");
     Ok(ExitCode::SUCCESS)
 }
