@@ -60,7 +60,7 @@ fn an_endless_loop_ends_at_the_instruction_budget() {
                 .contains("2000000 instructions (max_instructions)")
         );
         assert!(
-            ["n += 1", "true", "while true {\n        n += 1\n    }"]
+            ["n += 1", "n", "true", "while true {\n        n += 1\n    }"]
                 .contains(&blamed(source, &error)),
             "{jit:?}: blamed `{}`",
             blamed(source, &error)

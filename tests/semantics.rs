@@ -910,3 +910,57 @@ fn a_failing_stream_ends_with_an_error_event() {
         matches!(events.last(), Some(sglc::StreamEvent::Error { message }) if message.contains("no parameter `extra`"))
     );
 }
+
+/// The interpreter fuses common sequences (`a < b` then branch, `x = a + k`, `list[i]`,
+/// `list[i] = false`, `for i in range(...)`) for ints; every other case takes the original
+/// instructions and gives the same results and errors.
+#[test]
+fn fused_sequences_fall_back_on_other_types() {
+    let source = r#"fn main() {
+    let a = "b"
+    let b = "a"
+    let out = []
+    if a < b { out.append("lt") } else { out.append("ge") }
+    if a < 1.5 { out.append("never") }
+}
+"#;
+    assert!(run_error(source).contains("cannot compare str < float"));
+    let source = r#"fn main() {
+    let out = []
+    let x = 1.5
+    let y = 2
+    if x < y { out.append("float lt") }
+    let s = "ab"
+    let t = "c"
+    let u = s + t
+    out.append(u)
+    let w = x + 1
+    out.append(w)
+    let m = [10, 20, 30]
+    let i = -1
+    out.append(m[i])
+    m[i] = false
+    out.append(m)
+    let total = 0
+    for k in range(3, 12, 4) { total += k }
+    for k in range(2.5) { total += 1 }
+    out.append(total)
+    return out
+}
+"#;
+    let error = run_error(source);
+    assert_eq!(error, "range: range bound must be an int, not float");
+    let source = source.replace("    for k in range(2.5) { total += 1 }\n", "");
+    assert_eq!(
+        eval(&source),
+        json!(["float lt", "abc", 2.5, 30, [10, 20, false], 21])
+    );
+    let overflow = "fn main() {\n    let big = 9223372036854775806\n    let one = 2\n    let r = big + one\n    return r\n}\n";
+    assert!(run_error(overflow).contains("integer overflow"));
+    let out_of_range = "fn main() {\n    let m = [1]\n    let i = 5\n    m[i] = false\n}\n";
+    assert!(
+        run_error(out_of_range).contains("out of range"),
+        "{}",
+        run_error(out_of_range)
+    );
+}

@@ -290,7 +290,127 @@ pub enum Instr {
     /// `[target, v] -> [result]`: `target += v`. A state appends `v` and stays itself; a list
     /// extends in place; anything else adds.
     AddAssign,
+
+    // Fused instructions. The compiler never emits these: the VM's quickening pass
+    // (vm/src/quicken.rs) writes them over the first instruction of a common sequence in its own
+    // copy of the code, leaving the rest of the sequence in place. Each starts with
+    // `LoadLocal(a)`: when its operands are not ints (or the fast case fails, as on overflow) it
+    // does just that load, and the original sequence runs on.
+    /// `LoadLocal a; LoadLocal b; <op>; JumpIfFalse target` on two ints: `[] -> []`.
+    FusedCompareLocals {
+        a: u16,
+        b: u16,
+        op: CompareOp,
+        target: u32,
+    },
+    /// `LoadLocal a; PushInt k; <op>; JumpIfFalse target` on an int: `[] -> []`.
+    FusedCompareLocalInt {
+        a: u16,
+        op: CompareOp,
+        k: i32,
+        target: u32,
+    },
+    /// `LoadLocal a; LoadLocal b; <op>` and, unless `store` is `NO_STORE`, `StoreLocal store`,
+    /// on two ints: `[] -> [a op b]` or `[] -> []`.
+    FusedArithLocals {
+        a: u16,
+        b: u16,
+        op: ArithOp,
+        store: u32,
+    },
+    /// `LoadLocal a; PushInt k; <op>` and, unless `store` is `NO_STORE`, `StoreLocal store`, on
+    /// an int: `[] -> [a op k]` or `[] -> []`.
+    FusedArithLocalInt {
+        a: u16,
+        op: ArithOp,
+        k: i32,
+        store: u32,
+    },
+    /// `LoadLocal list; LoadLocal index; Index` on a list and an int in range:
+    /// `[] -> [list[index]]`.
+    FusedIndexLocals { list: u16, index: u16 },
+    /// `LoadLocal list; LoadLocal index; PushBool value; StoreIndex` on a list and an int in
+    /// range: `[] -> []`.
+    FusedStoreBoolLocals { list: u16, index: u16, value: bool },
+    /// `CallNative range argc; GetIter` (no keywords): `[bounds...] -> [iterator]` without
+    /// building the list. Unlike the others it starts with the call: when the fast case does not
+    /// apply it makes the call, and the `GetIter` after it runs.
+    FusedRangeIter { native: u32, argc: u32 },
 }
+
+/// Marks a fused arithmetic instruction that leaves its result on the stack.
+pub const NO_STORE: u32 = u32::MAX;
+
+/// The comparison of a fused instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    NotEq,
+}
+
+impl CompareOp {
+    /// The comparison `instr` makes, if it is one.
+    pub fn of(instr: &Instr) -> Option<CompareOp> {
+        Some(match instr {
+            Instr::Lt => CompareOp::Lt,
+            Instr::Le => CompareOp::Le,
+            Instr::Gt => CompareOp::Gt,
+            Instr::Ge => CompareOp::Ge,
+            Instr::Eq => CompareOp::Eq,
+            Instr::NotEq => CompareOp::NotEq,
+            _ => return None,
+        })
+    }
+
+    #[inline(always)]
+    pub fn ints(self, a: i64, b: i64) -> bool {
+        match self {
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a <= b,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a >= b,
+            CompareOp::Eq => a == b,
+            CompareOp::NotEq => a != b,
+        }
+    }
+}
+
+/// The int arithmetic of a fused instruction (`+=` on ints is `Add`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+impl ArithOp {
+    /// The arithmetic `instr` does, if it is one a fused instruction can do.
+    pub fn of(instr: &Instr) -> Option<ArithOp> {
+        Some(match instr {
+            Instr::Add | Instr::AddAssign => ArithOp::Add,
+            Instr::Sub => ArithOp::Sub,
+            Instr::Mul => ArithOp::Mul,
+            _ => return None,
+        })
+    }
+
+    /// `None` on overflow, which the unfused instruction reports.
+    #[inline(always)]
+    pub fn ints(self, a: i64, b: i64) -> Option<i64> {
+        match self {
+            ArithOp::Add => a.checked_add(b),
+            ArithOp::Sub => a.checked_sub(b),
+            ArithOp::Mul => a.checked_mul(b),
+        }
+    }
+}
+
+// Fused instructions fit beside `PushInt(i64)`: every instruction stays two words.
+const _: () = assert!(std::mem::size_of::<Instr>() == 16);
 
 impl Program {
     /// Finds a function by name.

@@ -14,7 +14,7 @@ use crate::value::{Iter, Str, Value};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use sglc_compiler::bytecode::{
-    CallSpec, Constant, FunctionId, GenParam, Instr, NO_KEYWORDS, PrimitiveKind, Program,
+    CallSpec, Constant, FunctionId, GenParam, Instr, NO_KEYWORDS, NO_STORE, PrimitiveKind, Program,
 };
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -144,7 +144,9 @@ pub struct Linked<'p> {
     pub program: &'p Program,
     natives: Vec<NativeFn>,
     constants: Vec<Value>,
-    /// Method-name constants, resolved once: `method_names[const] = name`.
+    /// What the interpreter runs: each function's code with common sequences fused
+    /// (`crate::quicken`); same length and indices as the program's.
+    code: Vec<Vec<Instr>>,
     pub globals: Vec<Value>,
     pub natives_table: &'p Natives,
     /// Compiled code for this batch's hot functions, when the JIT is on.
@@ -180,10 +182,20 @@ impl<'p> Linked<'p> {
                 Constant::Str(s) => Value::str(s),
             })
             .collect();
+        let range = program
+            .natives
+            .iter()
+            .position(|name| name == "range")
+            .map(|id| id as u32);
         Ok(Linked {
             program,
             natives,
             constants,
+            code: program
+                .functions
+                .iter()
+                .map(|f| crate::quicken::quicken(&f.code, range))
+                .collect(),
             globals: vec![Value::None; program.globals.len()],
             natives_table,
             #[cfg(feature = "jit")]
@@ -262,6 +274,16 @@ fn push_value(stack: &mut Vec<Value>, v: Value) {
 #[inline(never)]
 fn grow(stack: &mut Vec<Value>) {
     stack.reserve(stack.len().max(64));
+}
+
+/// An int or float operand as a float (`binary_div` takes only these two).
+#[inline(always)]
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(n) => Some(*n as f64),
+        Value::Float(x) => Some(*x),
+        _ => None,
+    }
 }
 
 /// Drops a value, skipping the out-of-line destructor call for the scalars that have none
@@ -525,7 +547,7 @@ impl Instance {
         };
         loop {
             let frame = self.frames.last().expect("a running instance has a frame");
-            let mut code: &[Instr] = &program.functions[frame.function as usize].code;
+            let mut code: &[Instr] = &env.linked.code[frame.function as usize];
             let mut base = frame.base as usize;
             let mut ip = frame.ip as usize;
             let mut count_loops = if count_back_edges {
@@ -560,7 +582,7 @@ impl Instance {
                             }
                         }
                         base = self.push_frame(program, function, argc, false);
-                        code = &program.functions[function as usize].code;
+                        code = &env.linked.code[function as usize];
                         ip = 0;
                         if count_back_edges {
                             count_loops = loops_wanted(function);
@@ -575,7 +597,7 @@ impl Instance {
                         }
                         self.stack.push(v);
                         let caller = self.frames.last().expect("a caller");
-                        code = &program.functions[caller.function as usize].code;
+                        code = &env.linked.code[caller.function as usize];
                         base = caller.base as usize;
                         ip = caller.ip as usize;
                         if count_back_edges {
@@ -583,7 +605,14 @@ impl Instance {
                         }
                     }
                     _ => {
-                        if !self.fast_step(instr, base, &mut ip, count_loops.as_deref()) {
+                        if !self.fast_step(
+                            instr,
+                            base,
+                            &mut ip,
+                            &mut budget,
+                            count_loops.as_deref(),
+                            &env.linked.constants,
+                        ) {
                             break Some(instr);
                         }
                     }
@@ -625,10 +654,101 @@ impl Instance {
         instr: Instr,
         base: usize,
         ip: &mut usize,
+        budget: &mut u32,
         count_back_edges: Option<&Vec<u32>>,
+        constants: &[Value],
     ) -> bool {
         let stack = &mut self.stack;
+        // A fused instruction that did its whole sequence skips the rest of it and counts it
+        // against the budget; one that did not does only its first instruction, `LoadLocal(a)`.
+        let mut fused_done = |ip: &mut usize, rest: u32| {
+            *ip += rest as usize;
+            *budget = budget.saturating_sub(rest);
+        };
         match instr {
+            Instr::FusedCompareLocals { a, b, op, target } => {
+                let (a, b) = (base + a as usize, base + b as usize);
+                if let (Value::Int(x), Value::Int(y)) = (&stack[a], &stack[b]) {
+                    let holds = op.ints(*x, *y);
+                    fused_done(ip, 3);
+                    if !holds {
+                        *ip = target as usize;
+                    }
+                } else {
+                    push_value(stack, stack[a].clone());
+                }
+            }
+            Instr::FusedCompareLocalInt { a, op, k, target } => {
+                let a = base + a as usize;
+                if let Value::Int(x) = stack[a] {
+                    fused_done(ip, 3);
+                    if !op.ints(x, k as i64) {
+                        *ip = target as usize;
+                    }
+                } else {
+                    push_value(stack, stack[a].clone());
+                }
+            }
+            Instr::FusedArithLocals { a, b, op, store } => {
+                let (a, b) = (base + a as usize, base + b as usize);
+                let result = match (&stack[a], &stack[b]) {
+                    (Value::Int(x), Value::Int(y)) => op.ints(*x, *y),
+                    _ => None,
+                };
+                match result {
+                    Some(r) => Self::fused_result(stack, base, ip, r, store, &mut fused_done),
+                    None => push_value(stack, stack[a].clone()),
+                }
+            }
+            Instr::FusedArithLocalInt { a, op, k, store } => {
+                let a = base + a as usize;
+                let result = match stack[a] {
+                    Value::Int(x) => op.ints(x, k as i64),
+                    _ => None,
+                };
+                match result {
+                    Some(r) => Self::fused_result(stack, base, ip, r, store, &mut fused_done),
+                    None => push_value(stack, stack[a].clone()),
+                }
+            }
+            Instr::FusedIndexLocals { list, index } => {
+                let (list, index) = (base + list as usize, base + index as usize);
+                let item = match (&stack[list], &stack[index]) {
+                    (Value::List(items), Value::Int(i)) => {
+                        let items = items.borrow();
+                        normalize_index(*i, items.len()).map(|at| items[at].clone())
+                    }
+                    _ => None,
+                };
+                match item {
+                    Some(item) => {
+                        fused_done(ip, 2);
+                        push_value(stack, item);
+                    }
+                    None => push_value(stack, stack[list].clone()),
+                }
+            }
+            Instr::FusedStoreBoolLocals { list, index, value } => {
+                let (list, index) = (base + list as usize, base + index as usize);
+                let stored = match (&stack[list], &stack[index]) {
+                    (Value::List(items), Value::Int(i)) => {
+                        let mut items = items.borrow_mut();
+                        match normalize_index(*i, items.len()) {
+                            Some(at) => {
+                                drop_value(std::mem::replace(&mut items[at], Value::Bool(value)));
+                                true
+                            }
+                            None => false,
+                        }
+                    }
+                    _ => false,
+                };
+                if stored {
+                    fused_done(ip, 3);
+                } else {
+                    push_value(stack, stack[list].clone());
+                }
+            }
             Instr::LoadLocal(slot) => {
                 let v = stack[base + slot as usize].clone();
                 push_value(stack, v);
@@ -638,6 +758,21 @@ impl Instance {
                 drop_value(std::mem::replace(&mut stack[base + slot as usize], v));
             }
             Instr::PushInt(n) => push_value(stack, Value::Int(n)),
+            Instr::Const(i) => push_value(stack, constants[i as usize].clone()),
+            Instr::Div => {
+                let n = stack.len();
+                if n < 2 {
+                    return false;
+                }
+                let (Some(x), Some(y)) = (number(&stack[n - 2]), number(&stack[n - 1])) else {
+                    return false;
+                };
+                if y == 0.0 {
+                    return false;
+                }
+                stack.truncate(n - 1);
+                stack[n - 2] = Value::Float(x / y);
+            }
             Instr::PushNone => push_value(stack, Value::None),
             Instr::PushBool(b) => push_value(stack, Value::Bool(b)),
             Instr::Pop => drop_value(stack.pop().unwrap_or_default()),
@@ -656,6 +791,19 @@ impl Instance {
                     *ip = target as usize;
                 }
                 drop_value(v);
+            }
+            Instr::ForIter { exit } => {
+                let Some(Value::Iterator(iter)) = stack.last() else {
+                    return false;
+                };
+                let next = iter.borrow_mut().next_item();
+                match next {
+                    Some(item) => push_value(stack, item),
+                    None => {
+                        drop_value(stack.pop().unwrap_or_default());
+                        *ip = exit as usize;
+                    }
+                }
             }
             Instr::Index => {
                 let n = stack.len();
@@ -709,10 +857,29 @@ impl Instance {
                 if n < 2 {
                     return false;
                 }
-                let (Value::Int(a), Value::Int(b)) = (&stack[n - 2], &stack[n - 1]) else {
-                    return false;
+                let (a, b) = match (&stack[n - 2], &stack[n - 1]) {
+                    (Value::Int(a), Value::Int(b)) => (*a, *b),
+                    (
+                        x @ (Value::Int(_) | Value::Float(_)),
+                        y @ (Value::Int(_) | Value::Float(_)),
+                    ) => {
+                        // At least one float: as `arith`, for the operators that cannot fail.
+                        let (x, y) = (
+                            x.as_float().unwrap_or_default(),
+                            y.as_float().unwrap_or_default(),
+                        );
+                        let result = match instr {
+                            Instr::Add | Instr::AddAssign => x + y,
+                            Instr::Sub => x - y,
+                            Instr::Mul => x * y,
+                            _ => return false,
+                        };
+                        stack.truncate(n - 1);
+                        stack[n - 2] = Value::Float(result);
+                        return true;
+                    }
+                    _ => return false,
                 };
-                let (a, b) = (*a, *b);
                 let result = match instr {
                     Instr::Add | Instr::AddAssign => match a.checked_add(b) {
                         Some(r) => Value::Int(r),
@@ -752,8 +919,97 @@ impl Instance {
         true
     }
 
+    /// `for x in range(...)` without the list: replaces the `argc` int bounds on the stack with
+    /// an iterator over the range. False, touching nothing, when `range()` itself must run
+    /// (bounds that are not ints, a zero step, more items than a list may hold) and report.
+    fn push_range_iter(&mut self, argc: usize, limits: &Limits) -> bool {
+        let Some(at) = self.stack.len().checked_sub(argc) else {
+            return false;
+        };
+        let mut bounds = [0i64; 3];
+        for (k, v) in self.stack[at..].iter().enumerate() {
+            match v {
+                Value::Int(n) if k < 3 => bounds[k] = *n,
+                _ => return false,
+            }
+        }
+        let (start, stop, step) = match argc {
+            1 => (0, bounds[0], 1),
+            2 => (bounds[0], bounds[1], 1),
+            3 => (bounds[0], bounds[1], bounds[2]),
+            _ => return false,
+        };
+        if step == 0 {
+            return false;
+        }
+        // Counted as `range()` counts (in i128: `stop - start` can overflow i64).
+        let (start_w, stop_w, step_w) = (i128::from(start), i128::from(stop), i128::from(step));
+        let count = if step_w > 0 {
+            (stop_w - start_w + step_w - 1).max(0) / step_w
+        } else {
+            (start_w - stop_w - step_w - 1).max(0) / -step_w
+        };
+        let Ok(count) = usize::try_from(count) else {
+            return false;
+        };
+        if limits.fits_items(count).is_err() {
+            return false;
+        }
+        self.stack.truncate(at);
+        self.stack
+            .push(Value::Iterator(Rc::new(RefCell::new(Iter::Range {
+                start,
+                step,
+                index: 0,
+                count: count as i64,
+            }))));
+        true
+    }
+
+    /// Finishes a fused arithmetic instruction: stores `r` (skipping the rest of its four
+    /// instructions) or pushes it (skipping the rest of its three).
+    #[inline(always)]
+    fn fused_result(
+        stack: &mut Vec<Value>,
+        base: usize,
+        ip: &mut usize,
+        r: i64,
+        store: u32,
+        fused_done: &mut impl FnMut(&mut usize, u32),
+    ) {
+        if store == NO_STORE {
+            fused_done(ip, 2);
+            push_value(stack, Value::Int(r));
+        } else {
+            fused_done(ip, 3);
+            drop_value(std::mem::replace(
+                &mut stack[base + store as usize],
+                Value::Int(r),
+            ));
+        }
+    }
+
     fn step(&mut self, instr: Instr, env: &mut Env) -> OpResult {
         match instr {
+            // `fast_step` does these whole, or their first instruction.
+            Instr::FusedCompareLocals { .. }
+            | Instr::FusedCompareLocalInt { .. }
+            | Instr::FusedArithLocals { .. }
+            | Instr::FusedArithLocalInt { .. }
+            | Instr::FusedIndexLocals { .. }
+            | Instr::FusedStoreBoolLocals { .. } => {
+                return fail(
+                    "internal error: a fused instruction outside the interpreter's fast path",
+                );
+            }
+            Instr::FusedRangeIter { native, argc } => {
+                if self.push_range_iter(argc as usize, env.limits) {
+                    // The `GetIter` after the call is done too.
+                    self.frames.last_mut().expect("frame").ip += 1;
+                } else {
+                    self.op_call_native(env, native, argc, NO_KEYWORDS)?;
+                }
+            }
             Instr::PushNone => self.stack.push(Value::None),
             Instr::PushBool(b) => self.stack.push(Value::Bool(b)),
             Instr::PushInt(n) => self.stack.push(Value::Int(n)),

@@ -9,6 +9,7 @@ pub mod interp;
 pub mod jit;
 pub mod jit_options;
 pub mod native;
+mod quicken;
 pub mod scheduler;
 pub mod state;
 pub mod stream;

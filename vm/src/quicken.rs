@@ -1,0 +1,155 @@
+//! Quickening: the interpreter's own copy of each function's code, with common sequences of
+//! instructions fused into one (compare two locals and branch, add to a local, index a list by
+//! a local...), so a loop body takes a third as many dispatches.
+//!
+//! A fused instruction replaces only the first instruction of its sequence, and the rest stays
+//! in place. So instruction indices, the span table, jump
+//! targets and the JIT's entry and resume points are unchanged; a fused instruction whose fast
+//! case does not apply does just its first instruction and lets the original sequence run on;
+//! and a
+//! jump into the middle of a sequence runs the original instructions from there.
+//!
+//! **Architecture Invariant:** fused instructions exist only in `Linked::code`; the compiler
+//! never emits them, and the JIT and the disassembler read the program's own code.
+
+use sglc_compiler::bytecode::{ArithOp, CompareOp, Instr, NO_KEYWORDS, NO_STORE};
+
+/// A function's code with its common sequences fused; `range` is the native id of `range()`
+/// in this program, if it calls it.
+pub fn quicken(code: &[Instr], range: Option<u32>) -> Vec<Instr> {
+    (0..code.len())
+        .map(|ip| {
+            fuse_range_loop(code, ip, range)
+                .or_else(|| fuse_at(code, ip))
+                .unwrap_or(code[ip])
+        })
+        .collect()
+}
+
+/// `CallNative range; GetIter`: a `for` loop over `range()`.
+fn fuse_range_loop(code: &[Instr], ip: usize, range: Option<u32>) -> Option<Instr> {
+    match (code[ip], code.get(ip + 1)) {
+        (
+            Instr::CallNative {
+                native,
+                argc,
+                keywords: NO_KEYWORDS,
+            },
+            Some(Instr::GetIter),
+        ) if Some(native) == range => Some(Instr::FusedRangeIter { native, argc }),
+        _ => None,
+    }
+}
+
+/// The fused instruction for the sequence starting at `ip`, if there is one.
+fn fuse_at(code: &[Instr], ip: usize) -> Option<Instr> {
+    let Instr::LoadLocal(a) = code[ip] else {
+        return None;
+    };
+    let a = u16::try_from(a).ok()?;
+    let at = |k: usize| code.get(ip + k).copied();
+    let second = at(1)?;
+    let local = |instr: Instr| match instr {
+        Instr::LoadLocal(b) => u16::try_from(b).ok(),
+        _ => None,
+    };
+    let small_int = |instr: Instr| match instr {
+        Instr::PushInt(k) => i32::try_from(k).ok(),
+        _ => None,
+    };
+    let third = at(2)?;
+    let fourth = at(3);
+    if let (Some(op), Some(Instr::JumpIfFalse(target))) = (CompareOp::of(&third), fourth) {
+        if let Some(b) = local(second) {
+            return Some(Instr::FusedCompareLocals { a, b, op, target });
+        }
+        if let Some(k) = small_int(second) {
+            return Some(Instr::FusedCompareLocalInt { a, op, k, target });
+        }
+    }
+    if let Some(op) = ArithOp::of(&third) {
+        let store = match fourth {
+            Some(Instr::StoreLocal(slot)) => slot,
+            _ => NO_STORE,
+        };
+        if let Some(b) = local(second) {
+            return Some(Instr::FusedArithLocals { a, b, op, store });
+        }
+        if let Some(k) = small_int(second) {
+            return Some(Instr::FusedArithLocalInt { a, op, k, store });
+        }
+    }
+    let index = local(second)?;
+    match (third, fourth) {
+        (Instr::Index, _) => Some(Instr::FusedIndexLocals { list: a, index }),
+        (Instr::PushBool(value), Some(Instr::StoreIndex)) => Some(Instr::FusedStoreBoolLocals {
+            list: a,
+            index,
+            value,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuses_only_the_first_instruction_of_a_sequence() {
+        let code = vec![
+            Instr::LoadLocal(0),
+            Instr::LoadLocal(1),
+            Instr::Lt,
+            Instr::JumpIfFalse(9),
+            Instr::LoadLocal(0),
+            Instr::PushInt(1),
+            Instr::AddAssign,
+            Instr::StoreLocal(0),
+            Instr::Jump(0),
+            Instr::LoadLocal(2),
+            Instr::LoadLocal(0),
+            Instr::Index,
+            Instr::Return,
+        ];
+        let quick = quicken(&code, None);
+        assert_eq!(quick.len(), code.len());
+        assert_eq!(
+            quick[0],
+            Instr::FusedCompareLocals {
+                a: 0,
+                b: 1,
+                op: CompareOp::Lt,
+                target: 9
+            }
+        );
+        assert_eq!(
+            quick[4],
+            Instr::FusedArithLocalInt {
+                a: 0,
+                op: ArithOp::Add,
+                k: 1,
+                store: 0
+            }
+        );
+        assert_eq!(quick[9], Instr::FusedIndexLocals { list: 2, index: 0 });
+        // Everything after a fused instruction's first is the original code.
+        for ip in [1, 2, 3, 5, 6, 7, 8, 11, 12] {
+            assert_eq!(quick[ip], code[ip], "instruction {ip}");
+        }
+    }
+
+    #[test]
+    fn leaves_operands_that_do_not_fit_alone() {
+        let code = vec![
+            Instr::LoadLocal(70_000),
+            Instr::PushInt(1),
+            Instr::Add,
+            Instr::LoadLocal(0),
+            Instr::PushInt(1 << 40),
+            Instr::Add,
+            Instr::Return,
+        ];
+        assert_eq!(quicken(&code, None), code);
+    }
+}
