@@ -6,7 +6,7 @@
 
 use indexmap::IndexMap;
 use sglc_vm::native::{Keywords, NativeCtx, Natives};
-use sglc_vm::value::{Str, Value};
+use sglc_vm::value::{Str, Value, range_count};
 use std::rc::Rc;
 
 type R = Result<Value, String>;
@@ -199,19 +199,13 @@ fn install_functions(n: &mut Natives) {
         if step == 0 {
             return Err("range() step must not be zero".to_string());
         }
-        // In i128: `stop - start` of two i64 overflows i64 at the extremes.
-        let (start, stop, step) = (i128::from(start), i128::from(stop), i128::from(step));
-        let count = if step > 0 {
-            (stop - start + step - 1).max(0) / step
-        } else {
-            (start - stop - step - 1).max(0) / -step
-        };
+        let count = range_count(start, stop, step);
         ctx.limits
             .fits_items(usize::try_from(count).unwrap_or(usize::MAX))?;
         // Every item lies between start and stop, so fits in i64.
         Ok(Value::list(
             (0..count)
-                .map(|i| Value::Int((start + i * step) as i64))
+                .map(|i| Value::Int((i128::from(start) + i * i128::from(step)) as i64))
                 .collect(),
         ))
     });

@@ -942,13 +942,7 @@ impl Instance {
         if step == 0 {
             return false;
         }
-        // Counted as `range()` counts (in i128: `stop - start` can overflow i64).
-        let (start_w, stop_w, step_w) = (i128::from(start), i128::from(stop), i128::from(step));
-        let count = if step_w > 0 {
-            (stop_w - start_w + step_w - 1).max(0) / step_w
-        } else {
-            (start_w - stop_w - step_w - 1).max(0) / -step_w
-        };
+        let count = crate::value::range_count(start, stop, step);
         let Ok(count) = usize::try_from(count) else {
             return false;
         };

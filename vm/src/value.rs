@@ -108,6 +108,17 @@ pub enum Iter {
     },
 }
 
+/// How many items `range(start, stop, step)` has (`step` not zero). In i128: `stop - start` of
+/// two i64 overflows i64 at the extremes, and every item lies between start and stop.
+pub fn range_count(start: i64, stop: i64, step: i64) -> i128 {
+    let (start, stop, step) = (i128::from(start), i128::from(stop), i128::from(step));
+    if step > 0 {
+        (stop - start + step - 1).max(0) / step
+    } else {
+        (start - stop - step - 1).max(0) / -step
+    }
+}
+
 impl Iter {
     pub fn next_item(&mut self) -> Option<Value> {
         match self {
