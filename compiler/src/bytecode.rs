@@ -336,6 +336,10 @@ pub enum Instr {
     /// building the list. Unlike the others it starts with the call: when the fast case does not
     /// apply it makes the call, and the `GetIter` after it runs.
     FusedRangeIter { native: u32, argc: u32 },
+    /// `ForIter { exit }; StoreLocal slot`: the next item goes straight into the loop
+    /// variable, `[iterator] -> [iterator]`, or when exhausted `[iterator] -> []` and jump to
+    /// `exit`.
+    FusedForIterStore { exit: u32, slot: u32 },
 }
 
 /// Marks a fused arithmetic instruction that leaves its result on the stack.

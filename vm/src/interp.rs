@@ -792,6 +792,22 @@ impl Instance {
                 }
                 drop_value(v);
             }
+            Instr::FusedForIterStore { exit, slot } => {
+                let Some(Value::Iterator(iter)) = stack.last() else {
+                    return false;
+                };
+                let next = iter.borrow_mut().next_item();
+                match next {
+                    Some(item) => {
+                        drop_value(std::mem::replace(&mut stack[base + slot as usize], item));
+                        fused_done(ip, 1);
+                    }
+                    None => {
+                        drop_value(stack.pop().unwrap_or_default());
+                        *ip = exit as usize;
+                    }
+                }
+            }
             Instr::ForIter { exit } => {
                 let Some(Value::Iterator(iter)) = stack.last() else {
                     return false;
@@ -996,6 +1012,8 @@ impl Instance {
                     "internal error: a fused instruction outside the interpreter's fast path",
                 );
             }
+            // Its first instruction, when the top of the stack is not an iterator.
+            Instr::FusedForIterStore { exit, .. } => self.op_for_iter(exit),
             Instr::FusedRangeIter { native, argc } => {
                 if self.push_range_iter(argc as usize, env.limits) {
                     // The `GetIter` after the call is done too.

@@ -20,6 +20,8 @@ pub fn quicken(code: &[Instr], range: Option<u32>) -> Vec<Instr> {
     (0..code.len())
         .map(|ip| {
             fuse_range_loop(code, ip, range)
+                .or_else(|| fuse_for_item(code, ip))
+                .or_else(|| thread_jump(code, ip))
                 .or_else(|| fuse_at(code, ip))
                 .unwrap_or(code[ip])
         })
@@ -37,6 +39,29 @@ fn fuse_range_loop(code: &[Instr], ip: usize, range: Option<u32>) -> Option<Inst
             },
             Some(Instr::GetIter),
         ) if Some(native) == range => Some(Instr::FusedRangeIter { native, argc }),
+        _ => None,
+    }
+}
+
+/// `ForIter; StoreLocal`: the item of a `for` loop with one loop variable.
+fn fuse_for_item(code: &[Instr], ip: usize) -> Option<Instr> {
+    match (code[ip], code.get(ip + 1)) {
+        (Instr::ForIter { exit }, Some(Instr::StoreLocal(slot))) => {
+            Some(Instr::FusedForIterStore { exit, slot: *slot })
+        }
+        _ => None,
+    }
+}
+
+/// A jump to a jump goes straight to the second one's target (the end of an `if` at the end of
+/// a loop body jumps to the loop's back edge). Once only: chains are short, and a cycle of
+/// jumps must stay one.
+fn thread_jump(code: &[Instr], ip: usize) -> Option<Instr> {
+    match code[ip] {
+        Instr::Jump(target) => match code.get(target as usize) {
+            Some(Instr::Jump(next)) if *next != target => Some(Instr::Jump(*next)),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -137,6 +162,24 @@ mod tests {
         for ip in [1, 2, 3, 5, 6, 7, 8, 11, 12] {
             assert_eq!(quick[ip], code[ip], "instruction {ip}");
         }
+    }
+
+    #[test]
+    fn threads_jumps_and_fuses_loop_items() {
+        let code = vec![
+            Instr::ForIter { exit: 5 },
+            Instr::StoreLocal(1),
+            Instr::Jump(3),
+            Instr::Jump(0),
+            Instr::Jump(4),
+            Instr::Return,
+        ];
+        let quick = quicken(&code, None);
+        assert_eq!(quick[0], Instr::FusedForIterStore { exit: 5, slot: 1 });
+        assert_eq!(quick[1], code[1]);
+        assert_eq!(quick[2], Instr::Jump(0));
+        // A jump to itself is left alone.
+        assert_eq!(quick[4], Instr::Jump(4));
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub fn range_count(start: i64, stop: i64, step: i64) -> i128 {
 }
 
 impl Iter {
+    #[inline]
     pub fn next_item(&mut self) -> Option<Value> {
         match self {
             Iter::List { list, next } => {
