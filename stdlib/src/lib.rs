@@ -4,9 +4,8 @@
 //! None of these touch files, the network or the environment: scripts get those only through
 //! functions the host registers.
 
-use indexmap::IndexMap;
 use sglc_vm::native::{Keywords, NativeCtx, Natives};
-use sglc_vm::value::{Str, Value, range_count};
+use sglc_vm::value::{Dict, Str, Value, range_count};
 use std::rc::Rc;
 
 type R = Result<Value, String>;
@@ -64,7 +63,7 @@ fn as_str<'a>(v: &'a Value, what: &str) -> Result<&'a str, String> {
 fn items(v: &Value) -> Result<Vec<Value>, String> {
     match v {
         Value::List(l) => Ok(l.borrow().clone()),
-        Value::Str(s) => Ok(s.chars().map(|c| Value::str(&c.to_string())).collect()),
+        Value::Str(s) => Ok(s.chars().map(|c| Value::string(c.to_string())).collect()),
         Value::Map(m) => Ok(m.borrow().keys().map(|k| Value::Str(k.clone())).collect()),
         other => Err(format!("{} is not iterable", other.type_name())),
     }
@@ -122,7 +121,7 @@ fn install_functions(n: &mut Natives) {
         Ok(Value::Int(len as i64))
     });
     n.register("str", 1, Some(1), |_, args, _| {
-        Ok(Value::str(&args[0].to_display()))
+        Ok(Value::string(args[0].to_display()))
     });
     n.register("int", 1, Some(1), |_, args, _| match &args[0] {
         Value::Int(i) => Ok(Value::Int(*i)),
@@ -307,7 +306,7 @@ fn install_functions(n: &mut Natives) {
         } else {
             serde_json::to_string(&json)
         };
-        text.map(|s| Value::str(&s)).map_err(|e| e.to_string())
+        text.map(Value::string).map_err(|e| e.to_string())
     });
     n.register("type", 1, Some(1), |_, args, _| {
         Ok(Value::str(args[0].type_name()))
@@ -352,8 +351,8 @@ fn install_str_methods(n: &mut Natives) {
             None => s.trim_end(),
         }))
     });
-    method(n, "lower", |s, _, _| Ok(Value::str(&s.to_lowercase())));
-    method(n, "upper", |s, _, _| Ok(Value::str(&s.to_uppercase())));
+    method(n, "lower", |s, _, _| Ok(Value::string(s.to_lowercase())));
+    method(n, "upper", |s, _, _| Ok(Value::string(s.to_uppercase())));
     method(n, "split", |s, args, kw| {
         only_keywords(kw, &["sep", "maxsplit"])?;
         let sep = match args.first().or(keyword(kw, "sep")) {
@@ -413,7 +412,7 @@ fn install_str_methods(n: &mut Natives) {
             }
             out.push_str(part.as_str().unwrap_or_default());
         }
-        Ok(Value::str(&out))
+        Ok(Value::string(out))
     });
     n.register_method("str", "replace", |ctx, recv, args, _| {
         let s = recv.as_str().unwrap_or_default();
@@ -429,7 +428,7 @@ fn install_str_methods(n: &mut Natives) {
                     .saturating_add(count.saturating_mul(new.len() - old.len())),
             )?;
         }
-        Ok(Value::str(&s.replace(old, new)))
+        Ok(Value::string(s.replace(old, new)))
     });
     method(n, "startswith", |s, args, _| {
         Ok(Value::Bool(s.starts_with(arg(args, 0, "prefix")?)))
@@ -453,7 +452,7 @@ fn install_str_methods(n: &mut Natives) {
         ))
     });
     method(n, "format", |s, args, kw| {
-        format_string(s, args, kw).map(|r| Value::str(&r))
+        format_string(s, args, kw).map(Value::string)
     });
 }
 
@@ -645,7 +644,7 @@ fn install_map_methods(n: &mut Natives) {
         Ok(Value::None)
     });
     n.register_method("map", "copy", |_, recv, _, _| {
-        let copy: IndexMap<Str, Value> = map_of(recv).borrow().clone();
+        let copy: Dict = map_of(recv).borrow().clone();
         Ok(Value::Map(Rc::new(std::cell::RefCell::new(copy))))
     });
 }

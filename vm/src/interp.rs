@@ -10,8 +10,7 @@ use crate::backend::{ChatTemplate, ChoicesMethod, RequestKind, SamplingParams, S
 use crate::error::{RuntimeError, TraceFrame};
 use crate::native::{MethodFn, NativeCtx, NativeFn, Natives};
 use crate::state::{self, CallOp, Outbox, Part, Site, StateData, StateRef};
-use crate::value::{Iter, Str, Value};
-use indexmap::IndexMap;
+use crate::value::{Dict, Iter, Str, Value};
 use serde::{Deserialize, Serialize};
 use sglc_compiler::bytecode::{
     CallSpec, Constant, FunctionId, GenParam, Instr, NO_KEYWORDS, NO_STORE, PrimitiveKind, Program,
@@ -147,6 +146,9 @@ pub struct Linked<'p> {
     /// What the interpreter runs: each function's code with common sequences fused
     /// (`crate::quicken`); same length and indices as the program's.
     code: Vec<Vec<Instr>>,
+    /// `methods[c]`: for string constant `c` used as a method name, each receiver type with
+    /// such a method and the method, resolved once instead of by two hash lookups per call.
+    methods: Vec<Vec<(&'static str, MethodFn)>>,
     pub globals: Vec<Value>,
     pub natives_table: &'p Natives,
     /// Compiled code for this batch's hot functions, when the JIT is on.
@@ -187,10 +189,31 @@ impl<'p> Linked<'p> {
             .iter()
             .position(|name| name == "range")
             .map(|id| id as u32);
+        let method_names: std::collections::HashSet<u32> = program
+            .functions
+            .iter()
+            .flat_map(|f| &f.code)
+            .filter_map(|instr| match instr {
+                Instr::CallMethod { name, .. } => Some(*name),
+                _ => None,
+            })
+            .collect();
+        let methods = program
+            .constants
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match c {
+                Constant::Str(name) if method_names.contains(&(i as u32)) => {
+                    natives_table.methods_named(name)
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         Ok(Linked {
             program,
             natives,
             constants,
+            methods,
             code: program
                 .functions
                 .iter()
@@ -1137,18 +1160,22 @@ impl Instance {
                 let v = self.pop();
                 let s = match v {
                     Value::Str(_) => v,
-                    other => Value::str(&other.to_display()),
+                    other => Value::string(other.to_display()),
                 };
                 self.stack.push(s);
             }
             Instr::BuildString(n) => {
-                let parts = self.pop_n(n as usize);
-                let mut s = String::new();
-                for p in &parts {
+                // Read in place, sized once: no vector of parts, no second copy.
+                let at = self.stack.len() - n as usize;
+                let parts = &self.stack[at..];
+                let len = parts.iter().map(|p| p.as_str().map_or(0, str::len)).sum();
+                env.limits.fits_string(len).or_else(fail)?;
+                let mut s = String::with_capacity(len);
+                for p in parts {
                     s.push_str(p.as_str().unwrap_or_default());
                 }
-                self.stack.push(Value::str(&s));
-                self.check_size(env.limits, 0)?;
+                self.stack.truncate(at);
+                self.stack.push(Value::string(s));
             }
             Instr::Call { function, argc } => self.op_call(env, function, argc, false)?,
             Instr::CallValue { argc } => self.op_call_value(env, argc)?,
@@ -1319,7 +1346,7 @@ impl Instance {
 
     fn op_build_map(&mut self, n: usize) -> OpResult {
         let flat = self.pop_n(n * 2);
-        let mut map = IndexMap::with_capacity(n);
+        let mut map = Dict::with_capacity_and_hasher(n, Default::default());
         let mut it = flat.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             match k {
@@ -1416,7 +1443,7 @@ impl Instance {
             }
             Value::Str(s) => {
                 let chars: Vec<char> = s.chars().collect();
-                Value::str(&chars[range(chars.len())].iter().collect::<String>())
+                Value::string(chars[range(chars.len())].iter().collect::<String>())
             }
             other => return fail(format!("cannot slice {}", other.type_name())),
         };
@@ -1688,11 +1715,11 @@ impl Instance {
             self.stack.push(result);
             return Ok(());
         }
-        let method: Option<MethodFn> = env
-            .linked
-            .natives_table
-            .method(receiver.type_name(), &name_str)
-            .cloned();
+        let type_name = receiver.type_name();
+        let method: Option<MethodFn> = env.linked.methods[name as usize]
+            .iter()
+            .find(|(t, _)| *t == type_name)
+            .map(|(_, f)| f.clone());
         let Some(method) = method else {
             return fail(format!(
                 "{} has no method `{name_str}`",
@@ -1787,7 +1814,7 @@ impl Instance {
                             .messages
                             .iter()
                             .map(|m| {
-                                let mut map = IndexMap::new();
+                                let mut map = Dict::default();
                                 map.insert(Str::from("role"), Value::str(&m.role));
                                 map.insert(Str::from("content"), Value::str(&m.content));
                                 Value::map(map)
@@ -2138,7 +2165,7 @@ pub fn binary_add(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String
             let mut s = String::with_capacity(x.len() + y.len());
             s.push_str(x);
             s.push_str(y);
-            Ok(Value::str(&s))
+            Ok(Value::string(s))
         }
         (Value::List(x), Value::List(y)) => {
             limits.fits_items(x.borrow().len() + y.borrow().len())?;
@@ -2173,7 +2200,7 @@ fn binary_mul(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
         (Value::Str(s), Value::Int(n)) | (Value::Int(n), Value::Str(s)) => {
             let n = (*n).max(0) as usize;
             limits.fits_string(s.len().saturating_mul(n))?;
-            Ok(Value::str(&s.repeat(n)))
+            Ok(Value::string(s.repeat(n)))
         }
         (Value::List(l), Value::Int(n)) | (Value::Int(n), Value::List(l)) => {
             let n = (*n).max(0) as usize;

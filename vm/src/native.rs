@@ -101,6 +101,14 @@ impl Natives {
         self.methods.get(type_name)?.get(name)
     }
 
+    /// Every receiver type with a method called `name`, and that method.
+    pub fn methods_named(&self, name: &str) -> Vec<(&'static str, MethodFn)> {
+        self.methods
+            .iter()
+            .filter_map(|(type_name, by_name)| Some((*type_name, by_name.get(name)?.clone())))
+            .collect()
+    }
+
     /// What the compiler needs to check calls: every function's signature and every method name.
     pub fn compile_env(&self) -> sglc_compiler::CompileEnv {
         let mut methods: Vec<String> = self
