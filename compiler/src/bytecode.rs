@@ -311,7 +311,7 @@ pub enum Instr {
         target: u32,
     },
     /// `LoadLocal a; LoadLocal b; <op>` and, unless `store` is `NO_STORE`, `StoreLocal store`,
-    /// on two ints: `[] -> [a op b]` or `[] -> []`.
+    /// on two numbers (ints, or floats): `[] -> [a op b]` or `[] -> []`.
     FusedArithLocals {
         a: u16,
         b: u16,
@@ -319,7 +319,7 @@ pub enum Instr {
         store: u32,
     },
     /// `LoadLocal a; PushInt k; <op>` and, unless `store` is `NO_STORE`, `StoreLocal store`, on
-    /// an int: `[] -> [a op k]` or `[] -> []`.
+    /// a number: `[] -> [a op k]` or `[] -> []`.
     FusedArithLocalInt {
         a: u16,
         op: ArithOp,
@@ -383,7 +383,7 @@ impl CompareOp {
     }
 }
 
-/// The int arithmetic of a fused instruction (`+=` on ints is `Add`).
+/// The arithmetic of a fused instruction, on ints or floats (`+=` on numbers is `Add`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ArithOp {
     Add,
@@ -400,6 +400,16 @@ impl ArithOp {
             Instr::Mul => ArithOp::Mul,
             _ => return None,
         })
+    }
+
+    /// As on floats (and on an int with a float, converted): cannot fail.
+    #[inline(always)]
+    pub fn floats(self, a: f64, b: f64) -> f64 {
+        match self {
+            ArithOp::Add => a + b,
+            ArithOp::Sub => a - b,
+            ArithOp::Mul => a * b,
+        }
     }
 
     /// `None` on overflow, which the unfused instruction reports.

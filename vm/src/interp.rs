@@ -715,8 +715,11 @@ impl Instance {
             Instr::FusedArithLocals { a, b, op, store } => {
                 let (a, b) = (base + a as usize, base + b as usize);
                 let result = match (&stack[a], &stack[b]) {
-                    (Value::Int(x), Value::Int(y)) => op.ints(*x, *y),
-                    _ => None,
+                    (Value::Int(x), Value::Int(y)) => op.ints(*x, *y).map(Value::Int),
+                    (x, y) => match (number(x), number(y)) {
+                        (Some(x), Some(y)) => Some(Value::Float(op.floats(x, y))),
+                        _ => None,
+                    },
                 };
                 match result {
                     Some(r) => Self::fused_result(stack, base, ip, r, store, &mut fused_done),
@@ -726,7 +729,8 @@ impl Instance {
             Instr::FusedArithLocalInt { a, op, k, store } => {
                 let a = base + a as usize;
                 let result = match stack[a] {
-                    Value::Int(x) => op.ints(x, k as i64),
+                    Value::Int(x) => op.ints(x, k as i64).map(Value::Int),
+                    Value::Float(x) => Some(Value::Float(op.floats(x, k as f64))),
                     _ => None,
                 };
                 match result {
@@ -1006,19 +1010,16 @@ impl Instance {
         stack: &mut Vec<Value>,
         base: usize,
         ip: &mut usize,
-        r: i64,
+        r: Value,
         store: u32,
         fused_done: &mut impl FnMut(&mut usize, u32),
     ) {
         if store == NO_STORE {
             fused_done(ip, 2);
-            push_value(stack, Value::Int(r));
+            push_value(stack, r);
         } else {
             fused_done(ip, 3);
-            drop_value(std::mem::replace(
-                &mut stack[base + store as usize],
-                Value::Int(r),
-            ));
+            drop_value(std::mem::replace(&mut stack[base + store as usize], r));
         }
     }
 
