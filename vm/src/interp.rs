@@ -299,6 +299,27 @@ fn grow(stack: &mut Vec<Value>) {
     stack.reserve(stack.len().max(64));
 }
 
+/// Replaces the top two values of the stack with `result`, when both are ints or floats: they
+/// own nothing, so no destructor runs, and `result` is written straight into its slot (dropping
+/// first made the compiler build it in memory a byte and a word at a time and then copy it,
+/// which stalls the load that follows).
+#[inline(always)]
+fn replace_two_scalars(stack: &mut Vec<Value>, result: Value) {
+    let n = stack.len();
+    debug_assert!(n >= 2);
+    debug_assert!(
+        stack[n - 2..]
+            .iter()
+            .all(|v| matches!(v, Value::Int(_) | Value::Float(_)))
+    );
+    // SAFETY: callers checked that there are two values and that both are ints or floats,
+    // which have no destructor, so forgetting them leaks nothing.
+    unsafe {
+        stack.set_len(n - 1);
+        std::ptr::write(stack.as_mut_ptr().add(n - 2), result);
+    }
+}
+
 /// An int or float operand as a float (`binary_div` takes only these two).
 #[inline(always)]
 fn number(v: &Value) -> Option<f64> {
@@ -797,8 +818,7 @@ impl Instance {
                 if y == 0.0 {
                     return false;
                 }
-                stack.truncate(n - 1);
-                stack[n - 2] = Value::Float(x / y);
+                replace_two_scalars(stack, Value::Float(x / y));
             }
             Instr::PushNone => push_value(stack, Value::None),
             Instr::PushBool(b) => push_value(stack, Value::Bool(b)),
@@ -917,8 +937,7 @@ impl Instance {
                             Instr::Mul => x * y,
                             _ => return false,
                         };
-                        stack.truncate(n - 1);
-                        stack[n - 2] = Value::Float(result);
+                        replace_two_scalars(stack, Value::Float(result));
                         return true;
                     }
                     _ => return false,
@@ -953,9 +972,7 @@ impl Instance {
                     Instr::Eq => Value::Bool(a == b),
                     _ => Value::Bool(a != b),
                 };
-                // Both operands are ints: nothing to drop.
-                stack.truncate(n - 1);
-                stack[n - 2] = result;
+                replace_two_scalars(stack, result);
             }
             _ => return false,
         }
