@@ -121,7 +121,7 @@ fn install_functions(n: &mut Natives) {
         Ok(Value::Int(len as i64))
     });
     n.register("str", 1, Some(1), |_, args, _| {
-        Ok(Value::string(args[0].to_display()))
+        Ok(Value::Str(args[0].display_str()))
     });
     n.register("int", 1, Some(1), |_, args, _| match &args[0] {
         Value::Int(i) => Ok(Value::Int(*i)),

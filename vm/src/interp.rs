@@ -1178,7 +1178,7 @@ impl Instance {
                 let v = self.pop();
                 let s = match v {
                     Value::Str(_) => v,
-                    other => Value::string(other.to_display()),
+                    other => Value::Str(other.display_str()),
                 };
                 self.stack.push(s);
             }
@@ -1188,12 +1188,9 @@ impl Instance {
                 let parts = &self.stack[at..];
                 let len = parts.iter().map(|p| p.as_str().map_or(0, str::len)).sum();
                 env.limits.fits_string(len).or_else(fail)?;
-                let mut s = String::with_capacity(len);
-                for p in parts {
-                    s.push_str(p.as_str().unwrap_or_default());
-                }
+                let s = Str::concat(len, parts.iter().map(|p| p.as_str().unwrap_or_default()));
                 self.stack.truncate(at);
-                self.stack.push(Value::string(s));
+                self.stack.push(Value::Str(s));
             }
             Instr::Call { function, argc } => self.op_call(env, function, argc, false)?,
             Instr::CallValue { argc } => self.op_call_value(env, argc)?,
@@ -2180,10 +2177,7 @@ pub fn binary_add(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String
     match (a, b) {
         (Value::Str(x), Value::Str(y)) => {
             limits.fits_string(x.len() + y.len())?;
-            let mut s = String::with_capacity(x.len() + y.len());
-            s.push_str(x);
-            s.push_str(y);
-            Ok(Value::string(s))
+            Ok(Value::Str(Str::concat(x.len() + y.len(), [&**x, &**y])))
         }
         (Value::List(x), Value::List(y)) => {
             limits.fits_items(x.borrow().len() + y.borrow().len())?;

@@ -11,6 +11,7 @@ pub mod jit_options;
 pub mod native;
 mod quicken;
 pub mod scheduler;
+mod shared_str;
 pub mod state;
 pub mod stream;
 pub mod value;

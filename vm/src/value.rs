@@ -10,60 +10,8 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
-/// A shared, immutable string. One thin pointer (not `Rc<str>`, a fat one), so a `Value` is two
-/// words and moves in registers through the interpreter's hot paths.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Str(Rc<String>);
+pub use crate::shared_str::Str;
 
-impl std::ops::Deref for Str {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl std::borrow::Borrow<str> for Str {
-    fn borrow(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl AsRef<str> for Str {
-    fn as_ref(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl From<&str> for Str {
-    fn from(s: &str) -> Str {
-        Str(Rc::new(s.to_string()))
-    }
-}
-
-impl From<String> for Str {
-    fn from(s: String) -> Str {
-        Str(Rc::new(s))
-    }
-}
-
-impl std::fmt::Display for Str {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self)
-    }
-}
-
-impl std::fmt::Debug for Str {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl serde::Serialize for Str {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self)
-    }
-}
 pub type List = Rc<RefCell<Vec<Value>>>;
 /// The hasher of script maps: foldhash, seeded per process. SipHash, the standard one, took
 /// 6% of the instructions of a loop scoring strings with `word in map`; foldhash keeps some
@@ -281,6 +229,16 @@ impl Value {
     }
 
     /// `str(v)`: strings as they are, everything else as its repr.
+    /// `str(v)` as a string value: a string is itself, an int is formatted without the
+    /// general formatting machinery (f-strings format ints in loops).
+    pub fn display_str(&self) -> Str {
+        match self {
+            Value::Str(s) => s.clone(),
+            Value::Int(n) => Str::from(itoa::Buffer::new().format(*n)),
+            _ => Str::from(self.repr()),
+        }
+    }
+
     pub fn to_display(&self) -> String {
         match self {
             Value::Str(s) => s.to_string(),
