@@ -63,17 +63,18 @@ impl Str {
             });
         }
         if written != len {
-            // A caller's `len` was too large: keep what was written, in a right-sized string.
-            let short = Str(header);
-            // SAFETY: the header records `written` bytes, but the allocation was made for
-            // `len`: fix the layout used on drop by copying into a string of the right size.
-            let copy = Str::from(short.as_str());
-            // SAFETY: `short` was allocated with `layout(len)`; free it with that layout.
+            // A caller's `len` was too large. The drop path frees by the length in the header,
+            // so copy what was written into a string of its own size and free this one here.
+            // SAFETY: the first `written` bytes were copied from `&str`s; the allocation was
+            // made with `layout` and nothing else points to it; the header needs no drop.
             unsafe {
-                std::mem::forget(short);
+                let bytes = raw.cast::<u8>().add(BYTES_OFFSET);
+                let text =
+                    std::str::from_utf8_unchecked(std::slice::from_raw_parts(bytes, written));
+                let copy = Str::from(text);
                 std::alloc::dealloc(raw.cast::<u8>(), layout);
+                return copy;
             }
-            return copy;
         }
         Str(header)
     }
