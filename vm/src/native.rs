@@ -33,7 +33,7 @@ pub struct NativeFunction {
 #[derive(Clone, Default)]
 pub struct Natives {
     functions: IndexMap<String, NativeFunction>,
-    /// By receiver type, then name: a lookup borrows the name, allocating nothing.
+    /// By receiver type, then name; `methods_named` resolves a name once per program at link time.
     methods: HashMap<&'static str, HashMap<String, MethodFn>>,
 }
 
@@ -95,10 +95,6 @@ impl Natives {
 
     pub fn function(&self, name: &str) -> Option<&NativeFunction> {
         self.functions.get(name)
-    }
-
-    pub fn method(&self, type_name: &'static str, name: &str) -> Option<&MethodFn> {
-        self.methods.get(type_name)?.get(name)
     }
 
     /// Every receiver type with a method called `name`, and that method.
