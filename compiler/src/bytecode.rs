@@ -293,9 +293,10 @@ pub enum Instr {
 
     // Fused instructions. The compiler never emits these: the VM's quickening pass
     // (vm/src/quicken.rs) writes them over the first instruction of a common sequence in its own
-    // copy of the code, leaving the rest of the sequence in place. Each starts with
-    // `LoadLocal(a)`: when its operands are not ints (or the fast case fails, as on overflow) it
-    // does just that load, and the original sequence runs on.
+    // copy of the code, leaving the rest of the sequence in place. When its fast case does not
+    // apply (operands of other types, an overflow, an index out of range) a fused instruction
+    // does just the instruction it replaced (`LoadLocal(a)` for most), and the original sequence
+    // runs on.
     /// `LoadLocal a; LoadLocal b; <op>; JumpIfFalse target` on two ints: `[] -> []`.
     FusedCompareLocals {
         a: u16,

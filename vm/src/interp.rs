@@ -704,7 +704,7 @@ impl Instance {
     ) -> bool {
         let stack = &mut self.stack;
         // A fused instruction that did its whole sequence skips the rest of it and counts it
-        // against the budget; one that did not does only its first instruction, `LoadLocal(a)`.
+        // against the budget; one that did not does only the instruction it replaced.
         let mut fused_done = |ip: &mut usize, rest: u32| {
             *ip += rest as usize;
             *budget = budget.saturating_sub(rest);

@@ -109,7 +109,7 @@ impl Value {
         Value::Str(Str::from(s))
     }
 
-    /// A string value that takes `s` over, without copying it.
+    /// A string value from an owned `String` (copied into the value's single allocation).
     pub fn string(s: String) -> Value {
         Value::Str(Str::from(s))
     }
