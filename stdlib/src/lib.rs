@@ -23,6 +23,64 @@ pub fn install(n: &mut Natives) {
     install_str_methods(n);
     install_list_methods(n);
     install_map_methods(n);
+    mark_jit_safe(n);
+}
+
+/// What compiled code may call: everything here except `print` (output) and `sort` (it can
+/// fail halfway through, with the list half sorted). See `Natives::mark_jit_safe`.
+fn mark_jit_safe(n: &mut Natives) {
+    n.mark_jit_safe(&[
+        "len",
+        "str",
+        "int",
+        "float",
+        "bool",
+        "abs",
+        "round",
+        "div",
+        "range",
+        "zip",
+        "enumerate",
+        "list",
+        "min",
+        "max",
+        "sum",
+        "sorted",
+        "reversed",
+        "json_parse",
+        "json_dump",
+        "type",
+    ]);
+    n.mark_jit_safe_methods(
+        "str",
+        &[
+            "strip",
+            "lstrip",
+            "rstrip",
+            "lower",
+            "upper",
+            "split",
+            "splitlines",
+            "join",
+            "replace",
+            "startswith",
+            "endswith",
+            "find",
+            "count",
+            "isdigit",
+            "format",
+        ],
+    );
+    n.mark_jit_safe_methods(
+        "list",
+        &[
+            "append", "extend", "pop", "insert", "index", "count", "reverse", "copy",
+        ],
+    );
+    n.mark_jit_safe_methods(
+        "map",
+        &["get", "keys", "values", "items", "pop", "update", "copy"],
+    );
 }
 
 fn keyword<'a>(kwargs: Keywords<'a>, name: &str) -> Option<&'a Value> {

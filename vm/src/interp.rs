@@ -258,7 +258,7 @@ pub enum Halt {
     Error(RuntimeError),
 }
 
-enum Flow {
+pub(crate) enum Flow {
     Wait(StateRef),
     /// Compiled code used up its fuel: let other programs run (the frames are consistent).
     #[cfg_attr(not(feature = "jit"), allow(dead_code))]
@@ -1296,31 +1296,8 @@ impl Instance {
 
     fn op_get_iter(&mut self) -> OpResult {
         let v = self.pop();
-        let iter = match v {
-            Value::List(list) => Iter::List { list, next: 0 },
-            Value::Str(s) => Iter::Chars {
-                chars: s.chars().collect(),
-                next: 0,
-            },
-            Value::Map(m) => Iter::List {
-                list: Rc::new(RefCell::new(
-                    m.borrow().keys().map(|k| Value::Str(k.clone())).collect(),
-                )),
-                next: 0,
-            },
-            Value::Iterator(it) => {
-                self.stack.push(Value::Iterator(it));
-                return Ok(());
-            }
-            other => {
-                return fail_with_help(
-                    format!("cannot iterate over {}", other.type_name()),
-                    "`for` works on lists, strings and maps; use range(n) for numbers",
-                );
-            }
-        };
-        self.stack
-            .push(Value::Iterator(Rc::new(RefCell::new(iter))));
+        let iter = iterate(v)?;
+        self.stack.push(iter);
         Ok(())
     }
 
@@ -1560,7 +1537,7 @@ impl Instance {
             ip,
             &self.stack[base..],
             self.frames.len(),
-            env.limits.max_call_depth,
+            env.limits,
             self.jit_turn(env),
         );
         self.charge_compiled(env);
@@ -1606,7 +1583,7 @@ impl Instance {
             function,
             &self.stack[at..],
             self.frames.len(),
-            max_depth,
+            env.limits,
             self.jit_turn(env),
         );
         self.charge_compiled(env);
@@ -2077,7 +2054,32 @@ fn fragment_parts(v: &Value, context: &str) -> Result<Vec<Part>, Flow> {
     }
 }
 
-fn index(obj: &Value, key: &Value) -> Result<Value, Flow> {
+/// What `for` iterates over `v`: an iterator value (`GetIter`).
+pub(crate) fn iterate(v: Value) -> Result<Value, Flow> {
+    let iter = match v {
+        Value::List(list) => Iter::List { list, next: 0 },
+        Value::Str(s) => Iter::Chars {
+            chars: s.chars().collect(),
+            next: 0,
+        },
+        Value::Map(m) => Iter::List {
+            list: Rc::new(RefCell::new(
+                m.borrow().keys().map(|k| Value::Str(k.clone())).collect(),
+            )),
+            next: 0,
+        },
+        Value::Iterator(it) => return Ok(Value::Iterator(it)),
+        other => {
+            return fail_with_help(
+                format!("cannot iterate over {}", other.type_name()),
+                "`for` works on lists, strings and maps; use range(n) for numbers",
+            );
+        }
+    };
+    Ok(Value::Iterator(Rc::new(RefCell::new(iter))))
+}
+
+pub(crate) fn index(obj: &Value, key: &Value) -> Result<Value, Flow> {
     match (obj, key) {
         (Value::List(list), Value::Int(i)) => {
             let list = list.borrow();
@@ -2128,12 +2130,12 @@ fn index(obj: &Value, key: &Value) -> Result<Value, Flow> {
     }
 }
 
-fn normalize_index(i: i64, len: usize) -> Option<usize> {
+pub(crate) fn normalize_index(i: i64, len: usize) -> Option<usize> {
     let at = if i < 0 { len as i64 + i } else { i };
     (0..len as i64).contains(&at).then_some(at as usize)
 }
 
-fn contains(container: &Value, item: &Value) -> Result<bool, String> {
+pub(crate) fn contains(container: &Value, item: &Value) -> Result<bool, String> {
     match (container, item) {
         (Value::Str(s), Value::Str(sub)) => Ok(s.contains(&**sub)),
         (Value::List(list), _) => Ok(list.borrow().iter().any(|v| v.equals(item))),
@@ -2146,7 +2148,7 @@ fn contains(container: &Value, item: &Value) -> Result<bool, String> {
     }
 }
 
-fn arith(
+pub(crate) fn arith(
     a: &Value,
     b: &Value,
     symbol: &str,
@@ -2207,7 +2209,7 @@ fn flow_message(flow: Flow) -> String {
 }
 
 /// `*`; a repetition is checked against the size limits before anything is allocated.
-fn binary_mul(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
+pub(crate) fn binary_mul(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
     match (a, b) {
         (Value::Str(s), Value::Int(n)) | (Value::Int(n), Value::Str(s)) => {
             let n = (*n).max(0) as usize;
@@ -2228,7 +2230,7 @@ fn binary_mul(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
     }
 }
 
-fn binary_div(a: &Value, b: &Value) -> Result<Value, String> {
+pub(crate) fn binary_div(a: &Value, b: &Value) -> Result<Value, String> {
     let numeric = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_));
     match (a.as_float(), b.as_float()) {
         (Some(_), Some(y)) if numeric(a) && numeric(b) && y == 0.0 => {
@@ -2243,7 +2245,7 @@ fn binary_div(a: &Value, b: &Value) -> Result<Value, String> {
     }
 }
 
-fn binary_mod(a: &Value, b: &Value) -> Result<Value, String> {
+pub(crate) fn binary_mod(a: &Value, b: &Value) -> Result<Value, String> {
     match (a, b) {
         (Value::Int(_), Value::Int(0)) => Err("modulo by zero".to_string()),
         (Value::Int(x), Value::Int(y)) => {

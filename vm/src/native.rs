@@ -27,6 +27,8 @@ pub type MethodFn =
 pub struct NativeFunction {
     pub signature: HostFunction,
     pub call: NativeFn,
+    /// Compiled code may call it (see `Natives::mark_jit_safe`).
+    pub jit_safe: bool,
 }
 
 /// The table of native functions (by name) and methods (by receiver type and name).
@@ -35,6 +37,8 @@ pub struct Natives {
     functions: IndexMap<String, NativeFunction>,
     /// By receiver type, then name; `methods_named` resolves a name once per program at link time.
     methods: HashMap<&'static str, HashMap<String, MethodFn>>,
+    /// Methods compiled code may call, by receiver type and name.
+    jit_safe_methods: std::collections::HashSet<(&'static str, String)>,
 }
 
 impl Natives {
@@ -59,6 +63,7 @@ impl Natives {
                     max_args,
                 },
                 call: Arc::new(f),
+                jit_safe: false,
             },
         );
     }
@@ -91,6 +96,44 @@ impl Natives {
             .entry(type_name)
             .or_default()
             .insert(name.to_string(), Arc::new(f));
+        self.jit_safe_methods.remove(&(type_name, name.to_string()));
+    }
+
+    /// Lets compiled code call these functions. Only for functions that touch nothing but
+    /// their arguments (no output, no host state) and that, when they fail, have changed
+    /// nothing: compiled code hands a failing call back to the interpreter, which runs it
+    /// again to raise the error. Registering a function again withdraws the mark.
+    pub fn mark_jit_safe(&mut self, names: &[&str]) {
+        for name in names {
+            if let Some(f) = self.functions.get_mut(*name) {
+                f.jit_safe = true;
+            }
+        }
+    }
+
+    /// `mark_jit_safe` for methods on values of type `type_name`. A method may change its
+    /// receiver (`append`), but only once it cannot fail any more.
+    pub fn mark_jit_safe_methods(&mut self, type_name: &'static str, names: &[&str]) {
+        for name in names {
+            if self
+                .methods
+                .get(type_name)
+                .is_some_and(|m| m.contains_key(*name))
+            {
+                self.jit_safe_methods.insert((type_name, name.to_string()));
+            }
+        }
+    }
+
+    /// Whether every method called `name`, on any receiver type, may be called from compiled
+    /// code (a call site does not know its receiver's type).
+    pub fn method_jit_safe(&self, name: &str) -> bool {
+        self.methods.iter().all(|(type_name, by_name)| {
+            !by_name.contains_key(name)
+                || self
+                    .jit_safe_methods
+                    .contains(&(*type_name, name.to_string()))
+        })
     }
 
     pub fn function(&self, name: &str) -> Option<&NativeFunction> {

@@ -229,13 +229,10 @@ pub async fn run_batch(
     #[cfg(feature = "jit")]
     if config.jit.mode != crate::jit_options::JitMode::Off {
         // Without a JIT (an unsupported machine) everything is interpreted, as with `off`.
-        linked.jit = crate::jit::Jit::new(program, config.jit, config.limits.max_call_depth)
-            .ok()
-            .map(|mut jit| {
-                jit.max_range = config.limits.max_collection_len;
-                jit
-            })
-            .map(std::cell::RefCell::new);
+        linked.jit =
+            crate::jit::Jit::new(program, linked.natives_table, config.jit, &config.limits)
+                .ok()
+                .map(std::cell::RefCell::new);
     }
 
     let mut slots: Vec<Option<Slot>> = Vec::new();

@@ -2,10 +2,12 @@
 //! instruction, for one specialization (a function and the types of its arguments).
 //!
 //! Abstract interpretation over the bytecode: a function is eligible when every instruction it
-//! can reach works on ints, floats, bools and `none` in a way the code generator knows, with one
-//! type per slot wherever control flow meets. Anything else (strings, lists, `print`, gen,
-//! select, a state) makes it ineligible, and it keeps running in the interpreter.
+//! can reach is one the code generator knows, with one type per slot wherever control flow
+//! meets. Ints, floats and bools are native; every other value is an object slot (`Ty::Obj`)
+//! worked on by runtime helpers. gen, select, states, `print` and host functions make a
+//! function ineligible, and it keeps running in the interpreter.
 
+use super::runtime::Host;
 use super::{Spec, Ty};
 use sglc_compiler::bytecode::{Constant, Instr, NO_KEYWORDS, Program};
 use std::collections::HashMap;
@@ -47,17 +49,24 @@ pub struct Analyzer<'a> {
     pub program: &'a Program,
     /// Values of the top-level constants (the JIT embeds numeric ones as constants).
     pub globals: &'a [crate::value::Value],
+    /// Which natives and methods compiled code may call.
+    pub host: std::rc::Rc<Host>,
     done: HashMap<Spec, Result<Ty, Reject>>,
     in_progress: HashMap<Spec, (Ty, bool)>,
 }
 
-const GUESSES: [Ty; 4] = [Ty::Int, Ty::Float, Ty::Bool, Ty::None];
+const GUESSES: [Ty; 5] = [Ty::Int, Ty::Float, Ty::Bool, Ty::None, Ty::Obj];
 
 impl<'a> Analyzer<'a> {
-    pub fn new(program: &'a Program, globals: &'a [crate::value::Value]) -> Analyzer<'a> {
+    pub fn new(
+        program: &'a Program,
+        globals: &'a [crate::value::Value],
+        host: std::rc::Rc<Host>,
+    ) -> Analyzer<'a> {
         Analyzer {
             program,
             globals,
+            host,
             done: HashMap::new(),
             in_progress: HashMap::new(),
         }
@@ -156,8 +165,8 @@ impl<'a> Analyzer<'a> {
             let merged = match &before[ip] {
                 None => frame,
                 Some(old) => {
-                    let merged = merge(old, &frame).ok_or_else(|| {
-                        format!("the stack differs where control flow meets (instruction {ip})")
+                    let merged = merge(old, &frame).map_err(|why| {
+                        format!("{why} where control flow meets (instruction {ip})")
                     })?;
                     if &merged == old {
                         continue;
@@ -191,13 +200,12 @@ impl<'a> Analyzer<'a> {
                         break;
                     }
                     Next::Return(ty) => {
-                        match return_type {
-                            None => return_type = Some(ty),
-                            Some(t) if t == ty => {}
-                            Some(t) => {
-                                return Err(format!("returns both {} and {}", t.name(), ty.name()));
-                            }
-                        }
+                        return_type = match return_type {
+                            None => Some(ty),
+                            Some(t) => Some(merge_slot(t, ty).map_err(|_| {
+                                format!("returns both {} and {}", t.name(), ty.name())
+                            })?),
+                        };
                         break;
                     }
                 }
@@ -230,13 +238,15 @@ impl<'a> Analyzer<'a> {
                 .pop()
                 .ok_or_else(|| "the stack underflows".to_string())
         };
+        // A value a slot can hold: a scalar or an object (not a range being iterated).
         let scalar = |ty: Ty| -> Result<Ty, Reject> {
-            if ty.is_scalar() {
+            if ty.is_scalar() || ty == Ty::Obj {
                 Ok(ty)
             } else {
                 Err(format!("{} used as a value", ty.name()))
             }
         };
+        let object = |ty: Ty| ty == Ty::Obj;
         match instr {
             Instr::PushNone => stack.push(Ty::None),
             Instr::PushBool(_) => stack.push(Ty::Bool),
@@ -244,7 +254,7 @@ impl<'a> Analyzer<'a> {
             Instr::Const(i) => match &program.constants[i as usize] {
                 Constant::Int(_) => stack.push(Ty::Int),
                 Constant::Float(_) => stack.push(Ty::Float),
-                Constant::Str(_) => return Err("uses strings".into()),
+                Constant::Str(_) => stack.push(Ty::Obj),
             },
             Instr::LoadLocal(slot) => match state.locals[slot as usize] {
                 Local::Known(ty) => stack.push(ty),
@@ -258,7 +268,7 @@ impl<'a> Analyzer<'a> {
             }
             Instr::LoadGlobal(slot) => {
                 let ty = Ty::of(&self.globals[slot as usize])
-                    .ok_or_else(|| "reads a constant that is not a number".to_string())?;
+                    .ok_or_else(|| "reads a constant it cannot hold".to_string())?;
                 stack.push(ty);
             }
             Instr::Pop => {
@@ -268,18 +278,29 @@ impl<'a> Analyzer<'a> {
                 let ty = scalar(*stack.last().ok_or("the stack underflows")?)?;
                 stack.push(ty);
             }
-            Instr::Add | Instr::Sub | Instr::Mul | Instr::AddAssign => {
-                let (b, a) = (pop(stack)?, pop(stack)?);
-                stack.push(arithmetic(a, b)?);
+            Instr::Add | Instr::Sub | Instr::Mul | Instr::AddAssign | Instr::Mod => {
+                let (b, a) = (scalar(pop(stack)?)?, scalar(pop(stack)?)?);
+                let ty = if object(a) || object(b) {
+                    Ty::Obj
+                } else {
+                    arithmetic(a, b)?
+                };
+                stack.push(ty);
             }
             Instr::Div => {
-                let (b, a) = (pop(stack)?, pop(stack)?);
-                arithmetic(a, b)?;
-                stack.push(Ty::Float);
+                let (b, a) = (scalar(pop(stack)?)?, scalar(pop(stack)?)?);
+                let ty = if object(a) || object(b) {
+                    Ty::Obj
+                } else {
+                    arithmetic(a, b)?;
+                    Ty::Float
+                };
+                stack.push(ty);
             }
-            Instr::Mod => {
-                let (b, a) = (pop(stack)?, pop(stack)?);
-                stack.push(arithmetic(a, b)?);
+            Instr::In | Instr::NotIn => {
+                scalar(pop(stack)?)?;
+                scalar(pop(stack)?)?;
+                stack.push(Ty::Bool);
             }
             Instr::Neg => {
                 let a = pop(stack)?;
@@ -299,9 +320,9 @@ impl<'a> Analyzer<'a> {
                 stack.push(Ty::Bool);
             }
             Instr::Lt | Instr::Le | Instr::Gt | Instr::Ge => {
-                let (b, a) = (pop(stack)?, pop(stack)?);
+                let (b, a) = (scalar(pop(stack)?)?, scalar(pop(stack)?)?);
                 let comparable = |t: Ty| matches!(t, Ty::Int | Ty::Float | Ty::Bool);
-                if !comparable(a) || !comparable(b) {
+                if !(object(a) || object(b)) && (!comparable(a) || !comparable(b)) {
                     return Err(format!("compares {} with {}", a.name(), b.name()));
                 }
                 stack.push(Ty::Bool);
@@ -331,36 +352,92 @@ impl<'a> Analyzer<'a> {
                     .checked_sub(argc as usize)
                     .ok_or("the stack underflows")?;
                 let args = stack.split_off(at);
-                let result = match (name, args.as_slice()) {
-                    ("range", [Ty::Int] | [Ty::Int, Ty::Int] | [Ty::Int, Ty::Int, Ty::Int]) => {
-                        let next_is_iter = matches!(
-                            program.functions[spec.function as usize].code.get(ip + 1),
-                            Some(Instr::GetIter)
-                        );
-                        if !next_is_iter {
-                            return Err("uses range() as a list".into());
-                        }
-                        Ty::Range
+                for arg in &args {
+                    scalar(*arg)?;
+                }
+                let next_is_iter = matches!(
+                    program.functions[spec.function as usize].code.get(ip + 1),
+                    Some(Instr::GetIter)
+                );
+                let result = match inline_native(name, &args, next_is_iter) {
+                    Some(ty) => ty,
+                    None if self.host.natives[native as usize].is_some() => {
+                        native_result(name).unwrap_or(Ty::Obj)
                     }
-                    ("div", [Ty::Int, Ty::Int]) => Ty::Int,
-                    ("abs", [ty @ (Ty::Int | Ty::Float)]) => *ty,
-                    _ => return Err(format!("calls `{name}`")),
+                    None => return Err(format!("calls `{name}`")),
                 };
                 stack.push(result);
             }
-            Instr::GetIter => {
-                if pop(stack)? != Ty::Range {
-                    return Err("iterates over something other than range()".into());
+            Instr::CallMethod {
+                name,
+                argc,
+                keywords,
+            } => {
+                let (method, _) = &self.host.methods[name as usize];
+                if keywords != NO_KEYWORDS {
+                    return Err(format!("calls `.{method}` with keywords"));
                 }
-                stack.push(Ty::RangeIter);
+                if self.host.methods[name as usize].1.is_empty() {
+                    return Err(format!("calls `.{method}`"));
+                }
+                for _ in 0..=argc {
+                    scalar(pop(stack)?)?;
+                }
+                stack.push(Ty::Obj);
+            }
+            Instr::Index => {
+                scalar(pop(stack)?)?;
+                scalar(pop(stack)?)?;
+                stack.push(Ty::Obj);
+            }
+            Instr::StoreIndex => {
+                for _ in 0..3 {
+                    scalar(pop(stack)?)?;
+                }
+            }
+            Instr::BuildList(n) | Instr::BuildString(n) => {
+                for _ in 0..n {
+                    scalar(pop(stack)?)?;
+                }
+                stack.push(Ty::Obj);
+            }
+            Instr::BuildMap(n) => {
+                for _ in 0..2 * n {
+                    scalar(pop(stack)?)?;
+                }
+                stack.push(Ty::Obj);
+            }
+            Instr::FormatValue => {
+                scalar(pop(stack)?)?;
+                stack.push(Ty::Obj);
+            }
+            Instr::ListAppendUnder(depth) => {
+                scalar(pop(stack)?)?;
+                let list = stack
+                    .len()
+                    .checked_sub(1 + depth as usize)
+                    .ok_or("the stack underflows")?;
+                if !matches!(stack[list], Ty::Obj | Ty::None) {
+                    return Err("appends to something that is not a list".into());
+                }
+            }
+            Instr::GetIter => {
+                let iter = match pop(stack)? {
+                    Ty::Range => Ty::RangeIter,
+                    Ty::Obj | Ty::None => Ty::ObjIter,
+                    other => return Err(format!("iterates over {}", other.name())),
+                };
+                stack.push(iter);
             }
             Instr::ForIter { exit } => {
-                if stack.last() != Some(&Ty::RangeIter) {
-                    return Err("iterates over something other than range()".into());
-                }
+                let item = match stack.last() {
+                    Some(Ty::RangeIter) => Ty::Int,
+                    Some(Ty::ObjIter) => Ty::Obj,
+                    _ => return Err("iterates over something it cannot".into()),
+                };
                 let mut done = state.clone();
                 done.stack.pop();
-                state.stack.push(Ty::Int);
+                state.stack.push(item);
                 return Ok(Next::Branch(exit, done));
             }
             Instr::Call { function, argc } => {
@@ -369,7 +446,7 @@ impl<'a> Analyzer<'a> {
                     .checked_sub(argc as usize)
                     .ok_or("the stack underflows")?;
                 let args: Vec<Ty> = stack.split_off(at);
-                if let Some(bad) = args.iter().find(|t| !t.is_scalar()) {
+                if let Some(bad) = args.iter().find(|t| !t.is_scalar() && **t != Ty::Obj) {
                     return Err(format!("passes {} to a function", bad.name()));
                 }
                 let callee = Spec { function, args };
@@ -409,20 +486,73 @@ fn arithmetic(a: Ty, b: Ty) -> Result<Ty, Reject> {
     }
 }
 
-fn merge(a: &Frame, b: &Frame) -> Option<Frame> {
-    if a.stack != b.stack {
-        return None;
+/// A native call compiled inline (no helper): `range()` iterated by a `for`, `div` and `abs` on
+/// numbers. The code generator uses the same test.
+pub fn inline_native(name: &str, args: &[Ty], next_is_iter: bool) -> Option<Ty> {
+    match (name, args) {
+        ("range", [Ty::Int] | [Ty::Int, Ty::Int] | [Ty::Int, Ty::Int, Ty::Int]) if next_is_iter => {
+            Some(Ty::Range)
+        }
+        ("div", [Ty::Int, Ty::Int]) => Some(Ty::Int),
+        ("abs", [ty @ (Ty::Int | Ty::Float)]) => Some(*ty),
+        _ => None,
     }
+}
+
+/// The type a standard native always returns when it succeeds, where compiled code unboxes
+/// it (so `len(xs)` stays an int); other natives give an object.
+pub fn native_result(name: &str) -> Option<Ty> {
+    match name {
+        "len" | "int" => Some(Ty::Int),
+        "float" => Some(Ty::Float),
+        "bool" => Some(Ty::Bool),
+        _ => None,
+    }
+}
+
+/// One slot's type where two paths meet. `none` and an object merge into an object (both are
+/// an object slot, `none` being 0); an object and anything else cannot merge, since compiled
+/// code would no longer know whether the slot owns a box.
+fn merge_slot(a: Ty, b: Ty) -> Result<Ty, &'static str> {
+    match (a, b) {
+        _ if a == b => Ok(a),
+        (Ty::None, Ty::Obj) | (Ty::Obj, Ty::None) => Ok(Ty::Obj),
+        _ => Err("a slot holds an object on one path and not on another"),
+    }
+}
+
+fn merge(a: &Frame, b: &Frame) -> Result<Frame, String> {
+    if a.stack.len() != b.stack.len() {
+        return Err("has different stacks".into());
+    }
+    let stack = a
+        .stack
+        .iter()
+        .zip(&b.stack)
+        .map(|(x, y)| merge_slot(*x, *y))
+        .collect::<Result<Vec<Ty>, _>>()
+        .map_err(|_| "has an object on the stack on one path only".to_string())?;
     let locals = a
         .locals
         .iter()
         .zip(&b.locals)
-        .map(|(x, y)| if x == y { *x } else { Local::Unknown })
-        .collect();
-    Some(Frame {
-        locals,
-        stack: a.stack.clone(),
-    })
+        .map(|(x, y)| match (x, y) {
+            (Local::Known(x), Local::Known(y)) if x == y => Ok(Local::Known(*x)),
+            (Local::Known(x), Local::Known(y)) => match merge_slot(*x, *y) {
+                Ok(ty) => Ok(Local::Known(ty)),
+                Err(_) if *x == Ty::Obj || *y == Ty::Obj => Err(format!(
+                    "keeps an object in a variable on one path and {} on another",
+                    if *x == Ty::Obj { y.name() } else { x.name() }
+                )),
+                Err(_) => Ok(Local::Unknown),
+            },
+            (Local::Known(Ty::Obj), Local::Unknown) | (Local::Unknown, Local::Known(Ty::Obj)) => {
+                Err("keeps an object in a variable on one path only".to_string())
+            }
+            _ => Ok(Local::Unknown),
+        })
+        .collect::<Result<Vec<Local>, String>>()?;
+    Ok(Frame { locals, stack })
 }
 
 fn instr_name(instr: &Instr) -> String {

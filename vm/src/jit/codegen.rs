@@ -2,7 +2,8 @@
 //!
 //! Every local and stack slot is a cranelift `Variable` per (slot, representation), so control
 //! flow merges come from the SSA builder. Ints, bools and `none` are `i64`, floats `f64`; a
-//! `range()` being iterated is four `i64`s (start, step, index, count). Anything that could make
+//! `range()` being iterated is four `i64`s (start, step, index, count); any other value is an
+//! object slot, an `i64` owning a box (`objects`, `super::runtime`). Anything that could make
 //! the interpreter raise an error or change type (overflow, division by zero, NaN in a
 //! comparison, the call depth limit) branches to a cold *deopt* block instead: it spills every
 //! live slot, reports them with the resume point, and returns; the interpreter then re-runs the
@@ -18,6 +19,8 @@ use cranelift_frontend::{FunctionBuilder, Variable};
 use cranelift_module::{FuncId, Module};
 use sglc_compiler::bytecode::{Constant, Instr, Program};
 use std::collections::HashMap;
+
+mod objects;
 
 /// How a slot's value is held.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +61,10 @@ pub struct FunctionCodegen<'a, 'b> {
     /// frame has them) read from a buffer, instead of at 0 with arguments.
     pub osr_entry: Option<(usize, Frame)>,
     local_count: usize,
+    /// Boxes compiled code clones from (string constants, object globals), kept by the JIT.
+    pinned: &'a mut Vec<Box<crate::value::Value>>,
+    /// Signatures of runtime helpers, by (argument count, whether it returns).
+    helper_sigs: HashMap<(usize, bool), cranelift_codegen::ir::SigRef>,
 }
 
 impl<'a, 'b> FunctionCodegen<'a, 'b> {
@@ -72,6 +79,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             cranelift_codegen::ir::FuncRef,
         ),
         sites: &'a mut Vec<DeoptSite>,
+        pinned: &'a mut Vec<Box<crate::value::Value>>,
     ) -> Self {
         let local_count = program.functions[plan.spec.function as usize].local_count as usize;
         FunctionCodegen {
@@ -90,6 +98,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             max_range: i64::MAX,
             osr_entry: None,
             local_count,
+            pinned,
+            helper_sigs: HashMap::new(),
         }
     }
 
@@ -423,6 +433,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let top = |k: usize| base + depth - 1 - k;
         let ty_at = |k: usize| frame.stack[depth - 1 - k];
         let push_slot = base + depth;
+        if let Some(open) = self.object_instruction(ip, instr, frame, blocks)? {
+            return Ok(open);
+        }
         match instr {
             Instr::PushNone => {
                 let v = self.b.ins().iconst(types::I64, 0);
@@ -445,7 +458,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     let v = self.b.ins().f64const(*x);
                     self.set(push_slot, Ty::Float, v);
                 }
-                Constant::Str(_) => return Err("string constant".into()),
+                Constant::Str(_) => return Err("a string constant outside the object code".into()),
             },
             Instr::LoadGlobal(g) => {
                 let value = &self.globals[g as usize];

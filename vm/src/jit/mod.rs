@@ -13,6 +13,7 @@
 
 mod analyze;
 mod codegen;
+pub mod runtime;
 
 pub use crate::jit_options::{JitMode, JitOptions};
 
@@ -37,6 +38,10 @@ pub enum Ty {
     Range,
     /// A `for` loop's position in a `range(...)`.
     RangeIter,
+    /// Any other value (a string, list, map, ...), or `none`: an object slot (`runtime`).
+    Obj,
+    /// A `for` loop's iterator over an object: an object slot.
+    ObjIter,
 }
 
 impl std::str::FromStr for Ty {
@@ -48,8 +53,9 @@ impl std::str::FromStr for Ty {
             "float" => Ok(Ty::Float),
             "bool" => Ok(Ty::Bool),
             "none" => Ok(Ty::None),
+            "obj" | "str" | "list" | "map" => Ok(Ty::Obj),
             other => Err(format!(
-                "argument types are int, float, bool or none, not `{other}`"
+                "argument types are int, float, bool, none or obj, not `{other}`"
             )),
         }
     }
@@ -62,7 +68,9 @@ impl Ty {
             Value::Float(_) => Some(Ty::Float),
             Value::Bool(_) => Some(Ty::Bool),
             Value::None => Some(Ty::None),
-            _ => None,
+            // Only a `for` loop holds one; `osr_frame` looks at what it iterates.
+            Value::Iterator(_) => None,
+            _ => Some(Ty::Obj),
         }
     }
 
@@ -81,6 +89,8 @@ impl Ty {
             Ty::Bool => "bool",
             Ty::None => "none",
             Ty::Range | Ty::RangeIter => "a range",
+            Ty::Obj => "an object",
+            Ty::ObjIter => "an iterator",
         }
     }
 
@@ -91,24 +101,35 @@ impl Ty {
             Ty::Bool => 'b',
             Ty::None => 'n',
             Ty::Range | Ty::RangeIter => 'r',
+            Ty::Obj => 'o',
+            Ty::ObjIter => 'j',
         }
     }
 
-    fn from_bits(self, bits: i64) -> Value {
+    /// The value of a slot of this type; an object slot's box is taken over.
+    ///
+    /// # Safety
+    /// For an object type, `bits` is 0 or a box of `runtime::into_slot` that nothing else
+    /// will use again.
+    unsafe fn from_bits(self, bits: i64) -> Value {
         match self {
             Ty::Int => Value::Int(bits),
             Ty::Float => Value::Float(f64::from_bits(bits as u64)),
             Ty::Bool => Value::Bool(bits != 0),
+            // SAFETY: as the caller guarantees.
+            Ty::Obj | Ty::ObjIter => unsafe { runtime::from_slot(bits) },
             _ => Value::None,
         }
     }
 
+    /// A value as the bits of its slot: a new box (a clone) for an object, which the slot owns.
     fn to_bits(value: &Value) -> i64 {
         match value {
             Value::Int(n) => *n,
             Value::Float(x) => x.to_bits() as i64,
             Value::Bool(b) => i64::from(*b),
-            _ => 0,
+            Value::None => 0,
+            other => runtime::into_slot(other.clone()),
         }
     }
 }
@@ -139,6 +160,8 @@ pub struct JitCtx {
     turn: Turn,
     /// Times compiled code refuelled since it was entered.
     refuels: i64,
+    /// What the runtime helpers call and check.
+    host: Rc<runtime::Host>,
 }
 
 impl JitCtx {
@@ -266,6 +289,9 @@ pub struct Jit {
     /// Why specializations were not compiled, for the disassembler.
     rejected: Vec<(Spec, String)>,
     runtime: JitCtx,
+    /// Values compiled code clones from (string constants, globals that are objects): boxes
+    /// at fixed addresses, kept as long as the code.
+    pinned: Vec<Box<Value>>,
     /// The call depth limit compiled code checks (the run's `Limits::max_call_depth`).
     max_depth: usize,
     /// The longest `range()` compiled code iterates; a longer one is the interpreter's to
@@ -277,7 +303,15 @@ pub struct Jit {
 }
 
 impl Jit {
-    pub fn new(program: &Program, options: JitOptions, max_depth: usize) -> Result<Jit, String> {
+    /// A JIT for `program`, whose helpers may call the natives and methods of `natives` marked
+    /// safe for it, under the run's `limits`.
+    pub fn new(
+        program: &Program,
+        natives: &crate::native::Natives,
+        options: JitOptions,
+        limits: &crate::interp::Limits,
+    ) -> Result<Jit, String> {
+        let max_depth = limits.max_call_depth;
         let mut flags = settings::builder();
         let set = |flags: &mut settings::Builder, k: &str, v: &str| {
             flags
@@ -305,6 +339,7 @@ impl Jit {
         let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         builder.symbol("sglc_jit_deopt", sglc_jit_deopt as *const u8);
         builder.symbol("sglc_jit_refuel", sglc_jit_refuel as *const u8);
+        // Runtime helpers are called through their addresses (`codegen::Helper`).
         let mut module = JITModule::new(builder);
         let mut sig = module.make_signature();
         for _ in 0..4 {
@@ -355,9 +390,11 @@ impl Jit {
                 deopts: Vec::new(),
                 turn: Turn::default(),
                 refuels: 0,
+                host: Rc::new(host_tables(program, natives, limits)),
             },
+            pinned: Vec::new(),
             max_depth,
-            max_range: crate::interp::Limits::default().max_collection_len,
+            max_range: limits.max_collection_len,
             compile_nanos: 0,
             compiled_count: 0,
         })
@@ -449,15 +486,15 @@ impl Jit {
         ip: u32,
         values: &[Value],
         depth: usize,
-        max_depth: usize,
+        limits: &crate::interp::Limits,
         turn: Turn,
     ) -> JitCall {
         let failed = &self.osr_failed[function as usize];
-        if max_depth != self.max_depth || failed.contains(&ip) {
+        if !self.compiled_for(limits) || failed.contains(&ip) {
             return JitCall::Interpret;
         }
         let local_count = program.functions[function as usize].local_count as usize;
-        let Some((frame, raw)) = osr_frame(values, local_count) else {
+        let Some((frame, mut raw, objects)) = osr_frame(values, local_count) else {
             Rc::make_mut(&mut self.osr_failed[function as usize]).push(ip);
             return JitCall::Interpret;
         };
@@ -496,6 +533,10 @@ impl Jit {
                 }
             }
         };
+        // The compiled frame owns its objects: boxes of clones of the interpreter's values.
+        for (at, value) in objects {
+            raw[at] = Ty::to_bits(&values[value]);
+        }
         self.runtime.start(turn);
         type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> i64;
         // SAFETY: `pointer` is a finalized on-stack replacement entry of this module, with the
@@ -507,13 +548,22 @@ impl Jit {
             raw.as_ptr(),
         );
         if self.runtime.status == 0 {
-            return JitCall::Returned(return_type.from_bits(result));
+            // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
+            return JitCall::Returned(unsafe { return_type.from_bits(result) });
         }
         self.deopt_frames()
     }
 
+    /// Whether compiled code checks the same limits as the run (it was compiled for them).
+    fn compiled_for(&self, limits: &crate::interp::Limits) -> bool {
+        let own = &self.runtime.host.limits;
+        limits.max_call_depth == own.max_call_depth
+            && limits.max_collection_len == own.max_collection_len
+            && limits.max_string_bytes == own.max_string_bytes
+    }
+
     /// Calls `function` natively when it is (or now becomes) compiled for these arguments.
-    /// `depth` is the interpreter's frame count; `max_depth` its limit.
+    /// `depth` is the interpreter's frame count; `limits` the run's limits.
     pub fn call(
         &mut self,
         program: &Program,
@@ -521,7 +571,7 @@ impl Jit {
         function: FunctionId,
         args: &[Value],
         depth: usize,
-        max_depth: usize,
+        limits: &crate::interp::Limits,
         turn: Turn,
     ) -> JitCall {
         let threshold = match self.options.mode {
@@ -573,8 +623,8 @@ impl Jit {
             return JitCall::Interpret;
         };
         self.runtime.start(turn);
-        // Compiled code checks the limit the interpreter enforces; it was compiled for it.
-        if max_depth != self.max_depth {
+        // Compiled code checks the limits the interpreter enforces; it was compiled for them.
+        if !self.compiled_for(limits) {
             return JitCall::Interpret;
         }
         let mut bits = [0i64; MAX_ARGS];
@@ -592,7 +642,8 @@ impl Jit {
             )
         };
         if self.runtime.status == 0 {
-            return JitCall::Returned(return_type.from_bits(result));
+            // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
+            return JitCall::Returned(unsafe { return_type.from_bits(result) });
         }
         self.deopt_frames()
     }
@@ -629,7 +680,10 @@ impl Jit {
         let mut raw = slots.iter().copied();
         for kind in &site.kinds {
             match kind {
-                SlotKind::Value(ty) => values.push(ty.from_bits(raw.next().unwrap_or(0))),
+                // SAFETY: a deopt hands over the slots it spills, each once.
+                SlotKind::Value(ty) => {
+                    values.push(unsafe { ty.from_bits(raw.next().unwrap_or(0)) });
+                }
                 SlotKind::RangeIter => {
                     // The rest of the range, made on demand: the same items the list
                     // iterator would give, without building the list.
@@ -674,7 +728,10 @@ impl Jit {
         globals: &[Value],
         root: &Spec,
     ) -> Result<*const u8, String> {
-        let mut analyzer = analyze::Analyzer::new(program, globals);
+        let mut analyzer = {
+            let host = self.runtime.host.clone();
+            analyze::Analyzer::new(program, globals, host)
+        };
         let defined = self.define_specs(program, globals, &mut analyzer, vec![root.clone()])?;
         self.finish(defined)?;
         self.compiled
@@ -752,7 +809,10 @@ impl Jit {
         ip: usize,
         frame: &analyze::Frame,
     ) -> Result<(*const u8, Ty), String> {
-        let mut analyzer = analyze::Analyzer::new(program, globals);
+        let mut analyzer = {
+            let host = self.runtime.host.clone();
+            analyze::Analyzer::new(program, globals, host)
+        };
         // Named like a specialization with no arguments; never entered through `compiled`.
         let spec = Spec {
             function,
@@ -817,6 +877,7 @@ impl Jit {
             callee_refs,
             (deopt, refuel),
             &mut self.sites,
+            &mut self.pinned,
         );
         codegen.max_depth = self.max_depth as i64;
         codegen.max_range = i64::try_from(self.max_range).unwrap_or(i64::MAX);
@@ -852,75 +913,155 @@ impl Jit {
     }
 }
 
+/// The natives and methods `program` uses that compiled code may call.
+fn host_tables(
+    program: &Program,
+    natives: &crate::native::Natives,
+    limits: &crate::interp::Limits,
+) -> runtime::Host {
+    let method_names: std::collections::HashSet<u32> = program
+        .functions
+        .iter()
+        .flat_map(|f| &f.code)
+        .filter_map(|instr| match instr {
+            sglc_compiler::bytecode::Instr::CallMethod { name, .. } => Some(*name),
+            _ => None,
+        })
+        .collect();
+    runtime::Host {
+        natives: program
+            .natives
+            .iter()
+            .map(|name| {
+                natives
+                    .function(name)
+                    .filter(|f| f.jit_safe)
+                    .map(|f| f.call.clone())
+            })
+            .collect(),
+        methods: program
+            .constants
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match c {
+                sglc_compiler::bytecode::Constant::Str(name)
+                    if method_names.contains(&(i as u32)) =>
+                {
+                    let methods = if natives.method_jit_safe(name) {
+                        natives.methods_named(name)
+                    } else {
+                        Vec::new()
+                    };
+                    (name.clone(), methods)
+                }
+                _ => (String::new(), Vec::new()),
+            })
+            .collect(),
+        limits: limits.clone(),
+    }
+}
+
 /// The types and raw bits of an interpreter frame's slots, for on-stack replacement: scalars as
 /// themselves, a `for` loop's iterator over an arithmetic run of ints (what `range()` makes) as
-/// a compiled range. `None` when a slot on the operand stack has no compiled form; a local
-/// without one is unknown (compiled code never reads it).
-fn osr_frame(values: &[Value], local_count: usize) -> Option<(analyze::Frame, Vec<i64>)> {
+/// a compiled range, other values as object slots. Object slots are left 0 in the bits and
+/// listed as (bit index, value index): they are boxed only once the compiled code is entered,
+/// since the compiled frame owns them. `None` when a slot has no compiled form.
+#[allow(clippy::type_complexity)]
+fn osr_frame(
+    values: &[Value],
+    local_count: usize,
+) -> Option<(analyze::Frame, Vec<i64>, Vec<(usize, usize)>)> {
     let mut raw = Vec::with_capacity(values.len() + 3);
+    let mut objects = Vec::new();
     let mut locals = Vec::with_capacity(local_count);
-    for value in values.iter().take(local_count) {
+    for (i, value) in values.iter().take(local_count).enumerate() {
         match Ty::of(value) {
+            Some(Ty::Obj) => {
+                locals.push(analyze::Local::Known(Ty::Obj));
+                objects.push((raw.len(), i));
+                raw.push(0);
+            }
             Some(ty) => {
                 locals.push(analyze::Local::Known(ty));
                 raw.push(Ty::to_bits(value));
             }
-            None => {
-                locals.push(analyze::Local::Unknown);
-                raw.push(0);
-            }
+            None => return None,
         }
     }
     let mut stack = Vec::new();
-    for value in values.iter().skip(local_count) {
-        if let Some(ty) = Ty::of(value) {
-            stack.push(ty);
-            raw.push(Ty::to_bits(value));
-            continue;
+    for (i, value) in values.iter().enumerate().skip(local_count) {
+        match Ty::of(value) {
+            Some(Ty::Obj) => {
+                stack.push(Ty::Obj);
+                objects.push((raw.len(), i));
+                raw.push(0);
+                continue;
+            }
+            Some(ty) => {
+                stack.push(ty);
+                raw.push(Ty::to_bits(value));
+                continue;
+            }
+            None => {}
         }
         let Value::Iterator(iter) = value else {
             return None;
         };
         let iter = iter.borrow();
-        let (list, next) = match &*iter {
-            Iter::Range {
-                start,
-                step,
-                index,
-                count,
-            } => {
-                stack.push(Ty::RangeIter);
-                raw.extend([*start, *step, *index, *count]);
-                continue;
-            }
-            Iter::List { list, next } => (list, next),
-            Iter::Chars { .. } => return None,
-        };
-        let items = list.borrow();
-        let rest = items.get(*next..).unwrap_or_default();
-        let ints: Vec<i64> = rest
-            .iter()
-            .map(|v| match v {
-                Value::Int(n) => Some(*n),
-                _ => None,
-            })
-            .collect::<Option<_>>()?;
-        let start = ints.first().copied().unwrap_or(0);
-        let step = match ints.as_slice() {
-            [a, b, ..] => b.checked_sub(*a)?,
-            _ => 1,
-        };
-        if step == 0
-            || ints
-                .windows(2)
-                .any(|w| w[1].checked_sub(w[0]) != Some(step))
+        if let Iter::Range {
+            start,
+            step,
+            index,
+            count,
+        } = &*iter
         {
-            return None;
+            stack.push(Ty::RangeIter);
+            raw.extend([*start, *step, *index, *count]);
+            continue;
         }
-        stack.push(Ty::RangeIter);
-        raw.extend([start, step, 0, ints.len() as i64]);
+        match int_run(&iter) {
+            Some((start, step, count)) => {
+                stack.push(Ty::RangeIter);
+                raw.extend([start, step, 0, count]);
+            }
+            None => {
+                stack.push(Ty::ObjIter);
+                objects.push((raw.len(), i));
+                raw.push(0);
+            }
+        }
     }
-    Some((analyze::Frame { locals, stack }, raw))
+    Some((analyze::Frame { locals, stack }, raw, objects))
+}
+
+/// The rest of a list iterator as (start, step, count) when its items are ints in an
+/// arithmetic run (what `range()` made).
+fn int_run(iter: &Iter) -> Option<(i64, i64, i64)> {
+    let Iter::List { list, next } = iter else {
+        return None;
+    };
+    let items = list.borrow();
+    let rest = items.get(*next..).unwrap_or_default();
+    let ints: Vec<i64> = rest
+        .iter()
+        .map(|v| match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let start = ints.first().copied().unwrap_or(0);
+    let step = match ints.as_slice() {
+        [a, b, ..] => b.checked_sub(*a)?,
+        _ => 1,
+    };
+    if step == 0
+        || ints
+            .windows(2)
+            .any(|w| w[1].checked_sub(w[0]) != Some(step))
+    {
+        return None;
+    }
+    Some((start, step, ints.len() as i64))
 }
 
 /// The program's top-level constants, computed as a run computes them (compiled code embeds
@@ -949,8 +1090,8 @@ pub fn listing(
     arg_types: &[Ty],
 ) -> Result<String, String> {
     let globals = computed_globals(program, natives)?;
-    let max_depth = crate::interp::Limits::default().max_call_depth;
-    let mut jit = Jit::new(program, JitOptions::default(), max_depth)?;
+    let limits = crate::interp::Limits::default();
+    let mut jit = Jit::new(program, natives, JitOptions::default(), &limits)?;
     jit.record_clif();
     let all: Vec<FunctionId> = if functions.is_empty() {
         (0..program.functions.len() as FunctionId)
@@ -986,8 +1127,8 @@ pub fn compile_times(
     // cost per process, milliseconds on a cold start) and is not counted; each later round
     // compiles every function in a fresh JIT, reused across functions as a batch reuses it.
     for round in 0..=rounds.max(1) {
-        let max_depth = crate::interp::Limits::default().max_call_depth;
-        let mut jit = Jit::new(program, JitOptions::default(), max_depth)?;
+        let limits = crate::interp::Limits::default();
+        let mut jit = Jit::new(program, natives, JitOptions::default(), &limits)?;
         for (id, function) in program.functions.iter().enumerate() {
             if id as FunctionId == program.init {
                 continue;
@@ -1091,7 +1232,13 @@ mod tests {
         (
             main,
             header,
-            Jit::new(program, JitOptions::default(), 512).unwrap(),
+            Jit::new(
+                program,
+                &crate::native::Natives::new(),
+                JitOptions::default(),
+                &crate::interp::Limits::default(),
+            )
+            .unwrap(),
         )
     }
 
@@ -1117,7 +1264,7 @@ mod tests {
             header,
             &values,
             1,
-            512,
+            &crate::interp::Limits::default(),
             Turn::default(),
         ) {
             JitCall::Returned(Value::Int(total)) => assert_eq!(total, 45),
@@ -1149,7 +1296,7 @@ mod tests {
                 header,
                 &values,
                 1,
-                512,
+                &crate::interp::Limits::default(),
                 Turn::default()
             ),
             JitCall::Interpret

@@ -1,0 +1,514 @@
+//! Code for instructions on object slots (strings, lists, maps, ...): calls into the runtime
+//! helpers (`jit::runtime`), with the ownership of each slot's box kept straight.
+//!
+//! Each object slot owns its box. A helper borrows its operands; its result is a new box. The
+//! order after every helper call is fixed: free the temporary boxes made for scalar operands,
+//! deopt if the helper failed (the operands are still in their slots, so the frame spilled is
+//! the one before the instruction), and only then free the operands and define the result.
+
+use super::FunctionCodegen;
+use crate::jit::Ty;
+use crate::jit::analyze::{Frame, Local, inline_native, native_result};
+use crate::jit::runtime::{self, COMPARE_FAIL, DONE, FAIL, op};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    AbiParam, Block, InstBuilder, Signature, StackSlotData, StackSlotKind, Value, types,
+};
+use sglc_compiler::bytecode::{Constant, Instr};
+use std::collections::HashMap;
+
+fn is_object(ty: Ty) -> bool {
+    matches!(ty, Ty::Obj | Ty::ObjIter)
+}
+
+/// The `kind` argument of `runtime::box_scalar` and `runtime::unbox`.
+fn scalar_kind(ty: Ty) -> i64 {
+    match ty {
+        Ty::Int => 1,
+        Ty::Float => 2,
+        Ty::Bool => 3,
+        _ => 0,
+    }
+}
+
+impl FunctionCodegen<'_, '_> {
+    /// Calls a runtime helper by its address; its result when it has one.
+    fn helper(&mut self, address: *const (), args: &[Value], returns: bool) -> Option<Value> {
+        let key = (args.len(), returns);
+        let sig = match self.helper_sigs.get(&key) {
+            Some(sig) => *sig,
+            None => {
+                let mut sig = Signature::new(self.b.func.signature.call_conv);
+                sig.params
+                    .extend(std::iter::repeat_n(AbiParam::new(types::I64), args.len()));
+                if returns {
+                    sig.returns.push(AbiParam::new(types::I64));
+                }
+                let sig = self.b.import_signature(sig);
+                self.helper_sigs.insert(key, sig);
+                sig
+            }
+        };
+        let callee = self.b.ins().iconst(types::I64, address as i64);
+        let call = self.b.ins().call_indirect(sig, callee, args);
+        returns.then(|| self.b.inst_results(call)[0])
+    }
+
+    /// A box of `value` that lives as long as the compiled code, to clone from.
+    fn pin(&mut self, value: crate::value::Value) -> Value {
+        let boxed = Box::new(value);
+        let address = &*boxed as *const crate::value::Value as i64;
+        self.pinned.push(boxed);
+        self.b.ins().iconst(types::I64, address)
+    }
+
+    /// The slot's value as an object: the slot itself for an object or `none`, else a
+    /// temporary box (listed in `temps`) of the scalar.
+    fn object_of(&mut self, slot: usize, ty: Ty, temps: &mut Vec<Value>) -> Value {
+        let v = self.get(slot, ty);
+        if is_object(ty) || ty == Ty::None {
+            return v;
+        }
+        let bits = self.to_bits(v, ty);
+        let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
+        let boxed = self
+            .helper(runtime::box_scalar as *const (), &[kind, bits], true)
+            .expect("returns");
+        temps.push(boxed);
+        boxed
+    }
+
+    fn free(&mut self, object: Value) {
+        self.helper(runtime::drop as *const (), &[object], false);
+    }
+
+    fn free_all(&mut self, objects: Vec<Value>) {
+        for object in objects {
+            self.free(object);
+        }
+    }
+
+    /// Frees the slot's box when it holds an object.
+    fn free_slot(&mut self, slot: usize, ty: Ty) {
+        if is_object(ty) {
+            let v = self.get(slot, ty);
+            self.free(v);
+        }
+    }
+
+    fn deopt_when_equal(&mut self, value: Value, sentinel: i64, frame: &Frame, ip: usize) {
+        let failed = self.b.ins().icmp_imm_s(IntCC::Equal, value, sentinel);
+        self.deopt_if(failed, frame, ip, frame.stack.len());
+    }
+
+    /// The top `count` stack slots as objects in a buffer on the stack: its address.
+    fn object_buffer(&mut self, frame: &Frame, count: usize, temps: &mut Vec<Value>) -> Value {
+        let depth = frame.stack.len();
+        let first = depth - count;
+        let buffer = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (count.max(1) * 8) as u32,
+            3,
+        ));
+        for k in 0..count {
+            let ty = frame.stack[first + k];
+            let v = self.object_of(self.local_count + first + k, ty, temps);
+            self.b
+                .ins()
+                .stack_store(types::I64, v, buffer, (k * 8) as i32);
+        }
+        self.b.ins().stack_addr(types::I64, buffer, 0)
+    }
+
+    /// Frees the objects among the top `count` stack slots.
+    fn free_top(&mut self, frame: &Frame, count: usize) {
+        let depth = frame.stack.len();
+        for k in depth - count..depth {
+            self.free_slot(self.local_count + k, frame.stack[k]);
+        }
+    }
+
+    /// Emits `instr` when objects are involved: `Some(open)` when done (whether the block goes
+    /// on), `None` to let the scalar code emit it (after any frees done here).
+    pub(super) fn object_instruction(
+        &mut self,
+        ip: usize,
+        instr: Instr,
+        frame: &Frame,
+        blocks: &HashMap<usize, Block>,
+    ) -> Result<Option<bool>, String> {
+        let base = self.local_count;
+        let depth = frame.stack.len();
+        let top = |k: usize| base + depth - 1 - k;
+        let ty_at = |k: usize| frame.stack[depth - 1 - k];
+        let push_slot = base + depth;
+        let ctx = self.ctx();
+        match instr {
+            Instr::Const(i) => {
+                let Constant::Str(s) = &self.program.constants[i as usize] else {
+                    return Ok(None);
+                };
+                let pinned = self.pin(crate::value::Value::str(s));
+                let v = self
+                    .helper(runtime::clone as *const (), &[pinned], true)
+                    .expect("returns");
+                self.set(push_slot, Ty::Obj, v);
+            }
+            Instr::LoadGlobal(g) => {
+                let value = &self.globals[g as usize];
+                if Ty::of(value) != Some(Ty::Obj) {
+                    return Ok(None);
+                }
+                let pinned = self.pin(value.clone());
+                let v = self
+                    .helper(runtime::clone as *const (), &[pinned], true)
+                    .expect("returns");
+                self.set(push_slot, Ty::Obj, v);
+            }
+            Instr::LoadLocal(slot) => {
+                if frame.locals[slot as usize] != Local::Known(Ty::Obj) {
+                    return Ok(None);
+                }
+                let v = self.get(slot as usize, Ty::Obj);
+                let copy = self
+                    .helper(runtime::clone as *const (), &[v], true)
+                    .expect("returns");
+                self.set(push_slot, Ty::Obj, copy);
+            }
+            Instr::StoreLocal(slot) => {
+                // The old value's box goes; the scalar code moves the new value in.
+                if frame.locals[slot as usize] == Local::Known(Ty::Obj) {
+                    self.free_slot(slot as usize, Ty::Obj);
+                }
+                return Ok(None);
+            }
+            Instr::Pop => {
+                self.free_slot(top(0), ty_at(0));
+            }
+            Instr::Dup => {
+                if !is_object(ty_at(0)) {
+                    return Ok(None);
+                }
+                let v = self.get(top(0), ty_at(0));
+                let copy = self
+                    .helper(runtime::clone as *const (), &[v], true)
+                    .expect("returns");
+                self.set(push_slot, ty_at(0), copy);
+            }
+            Instr::Add | Instr::Sub | Instr::Mul | Instr::AddAssign | Instr::Div | Instr::Mod => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                if !is_object(ta) && !is_object(tb) {
+                    return Ok(None);
+                }
+                let code = match instr {
+                    Instr::Add => op::ADD,
+                    Instr::Sub => op::SUB,
+                    Instr::Mul => op::MUL,
+                    Instr::Div => op::DIV,
+                    Instr::Mod => op::MOD,
+                    _ => op::ADD_ASSIGN,
+                };
+                let mut temps = Vec::new();
+                let a = self.object_of(top(1), ta, &mut temps);
+                let b = self.object_of(top(0), tb, &mut temps);
+                let code = self.b.ins().iconst(types::I64, code);
+                let r = self
+                    .helper(runtime::binary as *const (), &[ctx, code, a, b], true)
+                    .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                self.free_top(frame, 2);
+                self.set(top(1), Ty::Obj, r);
+            }
+            Instr::Eq
+            | Instr::NotEq
+            | Instr::Lt
+            | Instr::Le
+            | Instr::Gt
+            | Instr::Ge
+            | Instr::In
+            | Instr::NotIn => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                let membership = matches!(instr, Instr::In | Instr::NotIn);
+                if !membership && !is_object(ta) && !is_object(tb) {
+                    return Ok(None);
+                }
+                let code = match instr {
+                    Instr::Eq => op::EQ,
+                    Instr::NotEq => op::NOT_EQ,
+                    Instr::Lt => op::LT,
+                    Instr::Le => op::LE,
+                    Instr::Gt => op::GT,
+                    Instr::Ge => op::GE,
+                    Instr::In => op::IN,
+                    _ => op::NOT_IN,
+                };
+                let mut temps = Vec::new();
+                let a = self.object_of(top(1), ta, &mut temps);
+                let b = self.object_of(top(0), tb, &mut temps);
+                let code = self.b.ins().iconst(types::I64, code);
+                let r = self
+                    .helper(runtime::compare as *const (), &[code, a, b], true)
+                    .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, COMPARE_FAIL, frame, ip);
+                self.free_top(frame, 2);
+                self.set(top(1), Ty::Bool, r);
+            }
+            Instr::Not => {
+                if !is_object(ty_at(0)) {
+                    return Ok(None);
+                }
+                let v = self.get(top(0), ty_at(0));
+                let t = self
+                    .helper(runtime::truthy as *const (), &[v], true)
+                    .expect("returns");
+                self.free(v);
+                let r = self.b.ins().bxor_imm_s(t, 1);
+                self.set(top(0), Ty::Bool, r);
+            }
+            Instr::JumpIfFalse(target) => {
+                if !is_object(ty_at(0)) {
+                    return Ok(None);
+                }
+                let v = self.get(top(0), ty_at(0));
+                let t = self
+                    .helper(runtime::truthy as *const (), &[v], true)
+                    .expect("returns");
+                self.free(v);
+                self.b
+                    .ins()
+                    .brif(t, blocks[&(ip + 1)], &[], blocks[&(target as usize)], &[]);
+                return Ok(Some(false));
+            }
+            Instr::JumpIfFalseOrPop(target) | Instr::JumpIfTrueOrPop(target) => {
+                if !is_object(ty_at(0)) {
+                    return Ok(None);
+                }
+                let v = self.get(top(0), ty_at(0));
+                let t = self
+                    .helper(runtime::truthy as *const (), &[v], true)
+                    .expect("returns");
+                // The value stays on the stack where the jump is taken and goes where it is not.
+                let pop = self.b.create_block();
+                let keep = blocks[&(target as usize)];
+                if matches!(instr, Instr::JumpIfFalseOrPop(_)) {
+                    self.b.ins().brif(t, pop, &[], keep, &[]);
+                } else {
+                    self.b.ins().brif(t, keep, &[], pop, &[]);
+                }
+                self.b.switch_to_block(pop);
+                self.free(v);
+                self.b.ins().jump(blocks[&(ip + 1)], &[]);
+                return Ok(Some(false));
+            }
+            Instr::CallNative { native, argc, .. } => {
+                let argc = argc as usize;
+                let name = self.program.natives[native as usize].as_str();
+                let arg_types = &frame.stack[depth - argc..];
+                let next_is_iter = matches!(
+                    self.program.functions[self.plan.spec.function as usize]
+                        .code
+                        .get(ip + 1),
+                    Some(Instr::GetIter)
+                );
+                if inline_native(name, arg_types, next_is_iter).is_some() {
+                    return Ok(None);
+                }
+                let result_ty = native_result(name).unwrap_or(Ty::Obj);
+                let mut temps = Vec::new();
+                let buffer = self.object_buffer(frame, argc, &mut temps);
+                let (native, count) = (
+                    self.b.ins().iconst(types::I64, i64::from(native)),
+                    self.b.ins().iconst(types::I64, argc as i64),
+                );
+                let r = self
+                    .helper(
+                        runtime::call_native as *const (),
+                        &[ctx, native, buffer, count],
+                        true,
+                    )
+                    .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                let result = if result_ty == Ty::Obj {
+                    r
+                } else {
+                    self.unbox(r, result_ty, frame, ip)
+                };
+                self.free_top(frame, argc);
+                self.set(push_slot - argc, result_ty, result);
+            }
+            Instr::GetIter => {
+                if !matches!(ty_at(0), Ty::Obj | Ty::None) {
+                    return Ok(None);
+                }
+                let v = self.get(top(0), ty_at(0));
+                let r = self
+                    .helper(runtime::get_iter as *const (), &[v], true)
+                    .expect("returns");
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                self.free_slot(top(0), ty_at(0));
+                self.set(top(0), Ty::ObjIter, r);
+            }
+            Instr::ForIter { exit } => {
+                if ty_at(0) != Ty::ObjIter {
+                    return Ok(None);
+                }
+                let iter = self.get(top(0), Ty::ObjIter);
+                let item = self
+                    .helper(runtime::next as *const (), &[iter], true)
+                    .expect("returns");
+                self.set(push_slot, Ty::Obj, item);
+                let done = self.b.ins().icmp_imm_s(IntCC::Equal, item, DONE);
+                let finished = self.b.create_block();
+                self.b
+                    .ins()
+                    .brif(done, finished, &[], blocks[&(ip + 1)], &[]);
+                self.b.switch_to_block(finished);
+                self.free(iter);
+                self.b.ins().jump(blocks[&(exit as usize)], &[]);
+                return Ok(Some(false));
+            }
+            Instr::Index => {
+                let (ta, tb) = (ty_at(1), ty_at(0));
+                let mut temps = Vec::new();
+                let obj = self.object_of(top(1), ta, &mut temps);
+                let r = if tb == Ty::Int {
+                    let i = self.get(top(0), Ty::Int);
+                    self.helper(runtime::index_int as *const (), &[obj, i], true)
+                } else {
+                    let key = self.object_of(top(0), tb, &mut temps);
+                    self.helper(runtime::index as *const (), &[obj, key], true)
+                }
+                .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                self.free_top(frame, 2);
+                self.set(top(1), Ty::Obj, r);
+            }
+            Instr::StoreIndex => {
+                let (t_obj, t_key, t_item) = (ty_at(2), ty_at(1), ty_at(0));
+                let mut temps = Vec::new();
+                let obj = self.object_of(top(2), t_obj, &mut temps);
+                let r = if t_key == Ty::Int && !is_object(t_item) {
+                    let i = self.get(top(1), Ty::Int);
+                    let item = self.get(top(0), t_item);
+                    let bits = self.to_bits(item, t_item);
+                    let kind = self.b.ins().iconst(types::I64, scalar_kind(t_item));
+                    self.helper(
+                        runtime::store_index_int as *const (),
+                        &[obj, i, kind, bits],
+                        true,
+                    )
+                } else {
+                    let key = self.object_of(top(1), t_key, &mut temps);
+                    let item = self.object_of(top(0), t_item, &mut temps);
+                    self.helper(
+                        runtime::store_index as *const (),
+                        &[ctx, obj, key, item],
+                        true,
+                    )
+                }
+                .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                self.free_top(frame, 3);
+            }
+            Instr::BuildList(n) | Instr::BuildString(n) | Instr::BuildMap(n) => {
+                let (count, helper): (usize, *const ()) = match instr {
+                    Instr::BuildList(_) => (n as usize, runtime::build_list as *const ()),
+                    Instr::BuildString(_) => (n as usize, runtime::build_string as *const ()),
+                    _ => (2 * n as usize, runtime::build_map as *const ()),
+                };
+                let mut temps = Vec::new();
+                let buffer = self.object_buffer(frame, count, &mut temps);
+                let n = self.b.ins().iconst(types::I64, i64::from(n));
+                let r = self
+                    .helper(helper, &[ctx, buffer, n], true)
+                    .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                self.free_top(frame, count);
+                self.set(push_slot - count, Ty::Obj, r);
+            }
+            Instr::FormatValue => {
+                let mut temps = Vec::new();
+                let v = self.object_of(top(0), ty_at(0), &mut temps);
+                let r = self
+                    .helper(runtime::format as *const (), &[v], true)
+                    .expect("returns");
+                self.free_all(temps);
+                self.free_slot(top(0), ty_at(0));
+                self.set(top(0), Ty::Obj, r);
+            }
+            Instr::ListAppendUnder(under) => {
+                let list_slot = top(1 + under as usize);
+                let list = self.get(list_slot, ty_at(1 + under as usize));
+                let mut temps = Vec::new();
+                let item = self.object_of(top(0), ty_at(0), &mut temps);
+                let r = self
+                    .helper(runtime::append_under as *const (), &[ctx, list, item], true)
+                    .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                self.free_top(frame, 1);
+            }
+            Instr::CallMethod { name, argc, .. } => {
+                let count = argc as usize + 1;
+                let mut temps = Vec::new();
+                let buffer = self.object_buffer(frame, count, &mut temps);
+                let (name, n) = (
+                    self.b.ins().iconst(types::I64, i64::from(name)),
+                    self.b.ins().iconst(types::I64, count as i64),
+                );
+                let r = self
+                    .helper(
+                        runtime::call_method as *const (),
+                        &[ctx, name, buffer, n],
+                        true,
+                    )
+                    .expect("returns");
+                self.free_all(temps);
+                self.deopt_when_equal(r, FAIL, frame, ip);
+                self.free_top(frame, count);
+                self.set(push_slot - count, Ty::Obj, r);
+            }
+            Instr::Return => {
+                // Everything but the returned value goes with the frame.
+                for (slot, local) in frame.locals.iter().enumerate() {
+                    if *local == Local::Known(Ty::Obj) {
+                        self.free_slot(slot, Ty::Obj);
+                    }
+                }
+                for k in 0..depth - 1 {
+                    self.free_slot(base + k, frame.stack[k]);
+                }
+                return Ok(None);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(true))
+    }
+
+    /// The scalar a native returned in a box (freed here), as `ty`; a deopt when it is not
+    /// one (the native has no effects, so the interpreter may call it again).
+    fn unbox(&mut self, boxed: Value, ty: Ty, frame: &Frame, ip: usize) -> Value {
+        let out =
+            self.b
+                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
+        let out_address = self.b.ins().stack_addr(types::I64, out, 0);
+        let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
+        let ok = self
+            .helper(
+                runtime::unbox as *const (),
+                &[boxed, kind, out_address],
+                true,
+            )
+            .expect("returns");
+        self.free(boxed);
+        self.deopt_when_equal(ok, 0, frame, ip);
+        let bits = self.b.ins().stack_load(types::I64, types::I64, out, 0);
+        self.from_bits(bits, ty)
+    }
+}

@@ -1,0 +1,462 @@
+//! The runtime helpers compiled code calls for strings, lists, maps and every other value that
+//! is not an int, float, bool or `none`.
+//!
+//! Compiled code holds such a value as an *object slot* (`Ty::Obj`): an owned `Box<Value>`
+//! turned into a raw pointer, or 0 for `none` (so a slot that is `none` on one path and an
+//! object on another needs no conversion). Each slot owns its box: the code generator clones
+//! on a load, drops on a pop or an overwrite, and hands the boxes over on a return or a deopt.
+//!
+//! **Architecture Invariant:** a helper never raises an error and never has an effect when it
+//! fails. It borrows its operands, and where the interpreter would raise an error (or must
+//! wait, or the value is one compiled code does not handle) it returns `FAIL` having changed
+//! nothing; compiled code then deopts *before* the instruction, and the interpreter runs it
+//! again and raises the error itself, with its message and span.
+
+use super::JitCtx;
+use crate::interp::{self, Limits};
+use crate::native::{MethodFn, NativeCtx, NativeFn};
+use crate::value::{Str, Value};
+
+/// A helper could not do what the instruction asks: deopt before it. Never a box's address
+/// (boxes are aligned).
+pub const FAIL: i64 = 1;
+/// `next` on an iterator that has no more items.
+pub const DONE: i64 = 1;
+/// A comparison helper could not compare (its result is otherwise 0 or 1).
+pub const COMPARE_FAIL: i64 = -1;
+
+/// What helpers need from the program's host: the natives and methods compiled code may call
+/// (`Natives::mark_jit_safe`) and the run's limits.
+pub struct Host {
+    /// By the program's native index; `None` where compiled code may not call it.
+    pub natives: Vec<Option<NativeFn>>,
+    /// By string constant (a method name): the name and the method for each receiver type,
+    /// empty where compiled code may not call it.
+    pub methods: Vec<(String, Vec<(&'static str, MethodFn)>)>,
+    pub limits: Limits,
+}
+
+/// The slot for `value`: its box, or 0 for `none`.
+pub fn into_slot(value: Value) -> i64 {
+    if matches!(value, Value::None) {
+        return 0;
+    }
+    #[cfg(debug_assertions)]
+    LIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Box::into_raw(Box::new(value)) as i64
+}
+
+/// Takes the value out of an object slot.
+///
+/// # Safety
+/// `slot` is 0 or a box made by `into_slot` that nothing else will use again.
+pub unsafe fn from_slot(slot: i64) -> Value {
+    if slot == 0 {
+        return Value::None;
+    }
+    #[cfg(debug_assertions)]
+    LIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: the caller hands over a box `into_slot` made.
+    *unsafe { Box::from_raw(slot as *mut Value) }
+}
+
+#[cfg(debug_assertions)]
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Boxes made for compiled code and not freed yet, in the whole process (counted in debug
+/// builds, for the tests; 0 in release builds).
+pub fn live_boxes() -> i64 {
+    #[cfg(debug_assertions)]
+    return LIVE.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(debug_assertions))]
+    0
+}
+
+/// The value an object slot holds, borrowed; `none` for 0.
+///
+/// # Safety
+/// `slot` is 0 or a live box made by `into_slot`.
+unsafe fn value<'a>(slot: i64, none: &'a Value) -> &'a Value {
+    if slot == 0 {
+        none
+    } else {
+        // SAFETY: the caller guarantees a live box.
+        unsafe { &*(slot as *const Value) }
+    }
+}
+
+/// The values of `count` object slots stored at `slots`, cloned.
+///
+/// # Safety
+/// `slots` points at `count` live object slots.
+unsafe fn values(slots: *const i64, count: i64) -> Vec<Value> {
+    let none = Value::None;
+    // SAFETY: the caller guarantees `count` slots.
+    let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
+    slots
+        .iter()
+        .map(|s| unsafe { value(*s, &none) }.clone())
+        .collect()
+}
+
+fn host<'a>(ctx: *mut JitCtx) -> &'a Host {
+    // SAFETY: compiled code passes the context it was given, alive for the whole call.
+    unsafe { &*(*ctx).host }
+}
+
+fn result(outcome: Result<Value, impl Sized>, limits: &Limits) -> i64 {
+    match outcome {
+        // A value past its limit is the interpreter's error to raise.
+        Ok(v) if limits.oversized(&v).is_none() => into_slot(v),
+        _ => FAIL,
+    }
+}
+
+pub extern "C" fn clone(slot: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes live slots.
+    into_slot(unsafe { value(slot, &none) }.clone())
+}
+
+pub extern "C" fn drop(slot: i64) {
+    // SAFETY: compiled code passes a slot it owns and never uses again.
+    std::mem::drop(unsafe { from_slot(slot) });
+}
+
+/// Boxes a scalar: `kind` 0 none, 1 int, 2 float (bits), 3 bool.
+pub extern "C" fn box_scalar(kind: i64, bits: i64) -> i64 {
+    into_slot(match kind {
+        1 => Value::Int(bits),
+        2 => Value::Float(f64::from_bits(bits as u64)),
+        3 => Value::Bool(bits != 0),
+        _ => Value::None,
+    })
+}
+
+/// The scalar an object holds, as bits into `out`, when it is of `kind` (as `box_scalar`);
+/// 1 when it is, 0 when not.
+pub extern "C" fn unbox(slot: i64, kind: i64, out: *mut i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot and an 8-byte stack slot.
+    let bits = match (kind, unsafe { value(slot, &none) }) {
+        (1, Value::Int(n)) => *n,
+        (2, Value::Float(x)) => x.to_bits() as i64,
+        (3, Value::Bool(b)) => i64::from(*b),
+        _ => return 0,
+    };
+    unsafe { *out = bits };
+    1
+}
+
+pub extern "C" fn truthy(slot: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot.
+    i64::from(unsafe { value(slot, &none) }.is_truthy())
+}
+
+/// Binary operator codes shared with the code generator.
+pub mod op {
+    pub const ADD: i64 = 0;
+    pub const SUB: i64 = 1;
+    pub const MUL: i64 = 2;
+    pub const DIV: i64 = 3;
+    pub const MOD: i64 = 4;
+    pub const ADD_ASSIGN: i64 = 5;
+    pub const EQ: i64 = 10;
+    pub const NOT_EQ: i64 = 11;
+    pub const LT: i64 = 12;
+    pub const LE: i64 = 13;
+    pub const GT: i64 = 14;
+    pub const GE: i64 = 15;
+    pub const IN: i64 = 16;
+    pub const NOT_IN: i64 = 17;
+}
+
+/// `a op b` for the arithmetic operators; `FAIL` where the interpreter raises an error.
+pub extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i64) -> i64 {
+    let limits = &host(ctx).limits;
+    let none = Value::None;
+    // SAFETY: compiled code passes live slots.
+    let (a, b) = unsafe { (value(a, &none), value(b, &none)) };
+    let outcome = match code {
+        op::ADD => interp::binary_add(a, b, limits),
+        op::SUB => interp::arith(a, b, "-", i64::checked_sub, |x, y| x - y),
+        op::MUL => interp::binary_mul(a, b, limits),
+        op::DIV => interp::binary_div(a, b),
+        op::MOD => interp::binary_mod(a, b),
+        op::ADD_ASSIGN => match (a, b) {
+            // `xs += ys` extends `xs` in place, checked before anything changes.
+            (Value::List(list), Value::List(more)) => {
+                let grown = list.borrow().len() + more.borrow().len();
+                if grown > limits.max_collection_len {
+                    return FAIL;
+                }
+                let items = more.borrow().clone();
+                list.borrow_mut().extend(items);
+                Ok(a.clone())
+            }
+            (Value::List(_) | Value::State(_), _) => return FAIL,
+            _ => interp::binary_add(a, b, limits),
+        },
+        _ => return FAIL,
+    };
+    result(outcome, limits)
+}
+
+/// `a op b` for the comparisons and `in`: 0 or 1, or `COMPARE_FAIL`.
+pub extern "C" fn compare(code: i64, a: i64, b: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes live slots.
+    let (a, b) = unsafe { (value(a, &none), value(b, &none)) };
+    let truth = match code {
+        op::EQ => a.equals(b),
+        op::NOT_EQ => !a.equals(b),
+        op::IN | op::NOT_IN => match interp::contains(b, a) {
+            Ok(found) => found == (code == op::IN),
+            Err(_) => return COMPARE_FAIL,
+        },
+        _ => match a.compare(b) {
+            Some(ordering) => match code {
+                op::LT => ordering.is_lt(),
+                op::LE => ordering.is_le(),
+                op::GT => ordering.is_gt(),
+                _ => ordering.is_ge(),
+            },
+            None => return COMPARE_FAIL,
+        },
+    };
+    i64::from(truth)
+}
+
+/// `obj[key]`; a state's variables are left to the interpreter, which may have to wait.
+pub extern "C" fn index(obj: i64, key: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes live slots.
+    let (obj, key) = unsafe { (value(obj, &none), value(key, &none)) };
+    if matches!(obj, Value::State(_)) {
+        return FAIL;
+    }
+    match interp::index(obj, key) {
+        Ok(v) => into_slot(v),
+        Err(_) => FAIL,
+    }
+}
+
+/// `list[i]` with an int index, the common case, without boxing the index.
+pub extern "C" fn index_int(obj: i64, i: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot.
+    match unsafe { value(obj, &none) } {
+        Value::List(list) => {
+            let list = list.borrow();
+            match interp::normalize_index(i, list.len()) {
+                Some(at) => into_slot(list[at].clone()),
+                None => FAIL,
+            }
+        }
+        other => match interp::index(other, &Value::Int(i)) {
+            Ok(v) if !matches!(other, Value::State(_)) => into_slot(v),
+            _ => FAIL,
+        },
+    }
+}
+
+/// `obj[key] = item`: 0 when done, `FAIL` (nothing changed) otherwise.
+pub extern "C" fn store_index(ctx: *mut JitCtx, obj: i64, key: i64, item: i64) -> i64 {
+    let limits = &host(ctx).limits;
+    let none = Value::None;
+    // SAFETY: compiled code passes live slots.
+    let (obj, key, item) = unsafe { (value(obj, &none), value(key, &none), value(item, &none)) };
+    match (obj, key) {
+        (Value::List(list), Value::Int(i)) => {
+            let mut list = list.borrow_mut();
+            match interp::normalize_index(*i, list.len()) {
+                Some(at) => {
+                    list[at] = item.clone();
+                    0
+                }
+                None => FAIL,
+            }
+        }
+        (Value::Map(map), Value::Str(k)) => {
+            let mut map = map.borrow_mut();
+            if !map.contains_key(k) && map.len() >= limits.max_collection_len {
+                return FAIL;
+            }
+            map.insert(k.clone(), item.clone());
+            0
+        }
+        _ => FAIL,
+    }
+}
+
+/// `list[i] = scalar` with an int index, without boxing either: `kind` as `box_scalar`.
+pub extern "C" fn store_index_int(obj: i64, i: i64, kind: i64, bits: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot.
+    let Value::List(list) = (unsafe { value(obj, &none) }) else {
+        return FAIL;
+    };
+    let mut list = list.borrow_mut();
+    let Some(at) = interp::normalize_index(i, list.len()) else {
+        return FAIL;
+    };
+    list[at] = match kind {
+        1 => Value::Int(bits),
+        2 => Value::Float(f64::from_bits(bits as u64)),
+        3 => Value::Bool(bits != 0),
+        _ => Value::None,
+    };
+    0
+}
+
+/// `[a, b, ...]` from `count` slots.
+pub extern "C" fn build_list(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
+    let limits = &host(ctx).limits;
+    if count as usize > limits.max_collection_len {
+        return FAIL;
+    }
+    // SAFETY: compiled code passes `count` live slots.
+    into_slot(Value::list(unsafe { values(slots, count) }))
+}
+
+/// `{k: v, ...}` from `2 * count` slots, keys and values alternating.
+pub extern "C" fn build_map(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
+    let limits = &host(ctx).limits;
+    // SAFETY: compiled code passes `2 * count` live slots.
+    let flat = unsafe { values(slots, count * 2) };
+    let mut map = crate::value::Dict::with_capacity_and_hasher(count as usize, Default::default());
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let Value::Str(k) = k else {
+            return FAIL;
+        };
+        map.insert(k, v);
+    }
+    result(Ok::<_, ()>(Value::map(map)), limits)
+}
+
+/// An f-string's `{value}`: the value as a string.
+pub extern "C" fn format(slot: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot.
+    match unsafe { value(slot, &none) } {
+        s @ Value::Str(_) => into_slot(s.clone()),
+        other => into_slot(Value::Str(other.display_str())),
+    }
+}
+
+/// An f-string from `count` string slots.
+pub extern "C" fn build_string(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
+    let limits = &host(ctx).limits;
+    let none = Value::None;
+    // SAFETY: compiled code passes `count` live slots.
+    let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
+    let parts: Vec<&str> = slots
+        .iter()
+        .map(|s| unsafe { value(*s, &none) }.as_str().unwrap_or_default())
+        .collect();
+    let len = parts.iter().map(|p| p.len()).sum();
+    if limits.fits_string(len).is_err() {
+        return FAIL;
+    }
+    into_slot(Value::Str(Str::concat(len, parts.iter().copied())))
+}
+
+/// `for`'s iterator over a value.
+pub extern "C" fn get_iter(slot: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot.
+    match interp::iterate(unsafe { value(slot, &none) }.clone()) {
+        Ok(iter) => into_slot(iter),
+        Err(_) => FAIL,
+    }
+}
+
+/// The next item of an iterator, or `DONE`.
+pub extern "C" fn next(iter: i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot holding an iterator.
+    let item = match unsafe { value(iter, &none) } {
+        Value::Iterator(it) => it.borrow_mut().next_item(),
+        _ => None,
+    };
+    match item {
+        Some(v) => into_slot(v),
+        None => DONE,
+    }
+}
+
+/// A native function (one marked safe for compiled code) on `count` slots.
+pub extern "C" fn call_native(ctx: *mut JitCtx, native: i64, slots: *const i64, count: i64) -> i64 {
+    let host = host(ctx);
+    let Some(Some(f)) = host.natives.get(native as usize) else {
+        return FAIL;
+    };
+    // SAFETY: compiled code passes `count` live slots.
+    let args = unsafe { values(slots, count) };
+    let mut output = Vec::new();
+    let mut native_ctx = NativeCtx {
+        output: &mut output,
+        limits: &host.limits,
+    };
+    result(f(&mut native_ctx, &args, &[]), &host.limits)
+}
+
+/// A method on the receiver in the first of `count` slots (the arguments follow). Methods
+/// that grow their receiver are checked against the limits before they run.
+pub extern "C" fn call_method(ctx: *mut JitCtx, name: i64, slots: *const i64, count: i64) -> i64 {
+    let host = host(ctx);
+    let limits = &host.limits;
+    let Some((name, methods)) = host.methods.get(name as usize) else {
+        return FAIL;
+    };
+    // SAFETY: compiled code passes `count` (at least 1) live slots.
+    let mut args = unsafe { values(slots, count) };
+    let receiver = args.remove(0);
+    let type_name = receiver.type_name();
+    // The interpreter's own methods (on states, `join` on a list of forks) come first there.
+    if matches!(receiver, Value::State(_)) || (type_name == "list" && name == "join") {
+        return FAIL;
+    }
+    let Some((_, method)) = methods.iter().find(|(t, _)| *t == type_name) else {
+        return FAIL;
+    };
+    let size = |v: Option<&Value>| match v {
+        Some(Value::List(l)) => l.borrow().len(),
+        Some(Value::Map(m)) => m.borrow().len(),
+        _ => 0,
+    };
+    let grows_by = match (type_name, name.as_str()) {
+        ("list", "append" | "insert") => 1,
+        ("list", "extend") | ("map", "update") => size(args.first()),
+        _ => 0,
+    };
+    if grows_by > 0 && size(Some(&receiver)) + grows_by > limits.max_collection_len {
+        return FAIL;
+    }
+    let mut output = Vec::new();
+    let mut native_ctx = NativeCtx {
+        output: &mut output,
+        limits,
+    };
+    result(method(&mut native_ctx, &receiver, &args, &[]), limits)
+}
+
+/// `list.append(item)` as a list comprehension does it (`ListAppendUnder`): 0, or `FAIL`
+/// when the list would grow past its limit.
+pub extern "C" fn append_under(ctx: *mut JitCtx, list: i64, item: i64) -> i64 {
+    let limits = &host(ctx).limits;
+    let none = Value::None;
+    // SAFETY: compiled code passes live slots.
+    let (list, item) = unsafe { (value(list, &none), value(item, &none)) };
+    let Value::List(list) = list else {
+        return FAIL;
+    };
+    let mut list = list.borrow_mut();
+    if list.len() >= limits.max_collection_len {
+        return FAIL;
+    }
+    list.push(item.clone());
+    0
+}
