@@ -65,6 +65,12 @@ pub struct FunctionCodegen<'a, 'b> {
     pinned: &'a mut Vec<Box<crate::value::Value>>,
     /// Signatures of runtime helpers, by (argument count, whether it returns).
     helper_sigs: HashMap<(usize, bool), cranelift_codegen::ir::SigRef>,
+    /// `borrows[ip]`: the object instruction `ip` pushes is only read before it goes, so it
+    /// may borrow its box instead of cloning it (`objects::borrowable`).
+    borrows: Vec<bool>,
+    /// Stack slots that hold a borrowed box just now: freeing one does nothing, and a deopt
+    /// clones it so the interpreter gets a value of its own.
+    borrowed: std::collections::HashSet<usize>,
 }
 
 impl<'a, 'b> FunctionCodegen<'a, 'b> {
@@ -100,6 +106,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             local_count,
             pinned,
             helper_sigs: HashMap::new(),
+            borrows: Vec::new(),
+            borrowed: std::collections::HashSet::new(),
         }
     }
 
@@ -214,7 +222,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 }
                 ty => {
                     let v = self.get(slot, *ty);
-                    let bits = self.to_bits(v, *ty);
+                    let mut bits = self.to_bits(v, *ty);
+                    if self.borrowed.contains(&slot) {
+                        bits = self.clone_object(bits);
+                    }
                     raw.push(bits);
                     kinds.push(SlotKind::Value(*ty));
                 }
@@ -394,6 +405,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         blocks: &HashMap<usize, Block>,
         config: cranelift_codegen::isa::TargetFrontendConfig,
     ) -> Result<(), String> {
+        self.borrows = objects::borrowable(code, self.plan, &self.program.constants);
         let mut open = false;
         for (ip, instr) in code.iter().enumerate() {
             if let Some(block) = blocks.get(&ip) {

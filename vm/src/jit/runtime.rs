@@ -17,6 +17,9 @@ use crate::interp::{self, Limits};
 use crate::native::{MethodFn, NativeCtx, NativeFn};
 use crate::value::{Str, Value};
 
+/// Arguments cloned out of their slots; most calls have few, kept off the heap.
+type Args = smallvec::SmallVec<[Value; 4]>;
+
 /// A helper could not do what the instruction asks: deopt before it. Never a box's address
 /// (boxes are aligned).
 pub const FAIL: i64 = 1;
@@ -89,7 +92,7 @@ unsafe fn value<'a>(slot: i64, none: &'a Value) -> &'a Value {
 ///
 /// # Safety
 /// `slots` points at `count` live object slots.
-unsafe fn values(slots: *const i64, count: i64) -> Vec<Value> {
+unsafe fn values(slots: *const i64, count: i64) -> Args {
     let none = Value::None;
     // SAFETY: the caller guarantees `count` slots.
     let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
@@ -317,7 +320,7 @@ pub extern "C" fn build_list(ctx: *mut JitCtx, slots: *const i64, count: i64) ->
         return FAIL;
     }
     // SAFETY: compiled code passes `count` live slots.
-    into_slot(Value::list(unsafe { values(slots, count) }))
+    into_slot(Value::list(unsafe { values(slots, count) }.into_vec()))
 }
 
 /// `{k: v, ...}` from `2 * count` slots, keys and values alternating.
@@ -346,21 +349,29 @@ pub extern "C" fn format(slot: i64) -> i64 {
     }
 }
 
+/// An f-string's `{value}` for a scalar (`kind` as `box_scalar`), without boxing it first.
+pub extern "C" fn format_scalar(kind: i64, bits: i64) -> i64 {
+    let value = match kind {
+        1 => Value::Int(bits),
+        2 => Value::Float(f64::from_bits(bits as u64)),
+        3 => Value::Bool(bits != 0),
+        _ => Value::None,
+    };
+    into_slot(Value::Str(value.display_str()))
+}
+
 /// An f-string from `count` string slots.
 pub extern "C" fn build_string(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
     let limits = &host(ctx).limits;
     let none = Value::None;
     // SAFETY: compiled code passes `count` live slots.
     let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
-    let parts: Vec<&str> = slots
-        .iter()
-        .map(|s| unsafe { value(*s, &none) }.as_str().unwrap_or_default())
-        .collect();
-    let len = parts.iter().map(|p| p.len()).sum();
+    let part = |s: &i64| unsafe { value(*s, &none) }.as_str().unwrap_or_default();
+    let len = slots.iter().map(|s| part(s).len()).sum();
     if limits.fits_string(len).is_err() {
         return FAIL;
     }
-    into_slot(Value::Str(Str::concat(len, parts.iter().copied())))
+    into_slot(Value::Str(Str::concat(len, slots.iter().map(part))))
 }
 
 /// `for`'s iterator over a value.
@@ -411,9 +422,10 @@ pub extern "C" fn call_method(ctx: *mut JitCtx, name: i64, slots: *const i64, co
     let Some((name, methods)) = host.methods.get(name as usize) else {
         return FAIL;
     };
+    let none = Value::None;
     // SAFETY: compiled code passes `count` (at least 1) live slots.
-    let mut args = unsafe { values(slots, count) };
-    let receiver = args.remove(0);
+    let receiver = unsafe { value(*slots, &none) };
+    let args = unsafe { values(slots.add(1), count - 1) };
     let type_name = receiver.type_name();
     // The interpreter's own methods (on states, `join` on a list of forks) come first there.
     if matches!(receiver, Value::State(_)) || (type_name == "list" && name == "join") {
@@ -432,7 +444,7 @@ pub extern "C" fn call_method(ctx: *mut JitCtx, name: i64, slots: *const i64, co
         ("list", "extend") | ("map", "update") => size(args.first()),
         _ => 0,
     };
-    if grows_by > 0 && size(Some(&receiver)) + grows_by > limits.max_collection_len {
+    if grows_by > 0 && size(Some(receiver)) + grows_by > limits.max_collection_len {
         return FAIL;
     }
     let mut output = Vec::new();
@@ -440,7 +452,7 @@ pub extern "C" fn call_method(ctx: *mut JitCtx, name: i64, slots: *const i64, co
         output: &mut output,
         limits,
     };
-    result(method(&mut native_ctx, &receiver, &args, &[]), limits)
+    result(method(&mut native_ctx, receiver, &args, &[]), limits)
 }
 
 /// `list.append(item)` as a list comprehension does it (`ListAppendUnder`): 0, or `FAIL`

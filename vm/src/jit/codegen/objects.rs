@@ -31,9 +31,97 @@ fn scalar_kind(ty: Ty) -> i64 {
     }
 }
 
+/// For each instruction, whether the object it pushes (a local's or a string constant's) may
+/// be borrowed: in the same block, the instructions after it only push or work on what is above
+/// it, and then one instruction reads it and lets it go (an operator, an index, a call of a
+/// native or method, a branch, a pop), none of which keeps it. A local cannot change while
+/// its box is borrowed: no instruction in between stores to a local or calls a function.
+pub fn borrowable(
+    code: &[Instr],
+    plan: &crate::jit::analyze::Plan,
+    constants: &[Constant],
+) -> Vec<bool> {
+    use sglc_compiler::bytecode::NO_KEYWORDS;
+    // (values popped, values pushed) of what may come between the push and its reader.
+    let effect = |instr: &Instr| -> Option<(usize, usize)> {
+        Some(match *instr {
+            Instr::LoadLocal(_)
+            | Instr::PushInt(_)
+            | Instr::PushBool(_)
+            | Instr::PushNone
+            | Instr::Const(_)
+            | Instr::LoadGlobal(_) => (0, 1),
+            Instr::Add
+            | Instr::Sub
+            | Instr::Mul
+            | Instr::Div
+            | Instr::Mod
+            | Instr::AddAssign
+            | Instr::Eq
+            | Instr::NotEq
+            | Instr::Lt
+            | Instr::Le
+            | Instr::Gt
+            | Instr::Ge
+            | Instr::In
+            | Instr::NotIn
+            | Instr::Index => (2, 1),
+            Instr::Not | Instr::Neg | Instr::FormatValue | Instr::GetIter => (1, 1),
+            Instr::CallNative { argc, keywords, .. } if keywords == NO_KEYWORDS => {
+                (argc as usize, 1)
+            }
+            Instr::CallMethod { argc, keywords, .. } if keywords == NO_KEYWORDS => {
+                (argc as usize + 1, 1)
+            }
+            Instr::BuildString(n) | Instr::BuildList(n) => (n as usize, 1),
+            Instr::BuildMap(n) => (2 * n as usize, 1),
+            Instr::JumpIfFalse(_) | Instr::Pop | Instr::ListAppendUnder(_) => (1, 0),
+            Instr::StoreIndex => (3, 0),
+            _ => return None,
+        })
+    };
+    let mut borrows = vec![false; code.len()];
+    for (ip, instr) in code.iter().enumerate() {
+        let Some(frame) = plan.before[ip].as_ref() else {
+            continue;
+        };
+        let object = match *instr {
+            Instr::LoadLocal(slot) => frame.locals[slot as usize] == Local::Known(Ty::Obj),
+            Instr::Const(i) => matches!(constants[i as usize], Constant::Str(_)),
+            _ => false,
+        };
+        if !object {
+            continue;
+        }
+        // Values pushed above ours and not yet used.
+        let mut above = 0usize;
+        for next in ip + 1..code.len() {
+            if plan.leaders[next] {
+                break;
+            }
+            let Some((pops, pushes)) = effect(&code[next]) else {
+                break;
+            };
+            if pops > above {
+                // This instruction reads ours; `JumpIfFalseOrPop` and the like keep it and
+                // are not in the table.
+                borrows[ip] = true;
+                break;
+            }
+            above = above - pops + pushes;
+        }
+    }
+    borrows
+}
+
 impl FunctionCodegen<'_, '_> {
     /// Calls a runtime helper by its address; its result when it has one.
-    fn helper(&mut self, address: *const (), args: &[Value], returns: bool) -> Option<Value> {
+    pub(super) fn helper(
+        &mut self,
+        address: *const (),
+        args: &[Value],
+        returns: bool,
+    ) -> Option<Value> {
         let key = (args.len(), returns);
         let sig = match self.helper_sigs.get(&key) {
             Some(sig) => *sig,
@@ -88,8 +176,17 @@ impl FunctionCodegen<'_, '_> {
         }
     }
 
-    /// Frees the slot's box when it holds an object.
+    /// A clone of an object, in a box of its own.
+    pub(super) fn clone_object(&mut self, object: Value) -> Value {
+        self.helper(runtime::clone as *const (), &[object], true)
+            .expect("returns")
+    }
+
+    /// Frees the slot's box when it holds an object it owns (a borrowed one is let go).
     fn free_slot(&mut self, slot: usize, ty: Ty) {
+        if self.borrowed.remove(&slot) {
+            return;
+        }
         if is_object(ty) {
             let v = self.get(slot, ty);
             self.free(v);
@@ -149,9 +246,12 @@ impl FunctionCodegen<'_, '_> {
                     return Ok(None);
                 };
                 let pinned = self.pin(crate::value::Value::str(s));
-                let v = self
-                    .helper(runtime::clone as *const (), &[pinned], true)
-                    .expect("returns");
+                let v = if self.borrows[ip] {
+                    self.borrowed.insert(push_slot);
+                    pinned
+                } else {
+                    self.clone_object(pinned)
+                };
                 self.set(push_slot, Ty::Obj, v);
             }
             Instr::LoadGlobal(g) => {
@@ -170,10 +270,13 @@ impl FunctionCodegen<'_, '_> {
                     return Ok(None);
                 }
                 let v = self.get(slot as usize, Ty::Obj);
-                let copy = self
-                    .helper(runtime::clone as *const (), &[v], true)
-                    .expect("returns");
-                self.set(push_slot, Ty::Obj, copy);
+                let v = if self.borrows[ip] {
+                    self.borrowed.insert(push_slot);
+                    v
+                } else {
+                    self.clone_object(v)
+                };
+                self.set(push_slot, Ty::Obj, v);
             }
             Instr::StoreLocal(slot) => {
                 // The old value's box goes; the scalar code moves the new value in.
@@ -263,7 +366,7 @@ impl FunctionCodegen<'_, '_> {
                 let t = self
                     .helper(runtime::truthy as *const (), &[v], true)
                     .expect("returns");
-                self.free(v);
+                self.free_slot(top(0), ty_at(0));
                 let r = self.b.ins().bxor_imm_s(t, 1);
                 self.set(top(0), Ty::Bool, r);
             }
@@ -275,7 +378,7 @@ impl FunctionCodegen<'_, '_> {
                 let t = self
                     .helper(runtime::truthy as *const (), &[v], true)
                     .expect("returns");
-                self.free(v);
+                self.free_slot(top(0), ty_at(0));
                 self.b
                     .ins()
                     .brif(t, blocks[&(ip + 1)], &[], blocks[&(target as usize)], &[]);
@@ -433,13 +536,17 @@ impl FunctionCodegen<'_, '_> {
                 self.set(push_slot - count, Ty::Obj, r);
             }
             Instr::FormatValue => {
-                let mut temps = Vec::new();
-                let v = self.object_of(top(0), ty_at(0), &mut temps);
-                let r = self
-                    .helper(runtime::format as *const (), &[v], true)
-                    .expect("returns");
-                self.free_all(temps);
-                self.free_slot(top(0), ty_at(0));
+                let ty = ty_at(0);
+                let v = self.get(top(0), ty);
+                let r = if is_object(ty) || ty == Ty::None {
+                    self.helper(runtime::format as *const (), &[v], true)
+                } else {
+                    let bits = self.to_bits(v, ty);
+                    let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
+                    self.helper(runtime::format_scalar as *const (), &[kind, bits], true)
+                }
+                .expect("returns");
+                self.free_slot(top(0), ty);
                 self.set(top(0), Ty::Obj, r);
             }
             Instr::ListAppendUnder(under) => {
