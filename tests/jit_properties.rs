@@ -129,3 +129,130 @@ fn compiled_and_interpreted_agree() {
     );
     eprintln!("{} of {cases} programs compiled", compiled_programs.get());
 }
+
+/// A string expression over `w` (the current word), `acc`, `items` and `k`.
+fn string_expr() -> BoxedStrategy<String> {
+    let leaf = prop::sample::select(vec![
+        "w",
+        "acc",
+        "\"a\"",
+        "\"b c\"",
+        "\"\"",
+        "str(k)",
+        "w.upper()",
+        "w.strip()",
+        "w.replace(\"a\", \"xy\")",
+        "\"-\".join(items)",
+        "str(len(items))",
+    ])
+    .prop_map(str::to_string);
+    leaf.prop_recursive(2, 6, 2, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("f\"{{{a}}}:{{{b}}}\"")),
+            (inner.clone(), -3i64..4).prop_map(|(a, n)| format!("({a} * {n})")),
+        ]
+    })
+    .boxed()
+}
+
+/// One statement of the loop body: string building, list and map updates, and operations that
+/// fail on some inputs (an index out of range, `pop` on an empty list, `join` over ints).
+fn string_statement() -> BoxedStrategy<String> {
+    prop_oneof![
+        string_expr().prop_map(|e| format!("acc = acc + {e}")),
+        string_expr().prop_map(|e| format!("items.append({e})")),
+        string_expr().prop_map(|e| format!(
+            "let key = {e}\n        if key in counts {{ counts[key] += 1 }} else {{ counts[key] = 1 }}"
+        )),
+        Just("if len(items) > k { items.pop() }".to_string()),
+        (string_expr(), string_expr()).prop_map(|(a, b)| format!(
+            "if {a} < {b} {{ acc = acc.upper() }} else {{ acc = acc.lower() }}"
+        )),
+        (-4i64..4).prop_map(|i| format!("acc = acc + items[{i}]")),
+        Just("items += [len(acc)]".to_string()),
+        Just("if w == \"\" { acc = \"\" }".to_string()),
+    ]
+    .boxed()
+}
+
+fn string_program() -> impl Strategy<Value = String> {
+    prop::collection::vec(string_statement(), 1..4).prop_map(|body| {
+        format!(
+            "fn g(words, k) {{\n    let acc = \"\"\n    let items = []\n    let counts = {{}}\n    for w in words {{\n        {}\n    }}\n    return [acc, items, counts]\n}}\n\nfn main(words, k) {{\n    return g(words, k)\n}}\n",
+            body.join("\n        ")
+        )
+    })
+}
+
+fn run_strings(engine: &Engine, source: &str, mode: JitMode, words: &[&str], k: i64) -> String {
+    let script = match engine.compile("prop.sgl", source) {
+        Ok(script) => script,
+        Err(e) => return format!("compile: {}", e.render(false)),
+    };
+    let mut config = RunConfig::default();
+    config.jit.mode = mode;
+    match engine.run(
+        &script,
+        "main",
+        serde_json::json!({"words": words, "k": k}),
+        &config,
+    ) {
+        Ok(state) => state.return_value.to_string(),
+        Err(e) => format!("error: {e:?}"),
+    }
+}
+
+/// The same for programs on strings, lists and maps, which compiled code runs through the
+/// runtime helpers: same value, or same error message and location.
+#[test]
+fn compiled_and_interpreted_agree_on_strings_lists_and_maps() {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(128);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+    let words = prop::collection::vec(
+        prop::sample::select(vec!["a", "b c", "", "hello", "A", " pad "]),
+        0..6,
+    );
+    let strategy = (string_program(), words, -2i64..4);
+    let compiled_programs = std::cell::Cell::new(0);
+    // Programs whose run ends in an error: the error paths (a deopt, then the interpreter's
+    // own error) must be exercised too.
+    let failing_programs = std::cell::Cell::new(0);
+    runner
+        .run(&strategy, |(source, words, k)| {
+            let engine = Engine::new(TestBackend::new());
+            let interpreted = run_strings(&engine, &source, JitMode::Off, &words, k);
+            let compiled = run_strings(&engine, &source, JitMode::Eager, &words, k);
+            prop_assert_eq!(&interpreted, &compiled, "{}", source);
+            if interpreted.starts_with("error") {
+                failing_programs.set(failing_programs.get() + 1);
+            }
+            if let Ok(script) = engine.compile("prop.sgl", &source) {
+                let types = ["obj".to_string(), "int".to_string()];
+                let listing = engine.jit_listing(&script, Some("g"), &types).unwrap();
+                if !listing.contains("not compiled") {
+                    compiled_programs.set(compiled_programs.get() + 1);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        compiled_programs.get() * 2 >= cases,
+        "only {} of {cases} programs compiled",
+        compiled_programs.get()
+    );
+    assert!(
+        failing_programs.get() * 20 >= cases && failing_programs.get() < cases,
+        "{} of {cases} programs failed",
+        failing_programs.get()
+    );
+    eprintln!(
+        "{} of {cases} programs compiled, {} failed",
+        compiled_programs.get(),
+        failing_programs.get()
+    );
+}

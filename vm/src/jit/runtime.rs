@@ -411,7 +411,11 @@ pub extern "C" fn call_native(ctx: *mut JitCtx, native: i64, slots: *const i64, 
         output: &mut output,
         limits: &host.limits,
     };
-    result(f(&mut native_ctx, &args, &[]), &host.limits)
+    // A panic must not unwind into compiled code: the interpreter runs the call again instead.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f(&mut native_ctx, &args, &[])
+    }));
+    result(outcome.unwrap_or(Err(String::new())), &host.limits)
 }
 
 /// A method on the receiver in the first of `count` slots (the arguments follow). Methods
@@ -452,7 +456,10 @@ pub extern "C" fn call_method(ctx: *mut JitCtx, name: i64, slots: *const i64, co
         output: &mut output,
         limits,
     };
-    result(method(&mut native_ctx, receiver, &args, &[]), limits)
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        method(&mut native_ctx, receiver, &args, &[])
+    }));
+    result(outcome.unwrap_or(Err(String::new())), limits)
 }
 
 /// `list.append(item)` as a list comprehension does it (`ListAppendUnder`): 0, or `FAIL`
