@@ -17,7 +17,7 @@ pub fn transcript() -> EventSink {
         let mut out = std::io::stdout().lock();
         let _ = match event {
             StreamEvent::Text { text } => write!(out, "{text}"),
-            StreamEvent::RoleBegin { role } if decorate => write!(out, "{ROLE}[{role}]{RESET}\n"),
+            StreamEvent::RoleBegin { role } if decorate => writeln!(out, "{ROLE}[{role}]{RESET}"),
             StreamEvent::VarStarted { .. } if decorate => write!(out, "{GENERATED}"),
             StreamEvent::VarFinished { .. } if decorate => write!(out, "{RESET}"),
             _ => Ok(()),

@@ -24,7 +24,7 @@ const BYTES_OFFSET: usize = std::mem::size_of::<Header>();
 
 fn layout(len: usize) -> Layout {
     // The header's size is a multiple of its alignment, so the bytes follow it directly.
-    const _: () = assert!(BYTES_OFFSET % std::mem::align_of::<Header>() == 0);
+    const _: () = assert!(BYTES_OFFSET.is_multiple_of(std::mem::align_of::<Header>()));
     match Layout::from_size_align(
         BYTES_OFFSET.saturating_add(len),
         std::mem::align_of::<Header>(),

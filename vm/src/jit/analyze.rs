@@ -322,7 +322,8 @@ impl<'a> Analyzer<'a> {
             Instr::Lt | Instr::Le | Instr::Gt | Instr::Ge => {
                 let (b, a) = (scalar(pop(stack)?)?, scalar(pop(stack)?)?);
                 let comparable = |t: Ty| matches!(t, Ty::Int | Ty::Float | Ty::Bool);
-                if !(object(a) || object(b)) && (!comparable(a) || !comparable(b)) {
+                let objects = object(a) || object(b);
+                if !(objects || comparable(a) && comparable(b)) {
                     return Err(format!("compares {} with {}", a.name(), b.name()));
                 }
                 stack.push(Ty::Bool);

@@ -22,6 +22,10 @@ use std::collections::HashMap;
 
 mod objects;
 
+/// Values compiled code clones from, each boxed so its address stays put as the list grows.
+#[allow(clippy::vec_box)]
+pub type Pinned = Vec<Box<crate::value::Value>>;
+
 /// How a slot's value is held.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Rep {
@@ -62,7 +66,7 @@ pub struct FunctionCodegen<'a, 'b> {
     pub osr_entry: Option<(usize, Frame)>,
     local_count: usize,
     /// Boxes compiled code clones from (string constants, object globals), kept by the JIT.
-    pinned: &'a mut Vec<Box<crate::value::Value>>,
+    pinned: &'a mut Pinned,
     /// Signatures of runtime helpers, by (argument count, whether it returns).
     helper_sigs: HashMap<(usize, bool), cranelift_codegen::ir::SigRef>,
     /// `borrows[ip]`: the object instruction `ip` pushes is only read before it goes, so it
@@ -84,8 +88,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             cranelift_codegen::ir::FuncRef,
             cranelift_codegen::ir::FuncRef,
         ),
-        sites: &'a mut Vec<DeoptSite>,
-        pinned: &'a mut Vec<Box<crate::value::Value>>,
+        // What the JIT keeps for compiled code: deopt sites and values it clones from.
+        (sites, pinned): (&'a mut Vec<DeoptSite>, &'a mut Pinned),
     ) -> Self {
         let local_count = program.functions[plan.spec.function as usize].local_count as usize;
         FunctionCodegen {
@@ -147,7 +151,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 
     /// The value as the `i64` bits the calling convention and the deopt buffer use.
-    fn to_bits(&mut self, value: Value, ty: Ty) -> Value {
+    fn as_bits(&mut self, value: Value, ty: Ty) -> Value {
         if ty == Ty::Float {
             self.b.ins().bitcast(types::I64, MemFlagsData::new(), value)
         } else {
@@ -155,7 +159,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         }
     }
 
-    fn from_bits(&mut self, value: Value, ty: Ty) -> Value {
+    fn bits_as(&mut self, value: Value, ty: Ty) -> Value {
         if ty == Ty::Float {
             self.b.ins().bitcast(types::F64, MemFlagsData::new(), value)
         } else {
@@ -194,7 +198,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             match *local {
                 Local::Known(ty) => {
                     let v = self.get(slot, ty);
-                    let bits = self.to_bits(v, ty);
+                    let bits = self.as_bits(v, ty);
                     raw.push(bits);
                     kinds.push(SlotKind::Value(ty));
                 }
@@ -222,7 +226,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 }
                 ty => {
                     let v = self.get(slot, *ty);
-                    let mut bits = self.to_bits(v, *ty);
+                    let mut bits = self.as_bits(v, *ty);
                     if self.borrowed.contains(&slot) {
                         bits = self.clone_object(bits);
                     }
@@ -309,7 +313,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         for slot in 0..self.local_count {
             match spec.args.get(slot) {
                 Some(ty) => {
-                    let v = self.from_bits(params[slot + 2], *ty);
+                    let v = self.bits_as(params[slot + 2], *ty);
                     self.set(slot, *ty, v);
                 }
                 None => {
@@ -363,7 +367,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         for (slot, local) in frame.locals.iter().enumerate() {
             let raw = load(&mut self.b, &mut offset);
             if let Local::Known(ty) = local {
-                let v = self.from_bits(raw, *ty);
+                let v = self.bits_as(raw, *ty);
                 self.set(slot, *ty, v);
             }
         }
@@ -382,7 +386,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 }
             } else {
                 let raw = load(&mut self.b, &mut offset);
-                let v = self.from_bits(raw, *ty);
+                let v = self.bits_as(raw, *ty);
                 self.set(slot, *ty, v);
             }
         }
@@ -720,7 +724,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let mut args = vec![ctx, callee_depth];
                 for (i, ty) in arg_types.iter().enumerate() {
                     let v = self.get(top(argc - 1 - i), *ty);
-                    args.push(self.to_bits(v, *ty));
+                    args.push(self.as_bits(v, *ty));
                 }
                 let callee = Spec {
                     function,
@@ -746,13 +750,13 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     .and_then(|f| f.as_ref())
                     .and_then(|f| f.stack.last().copied())
                     .ok_or("no type after a call")?;
-                let v = self.from_bits(result, result_ty);
+                let v = self.bits_as(result, result_ty);
                 self.set(base + depth - argc, result_ty, v);
             }
             Instr::Return => {
                 let ty = ty_at(0);
                 let v = self.get(top(0), ty);
-                let bits = self.to_bits(v, ty);
+                let bits = self.as_bits(v, ty);
                 self.b.ins().return_(&[bits]);
                 return Ok(false);
             }

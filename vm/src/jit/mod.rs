@@ -111,7 +111,7 @@ impl Ty {
     /// # Safety
     /// For an object type, `bits` is 0 or a box of `runtime::into_slot` that nothing else
     /// will use again.
-    unsafe fn from_bits(self, bits: i64) -> Value {
+    unsafe fn value_of(self, bits: i64) -> Value {
         match self {
             Ty::Int => Value::Int(bits),
             Ty::Float => Value::Float(f64::from_bits(bits as u64)),
@@ -123,7 +123,7 @@ impl Ty {
     }
 
     /// A value as the bits of its slot: a new box (a clone) for an object, which the slot owns.
-    fn to_bits(value: &Value) -> i64 {
+    fn bits_of(value: &Value) -> i64 {
         match value {
             Value::Int(n) => *n,
             Value::Float(x) => x.to_bits() as i64,
@@ -256,10 +256,13 @@ pub enum JitCall {
     },
 }
 
+/// Compiled code's entry point and the type it returns.
+type Entry = (*const u8, Ty);
+
 enum FunctionState {
     Cold(u32),
     /// Specializations tried: their code and return type, or `None` when ineligible.
-    Tried(Vec<(Vec<Ty>, Option<(*const u8, Ty)>)>),
+    Tried(Vec<(Vec<Ty>, Option<Entry>)>),
     Ineligible,
 }
 
@@ -277,7 +280,7 @@ pub struct Jit {
     return_types: HashMap<Spec, Ty>,
     /// Loop headers compiled for on-stack replacement, by the slot types they were entered
     /// with, and those that cannot be.
-    osr_compiled: HashMap<(FunctionId, u32), Vec<(analyze::Frame, (*const u8, Ty))>>,
+    osr_compiled: HashMap<(FunctionId, u32), Vec<(analyze::Frame, Entry)>>,
     /// Loop headers that cannot be compiled, by function (a scan of a few entries costs less
     /// than hashing on every iteration of an interpreted loop).
     osr_failed: Vec<Rc<Vec<u32>>>,
@@ -291,7 +294,7 @@ pub struct Jit {
     runtime: JitCtx,
     /// Values compiled code clones from (string constants, globals that are objects): boxes
     /// at fixed addresses, kept as long as the code.
-    pinned: Vec<Box<Value>>,
+    pinned: codegen::Pinned,
     /// The call depth limit compiled code checks (the run's `Limits::max_call_depth`).
     max_depth: usize,
     /// The longest `range()` compiled code iterates; a longer one is the interpreter's to
@@ -478,6 +481,7 @@ impl Jit {
     /// On-stack replacement: runs the rest of `function` natively from loop header `ip`, its
     /// frame's slots being `values` (locals, then the operand stack). `depth` counts the call
     /// frames with this one.
+    #[allow(clippy::too_many_arguments)] // the interpreter's frame, as it stands, in pieces
     pub fn osr(
         &mut self,
         program: &Program,
@@ -535,7 +539,7 @@ impl Jit {
         };
         // The compiled frame owns its objects: boxes of clones of the interpreter's values.
         for (at, value) in objects {
-            raw[at] = Ty::to_bits(&values[value]);
+            raw[at] = Ty::bits_of(&values[value]);
         }
         self.runtime.start(turn);
         type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> i64;
@@ -549,7 +553,7 @@ impl Jit {
         );
         if self.runtime.status == 0 {
             // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
-            return JitCall::Returned(unsafe { return_type.from_bits(result) });
+            return JitCall::Returned(unsafe { return_type.value_of(result) });
         }
         self.deopt_frames()
     }
@@ -564,6 +568,7 @@ impl Jit {
 
     /// Calls `function` natively when it is (or now becomes) compiled for these arguments.
     /// `depth` is the interpreter's frame count; `limits` the run's limits.
+    #[allow(clippy::too_many_arguments)] // the interpreter's call, as it stands, in pieces
     pub fn call(
         &mut self,
         program: &Program,
@@ -629,7 +634,7 @@ impl Jit {
         }
         let mut bits = [0i64; MAX_ARGS];
         for (slot, arg) in bits.iter_mut().zip(args) {
-            *slot = Ty::to_bits(arg);
+            *slot = Ty::bits_of(arg);
         }
         // SAFETY: `pointer` is a finalized function of this module with the signature
         // `(ctx, i64 x argc) -> i64` (codegen::signature), and argc <= MAX_ARGS.
@@ -643,7 +648,7 @@ impl Jit {
         };
         if self.runtime.status == 0 {
             // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
-            return JitCall::Returned(unsafe { return_type.from_bits(result) });
+            return JitCall::Returned(unsafe { return_type.value_of(result) });
         }
         self.deopt_frames()
     }
@@ -682,7 +687,7 @@ impl Jit {
             match kind {
                 // SAFETY: a deopt hands over the slots it spills, each once.
                 SlotKind::Value(ty) => {
-                    values.push(unsafe { ty.from_bits(raw.next().unwrap_or(0)) });
+                    values.push(unsafe { ty.value_of(raw.next().unwrap_or(0)) });
                 }
                 SlotKind::RangeIter => {
                     // The rest of the range, made on demand: the same items the list
@@ -876,8 +881,7 @@ impl Jit {
             plan,
             callee_refs,
             (deopt, refuel),
-            &mut self.sites,
-            &mut self.pinned,
+            (&mut self.sites, &mut self.pinned),
         );
         codegen.max_depth = self.max_depth as i64;
         codegen.max_range = i64::try_from(self.max_range).unwrap_or(i64::MAX);
@@ -983,7 +987,7 @@ fn osr_frame(
             }
             Some(ty) => {
                 locals.push(analyze::Local::Known(ty));
-                raw.push(Ty::to_bits(value));
+                raw.push(Ty::bits_of(value));
             }
             None => return None,
         }
@@ -999,7 +1003,7 @@ fn osr_frame(
             }
             Some(ty) => {
                 stack.push(ty);
-                raw.push(Ty::to_bits(value));
+                raw.push(Ty::bits_of(value));
                 continue;
             }
             None => {}

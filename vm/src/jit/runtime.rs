@@ -6,6 +6,9 @@
 //! object on another needs no conversion). Each slot owns its box: the code generator clones
 //! on a load, drops on a pop or an overwrite, and hands the boxes over on a return or a deopt.
 //!
+//! The helpers are `unsafe`: compiled code passes them live slots it owns (or borrows) and
+//! the context it was entered with.
+//!
 //! **Architecture Invariant:** a helper never raises an error and never has an effect when it
 //! fails. It borrows its operands, and where the interpreter would raise an error (or must
 //! wait, or the value is one compiled code does not handle) it returns `FAIL` having changed
@@ -79,7 +82,7 @@ pub fn live_boxes() -> i64 {
 ///
 /// # Safety
 /// `slot` is 0 or a live box made by `into_slot`.
-unsafe fn value<'a>(slot: i64, none: &'a Value) -> &'a Value {
+unsafe fn value(slot: i64, none: &Value) -> &Value {
     if slot == 0 {
         none
     } else {
@@ -104,7 +107,7 @@ unsafe fn values(slots: *const i64, count: i64) -> Args {
 
 fn host<'a>(ctx: *mut JitCtx) -> &'a Host {
     // SAFETY: compiled code passes the context it was given, alive for the whole call.
-    unsafe { &*(*ctx).host }
+    unsafe { &(*ctx).host }
 }
 
 fn result(outcome: Result<Value, impl Sized>, limits: &Limits) -> i64 {
@@ -115,19 +118,19 @@ fn result(outcome: Result<Value, impl Sized>, limits: &Limits) -> i64 {
     }
 }
 
-pub extern "C" fn clone(slot: i64) -> i64 {
+pub(crate) unsafe extern "C" fn clone(slot: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes live slots.
     into_slot(unsafe { value(slot, &none) }.clone())
 }
 
-pub extern "C" fn drop(slot: i64) {
+pub(crate) unsafe extern "C" fn drop(slot: i64) {
     // SAFETY: compiled code passes a slot it owns and never uses again.
     std::mem::drop(unsafe { from_slot(slot) });
 }
 
 /// Boxes a scalar: `kind` 0 none, 1 int, 2 float (bits), 3 bool.
-pub extern "C" fn box_scalar(kind: i64, bits: i64) -> i64 {
+pub(crate) unsafe extern "C" fn box_scalar(kind: i64, bits: i64) -> i64 {
     into_slot(match kind {
         1 => Value::Int(bits),
         2 => Value::Float(f64::from_bits(bits as u64)),
@@ -138,7 +141,7 @@ pub extern "C" fn box_scalar(kind: i64, bits: i64) -> i64 {
 
 /// The scalar an object holds, as bits into `out`, when it is of `kind` (as `box_scalar`);
 /// 1 when it is, 0 when not.
-pub extern "C" fn unbox(slot: i64, kind: i64, out: *mut i64) -> i64 {
+pub(crate) unsafe extern "C" fn unbox(slot: i64, kind: i64, out: *mut i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot and an 8-byte stack slot.
     let bits = match (kind, unsafe { value(slot, &none) }) {
@@ -151,7 +154,7 @@ pub extern "C" fn unbox(slot: i64, kind: i64, out: *mut i64) -> i64 {
     1
 }
 
-pub extern "C" fn truthy(slot: i64) -> i64 {
+pub(crate) unsafe extern "C" fn truthy(slot: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot.
     i64::from(unsafe { value(slot, &none) }.is_truthy())
@@ -176,7 +179,7 @@ pub mod op {
 }
 
 /// `a op b` for the arithmetic operators; `FAIL` where the interpreter raises an error.
-pub extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i64) -> i64 {
+pub(crate) unsafe extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i64) -> i64 {
     let limits = &host(ctx).limits;
     let none = Value::None;
     // SAFETY: compiled code passes live slots.
@@ -207,7 +210,7 @@ pub extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i64) -> i64 {
 }
 
 /// `a op b` for the comparisons and `in`: 0 or 1, or `COMPARE_FAIL`.
-pub extern "C" fn compare(code: i64, a: i64, b: i64) -> i64 {
+pub(crate) unsafe extern "C" fn compare(code: i64, a: i64, b: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes live slots.
     let (a, b) = unsafe { (value(a, &none), value(b, &none)) };
@@ -232,7 +235,7 @@ pub extern "C" fn compare(code: i64, a: i64, b: i64) -> i64 {
 }
 
 /// `obj[key]`; a state's variables are left to the interpreter, which may have to wait.
-pub extern "C" fn index(obj: i64, key: i64) -> i64 {
+pub(crate) unsafe extern "C" fn index(obj: i64, key: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes live slots.
     let (obj, key) = unsafe { (value(obj, &none), value(key, &none)) };
@@ -246,7 +249,7 @@ pub extern "C" fn index(obj: i64, key: i64) -> i64 {
 }
 
 /// `list[i]` with an int index, the common case, without boxing the index.
-pub extern "C" fn index_int(obj: i64, i: i64) -> i64 {
+pub(crate) unsafe extern "C" fn index_int(obj: i64, i: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot.
     match unsafe { value(obj, &none) } {
@@ -265,7 +268,12 @@ pub extern "C" fn index_int(obj: i64, i: i64) -> i64 {
 }
 
 /// `obj[key] = item`: 0 when done, `FAIL` (nothing changed) otherwise.
-pub extern "C" fn store_index(ctx: *mut JitCtx, obj: i64, key: i64, item: i64) -> i64 {
+pub(crate) unsafe extern "C" fn store_index(
+    ctx: *mut JitCtx,
+    obj: i64,
+    key: i64,
+    item: i64,
+) -> i64 {
     let limits = &host(ctx).limits;
     let none = Value::None;
     // SAFETY: compiled code passes live slots.
@@ -294,7 +302,7 @@ pub extern "C" fn store_index(ctx: *mut JitCtx, obj: i64, key: i64, item: i64) -
 }
 
 /// `list[i] = scalar` with an int index, without boxing either: `kind` as `box_scalar`.
-pub extern "C" fn store_index_int(obj: i64, i: i64, kind: i64, bits: i64) -> i64 {
+pub(crate) unsafe extern "C" fn store_index_int(obj: i64, i: i64, kind: i64, bits: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot.
     let Value::List(list) = (unsafe { value(obj, &none) }) else {
@@ -314,7 +322,7 @@ pub extern "C" fn store_index_int(obj: i64, i: i64, kind: i64, bits: i64) -> i64
 }
 
 /// `[a, b, ...]` from `count` slots.
-pub extern "C" fn build_list(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
+pub(crate) unsafe extern "C" fn build_list(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
     let limits = &host(ctx).limits;
     if count as usize > limits.max_collection_len {
         return FAIL;
@@ -324,7 +332,7 @@ pub extern "C" fn build_list(ctx: *mut JitCtx, slots: *const i64, count: i64) ->
 }
 
 /// `{k: v, ...}` from `2 * count` slots, keys and values alternating.
-pub extern "C" fn build_map(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
+pub(crate) unsafe extern "C" fn build_map(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
     let limits = &host(ctx).limits;
     // SAFETY: compiled code passes `2 * count` live slots.
     let flat = unsafe { values(slots, count * 2) };
@@ -340,7 +348,7 @@ pub extern "C" fn build_map(ctx: *mut JitCtx, slots: *const i64, count: i64) -> 
 }
 
 /// An f-string's `{value}`: the value as a string.
-pub extern "C" fn format(slot: i64) -> i64 {
+pub(crate) unsafe extern "C" fn format(slot: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot.
     match unsafe { value(slot, &none) } {
@@ -350,7 +358,7 @@ pub extern "C" fn format(slot: i64) -> i64 {
 }
 
 /// An f-string's `{value}` for a scalar (`kind` as `box_scalar`), without boxing it first.
-pub extern "C" fn format_scalar(kind: i64, bits: i64) -> i64 {
+pub(crate) unsafe extern "C" fn format_scalar(kind: i64, bits: i64) -> i64 {
     let value = match kind {
         1 => Value::Int(bits),
         2 => Value::Float(f64::from_bits(bits as u64)),
@@ -361,7 +369,11 @@ pub extern "C" fn format_scalar(kind: i64, bits: i64) -> i64 {
 }
 
 /// An f-string from `count` string slots.
-pub extern "C" fn build_string(ctx: *mut JitCtx, slots: *const i64, count: i64) -> i64 {
+pub(crate) unsafe extern "C" fn build_string(
+    ctx: *mut JitCtx,
+    slots: *const i64,
+    count: i64,
+) -> i64 {
     let limits = &host(ctx).limits;
     let none = Value::None;
     // SAFETY: compiled code passes `count` live slots.
@@ -375,7 +387,7 @@ pub extern "C" fn build_string(ctx: *mut JitCtx, slots: *const i64, count: i64) 
 }
 
 /// `for`'s iterator over a value.
-pub extern "C" fn get_iter(slot: i64) -> i64 {
+pub(crate) unsafe extern "C" fn get_iter(slot: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot.
     match interp::iterate(unsafe { value(slot, &none) }.clone()) {
@@ -385,7 +397,7 @@ pub extern "C" fn get_iter(slot: i64) -> i64 {
 }
 
 /// The next item of an iterator, or `DONE`.
-pub extern "C" fn next(iter: i64) -> i64 {
+pub(crate) unsafe extern "C" fn next(iter: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot holding an iterator.
     let item = match unsafe { value(iter, &none) } {
@@ -399,7 +411,12 @@ pub extern "C" fn next(iter: i64) -> i64 {
 }
 
 /// A native function (one marked safe for compiled code) on `count` slots.
-pub extern "C" fn call_native(ctx: *mut JitCtx, native: i64, slots: *const i64, count: i64) -> i64 {
+pub(crate) unsafe extern "C" fn call_native(
+    ctx: *mut JitCtx,
+    native: i64,
+    slots: *const i64,
+    count: i64,
+) -> i64 {
     let host = host(ctx);
     let Some(Some(f)) = host.natives.get(native as usize) else {
         return FAIL;
@@ -420,7 +437,12 @@ pub extern "C" fn call_native(ctx: *mut JitCtx, native: i64, slots: *const i64, 
 
 /// A method on the receiver in the first of `count` slots (the arguments follow). Methods
 /// that grow their receiver are checked against the limits before they run.
-pub extern "C" fn call_method(ctx: *mut JitCtx, name: i64, slots: *const i64, count: i64) -> i64 {
+pub(crate) unsafe extern "C" fn call_method(
+    ctx: *mut JitCtx,
+    name: i64,
+    slots: *const i64,
+    count: i64,
+) -> i64 {
     let host = host(ctx);
     let limits = &host.limits;
     let Some((name, methods)) = host.methods.get(name as usize) else {
@@ -464,7 +486,7 @@ pub extern "C" fn call_method(ctx: *mut JitCtx, name: i64, slots: *const i64, co
 
 /// `list.append(item)` as a list comprehension does it (`ListAppendUnder`): 0, or `FAIL`
 /// when the list would grow past its limit.
-pub extern "C" fn append_under(ctx: *mut JitCtx, list: i64, item: i64) -> i64 {
+pub(crate) unsafe extern "C" fn append_under(ctx: *mut JitCtx, list: i64, item: i64) -> i64 {
     let limits = &host(ctx).limits;
     let none = Value::None;
     // SAFETY: compiled code passes live slots.

@@ -95,11 +95,11 @@ pub fn borrowable(
         }
         // Values pushed above ours and not yet used.
         let mut above = 0usize;
-        for next in ip + 1..code.len() {
+        for (next, instr) in code.iter().enumerate().skip(ip + 1) {
             if plan.leaders[next] {
                 break;
             }
-            let Some((pops, pushes)) = effect(&code[next]) else {
+            let Some((pops, pushes)) = effect(instr) else {
                 break;
             };
             if pops > above {
@@ -157,7 +157,7 @@ impl FunctionCodegen<'_, '_> {
         if is_object(ty) || ty == Ty::None {
             return v;
         }
-        let bits = self.to_bits(v, ty);
+        let bits = self.as_bits(v, ty);
         let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
         let boxed = self
             .helper(runtime::box_scalar as *const (), &[kind, bits], true)
@@ -497,7 +497,7 @@ impl FunctionCodegen<'_, '_> {
                 let r = if t_key == Ty::Int && !is_object(t_item) {
                     let i = self.get(top(1), Ty::Int);
                     let item = self.get(top(0), t_item);
-                    let bits = self.to_bits(item, t_item);
+                    let bits = self.as_bits(item, t_item);
                     let kind = self.b.ins().iconst(types::I64, scalar_kind(t_item));
                     self.helper(
                         runtime::store_index_int as *const (),
@@ -541,7 +541,7 @@ impl FunctionCodegen<'_, '_> {
                 let r = if is_object(ty) || ty == Ty::None {
                     self.helper(runtime::format as *const (), &[v], true)
                 } else {
-                    let bits = self.to_bits(v, ty);
+                    let bits = self.as_bits(v, ty);
                     let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
                     self.helper(runtime::format_scalar as *const (), &[kind, bits], true)
                 }
@@ -616,6 +616,6 @@ impl FunctionCodegen<'_, '_> {
         self.free(boxed);
         self.deopt_when_equal(ok, 0, frame, ip);
         let bits = self.b.ins().stack_load(types::I64, types::I64, out, 0);
-        self.from_bits(bits, ty)
+        self.bits_as(bits, ty)
     }
 }
