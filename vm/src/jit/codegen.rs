@@ -262,12 +262,12 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.ins().return_(&[zero]);
     }
 
-    /// Spends one unit of fuel; out of it, asks the runtime (`sglc_jit_refuel`) whether to
-    /// hand back to the interpreter (resuming at `ip`): when others wait or a limit is
-    /// reached; else it refuels and goes on. Loops spend at
-    /// their back edge and functions that call at their entry, so no compiled code runs long
+    /// Spends one unit of fuel. Out of it, a loop (`in_loop`) hands back to the interpreter,
+    /// resuming at `ip`; a function entry asks the runtime (`sglc_jit_refuel`) whether to hand
+    /// back (others wait, or a limit is reached) or to refuel and go on. Loops spend at their
+    /// back edge and functions that call at their entry, so no compiled code runs long
     /// without spending (a loop-free function that calls nothing runs a bounded time).
-    fn spend_fuel(&mut self, frame: &Frame, ip: usize, depth: usize) {
+    fn spend_fuel(&mut self, frame: &Frame, ip: usize, depth: usize, in_loop: bool) {
         let ctx = self.ctx();
         let fuel = self
             .b
@@ -286,10 +286,18 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.set_cold_block(refuel);
         self.b.ins().brif(empty, refuel, &[], on, &[]);
         self.b.switch_to_block(refuel);
-        let call = self.b.ins().call(self.refuel, &[ctx]);
-        let stop = self.b.inst_results(call)[0];
-        self.deopt_if(stop, frame, ip, depth);
-        self.b.ins().jump(on, &[]);
+        if in_loop {
+            // A loop hands back to the interpreter (which re-enters it compiled, through
+            // on-stack replacement, unless it must stop): a call here, to refuel and go on,
+            // would keep every value the loop uses live across it, and in this register
+            // pressure cranelift keeps some of them on the stack, in the hot path.
+            self.emit_deopt(frame, ip, depth);
+        } else {
+            let call = self.b.ins().call(self.refuel, &[ctx]);
+            let stop = self.b.inst_results(call)[0];
+            self.deopt_if(stop, frame, ip, depth);
+            self.b.ins().jump(on, &[]);
+        }
         self.b.switch_to_block(on);
     }
 
@@ -340,7 +348,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             let check = self.b.create_block();
             self.b.ins().brif(low, blocks[&0], &[], check, &[]);
             self.b.switch_to_block(check);
-            self.spend_fuel(&frame, 0, 0);
+            self.spend_fuel(&frame, 0, 0, false);
         }
         self.b.ins().jump(blocks[&0], &[]);
         self.emit_body(code, &blocks, config)
@@ -548,6 +556,20 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     let minus_one = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
                     let bad = self.b.ins().bor(zero, minus_one);
                     self.deopt_if(bad, frame, ip, depth);
+                    // Both operands non-negative (the usual case, and a branch the CPU
+                    // predicts): an unsigned remainder, shorter than the signed one and its
+                    // sign fix-up, which matters when the result feeds the next iteration.
+                    let either = self.b.ins().bor(a, b);
+                    let negative = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, either, 0);
+                    let unsigned = self.b.create_block();
+                    let signed = self.b.create_block();
+                    let done = self.b.create_block();
+                    self.b.append_block_param(done, types::I64);
+                    self.b.ins().brif(negative, signed, &[], unsigned, &[]);
+                    self.b.switch_to_block(unsigned);
+                    let r = self.b.ins().urem(a, b);
+                    self.b.ins().jump(done, &[r.into()]);
+                    self.b.switch_to_block(signed);
                     let r = self.b.ins().srem(a, b);
                     // Floored like Python: a nonzero remainder takes the divisor's sign.
                     let r_nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
@@ -557,6 +579,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     let fix = self.b.ins().band(r_nonzero, signs_differ);
                     let adjusted = self.b.ins().iadd(r, b);
                     let v = self.b.ins().select(fix, adjusted, r);
+                    self.b.ins().jump(done, &[v.into()]);
+                    self.b.switch_to_block(done);
+                    let v = self.b.block_params(done)[0];
                     self.set(top(1), Ty::Int, v);
                 } else {
                     let (x, y) = (self.as_f64(a, ta), self.as_f64(b, tb));
@@ -633,7 +658,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             Instr::Jump(target) => {
                 if (target as usize) <= ip {
                     // A loop: spend fuel, and hand back to the interpreter when it is gone.
-                    self.spend_fuel(frame, ip, depth);
+                    self.spend_fuel(frame, ip, depth, true);
                 }
                 self.b.ins().jump(blocks[&(target as usize)], &[]);
                 return Ok(false);
