@@ -1697,46 +1697,60 @@ impl Instance {
         } else {
             env.linked.program.keyword_lists[keywords as usize].len()
         };
-        let name_str = match &env.linked.constants[name as usize] {
+        let name_str = || match &env.linked.constants[name as usize] {
             Value::Str(s) => s.clone(),
-            _ => return fail("method name is not a string"),
+            _ => Str::from("?"),
         };
-        let receiver = self.peek(argc as usize + keyword_count).clone();
-        if let Some(result) = self.state_method(env, &receiver, &name_str, argc as usize)? {
-            self.pop_n(argc as usize + keyword_count + 1);
-            self.stack.push(result);
-            return Ok(());
+        let receiver_at = self.stack.len() - argc as usize - keyword_count - 1;
+        // The VM's own methods are on states, and `join` on a list (of forks).
+        let own_method = match &self.stack[receiver_at] {
+            Value::State(_) => true,
+            Value::List(_) => {
+                matches!(&env.linked.constants[name as usize], Value::Str(s) if &**s == "join")
+            }
+            _ => false,
+        };
+        if own_method {
+            let receiver = self.stack[receiver_at].clone();
+            if let Some(result) = self.state_method(env, &receiver, &name_str(), argc as usize)? {
+                self.pop_n(argc as usize + keyword_count + 1);
+                self.stack.push(result);
+                return Ok(());
+            }
         }
-        let type_name = receiver.type_name();
-        let method: Option<MethodFn> = env.linked.methods[name as usize]
+        // Borrowed from the linked program, not from `env`, so the stack can change meanwhile.
+        let linked = env.linked;
+        let type_name = self.stack[receiver_at].type_name();
+        let Some((_, method)) = linked.methods[name as usize]
             .iter()
             .find(|(t, _)| *t == type_name)
-            .map(|(_, f)| f.clone());
-        let Some(method) = method else {
-            return fail(format!(
-                "{} has no method `{name_str}`",
-                receiver.type_name()
-            ));
+        else {
+            return fail(format!("{type_name} has no method `{}`", name_str()));
         };
         let kwargs = self.pop_keywords(env, keywords);
         let at = self.stack.len() - argc as usize;
+        // The receiver and the arguments are read in place, then dropped.
+        let (below, args) = self.stack.split_at(at);
         let mut ctx = NativeCtx {
             output: &mut self.output,
             limits: env.limits,
         };
-        let result = method(&mut ctx, &receiver, &self.stack[at..], &kwargs);
-        // The arguments and the receiver below them.
+        let result = method(&mut ctx, &below[at - 1], args, &kwargs);
+        // Methods such as `append` grow their receiver in place.
+        let grown = result
+            .is_ok()
+            .then(|| env.limits.oversized(&self.stack[at - 1]))
+            .flatten();
         self.stack.truncate(at - 1);
+        if let Some(message) = grown {
+            return fail(message);
+        }
         match result {
             Ok(v) => {
-                // Methods such as `append` grow their receiver in place.
-                if let Some(message) = env.limits.oversized(&receiver) {
-                    return fail(message);
-                }
                 self.stack.push(v);
                 self.check_size(env.limits, 0)
             }
-            Err(message) => fail(format!("{}.{name_str}: {message}", receiver.type_name())),
+            Err(message) => fail(format!("{type_name}.{}: {message}", name_str())),
         }
     }
 
