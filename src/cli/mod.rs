@@ -91,11 +91,12 @@ enum Command {
         /// Show the cranelift IR the JIT makes instead, or why a function is not compiled.
         #[arg(long)]
         jit: bool,
-        /// Argument types to compile for with --jit (default: int for every parameter).
+        /// Argument types to compile for with --jit (default: int for every parameter; obj is
+        /// any other value: a string, list or map).
         #[arg(
             long,
             value_delimiter = ',',
-            value_name = "int|float|bool|none,...",
+            value_name = "int|float|bool|none|obj,...",
             requires = "jit"
         )]
         arg_types: Vec<String>,
