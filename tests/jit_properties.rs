@@ -171,6 +171,9 @@ fn string_statement() -> BoxedStrategy<String> {
         )),
         (-4i64..4).prop_map(|i| format!("acc = acc + items[{i}]")),
         Just("items += [len(acc)]".to_string()),
+        // An item taken for a number (an int, or a string: the guard's deopt and the error).
+        (-3i64..3).prop_map(|i| format!("total += items[{i}]")),
+        Just("total = total + len(w) * 0.5".to_string()),
         Just("if w == \"\" { acc = \"\" }".to_string()),
     ]
     .boxed()
@@ -179,7 +182,7 @@ fn string_statement() -> BoxedStrategy<String> {
 fn string_program() -> impl Strategy<Value = String> {
     prop::collection::vec(string_statement(), 1..4).prop_map(|body| {
         format!(
-            "fn g(words, k) {{\n    let acc = \"\"\n    let items = []\n    let counts = {{}}\n    for w in words {{\n        {}\n    }}\n    return [acc, items, counts]\n}}\n\nfn main(words, k) {{\n    return g(words, k)\n}}\n",
+            "fn g(words, k) {{\n    let acc = \"\"\n    let items = []\n    let counts = {{}}\n    let total = 0\n    for w in words {{\n        {}\n    }}\n    return [acc, items, counts, total]\n}}\n\nfn main(words, k) {{\n    return g(words, k)\n}}\n",
             body.join("\n        ")
         )
     })

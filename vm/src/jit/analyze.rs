@@ -280,20 +280,22 @@ impl<'a> Analyzer<'a> {
             }
             Instr::Add | Instr::Sub | Instr::Mul | Instr::AddAssign | Instr::Mod => {
                 let (b, a) = (scalar(pop(stack)?)?, scalar(pop(stack)?)?);
-                let ty = if object(a) || object(b) {
-                    Ty::Obj
-                } else {
-                    arithmetic(a, b)?
+                let ty = match speculate_number(instr, a, b) {
+                    Some((a, b)) => arithmetic(a, b)?,
+                    None if object(a) || object(b) => Ty::Obj,
+                    None => arithmetic(a, b)?,
                 };
                 stack.push(ty);
             }
             Instr::Div => {
                 let (b, a) = (scalar(pop(stack)?)?, scalar(pop(stack)?)?);
-                let ty = if object(a) || object(b) {
-                    Ty::Obj
-                } else {
-                    arithmetic(a, b)?;
-                    Ty::Float
+                let ty = match speculate_number(instr, a, b) {
+                    Some(_) => Ty::Float,
+                    None if object(a) || object(b) => Ty::Obj,
+                    None => {
+                        arithmetic(a, b)?;
+                        Ty::Float
+                    }
                 };
                 stack.push(ty);
             }
@@ -496,6 +498,25 @@ pub fn inline_native(name: &str, args: &[Ty], next_is_iter: bool) -> Option<Ty> 
         }
         ("div", [Ty::Int, Ty::Int]) => Some(Ty::Int),
         ("abs", [ty @ (Ty::Int | Ty::Float)]) => Some(*ty),
+        _ => None,
+    }
+}
+
+/// Arithmetic between an object and an int or float: the object is taken to be a number of
+/// the other operand's kind (an int exactly; for a float, an int or a float, converted), which
+/// a guard checks, deopting when it is not. So `s += x` over a list's items keeps `s` a native
+/// int. Only for `+ - % /` and `+=`, where a number and anything but a number is an error in
+/// the interpreter anyway; `*` is not guessed (`"ab" * 3` and `[x] * n` repeat). Returns the
+/// operand types once unboxed.
+pub fn speculate_number(instr: Instr, a: Ty, b: Ty) -> Option<(Ty, Ty)> {
+    if !matches!(
+        instr,
+        Instr::Add | Instr::Sub | Instr::AddAssign | Instr::Mod | Instr::Div
+    ) {
+        return None;
+    }
+    match (a, b) {
+        (Ty::Obj, n @ (Ty::Int | Ty::Float)) | (n @ (Ty::Int | Ty::Float), Ty::Obj) => Some((n, n)),
         _ => None,
     }
 }

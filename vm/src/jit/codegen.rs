@@ -455,11 +455,17 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let depth = frame.stack.len();
         // The slot of the stack entry `k` from the top (0 = top).
         let top = |k: usize| base + depth - 1 - k;
-        let ty_at = |k: usize| frame.stack[depth - 1 - k];
         let push_slot = base + depth;
-        if let Some(open) = self.object_instruction(ip, instr, frame, blocks)? {
-            return Ok(open);
-        }
+        let unboxed;
+        let frame = match self.object_instruction(ip, instr, frame, blocks)? {
+            objects::ObjectStep::Done(open) => return Ok(open),
+            objects::ObjectStep::Scalar => frame,
+            objects::ObjectStep::ScalarWith(after) => {
+                unboxed = after;
+                &unboxed
+            }
+        };
+        let ty_at = |k: usize| frame.stack[depth - 1 - k];
         match instr {
             Instr::PushNone => {
                 let v = self.b.ins().iconst(types::I64, 0);

@@ -154,6 +154,20 @@ pub(crate) unsafe extern "C" fn unbox(slot: i64, kind: i64, out: *mut i64) -> i6
     1
 }
 
+/// The number an object holds as a float's bits into `out` (an int converted, as the
+/// interpreter converts it for float arithmetic): 1, or 0 when it is not a number.
+pub(crate) unsafe extern "C" fn unbox_number(slot: i64, out: *mut i64) -> i64 {
+    let none = Value::None;
+    // SAFETY: compiled code passes a live slot and an 8-byte stack slot.
+    let x = match unsafe { value(slot, &none) } {
+        Value::Int(n) => *n as f64,
+        Value::Float(x) => *x,
+        _ => return 0,
+    };
+    unsafe { *out = x.to_bits() as i64 };
+    1
+}
+
 pub(crate) unsafe extern "C" fn truthy(slot: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes a live slot.

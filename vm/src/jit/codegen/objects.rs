@@ -8,7 +8,7 @@
 
 use super::FunctionCodegen;
 use crate::jit::Ty;
-use crate::jit::analyze::{Frame, Local, inline_native, native_result};
+use crate::jit::analyze::{Frame, Local, inline_native, native_result, speculate_number};
 use crate::jit::runtime::{self, COMPARE_FAIL, DONE, FAIL, op};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -16,6 +16,16 @@ use cranelift_codegen::ir::{
 };
 use sglc_compiler::bytecode::{Constant, Instr};
 use std::collections::HashMap;
+
+/// What `object_instruction` did.
+pub(super) enum ObjectStep {
+    /// Emitted the instruction; whether the block goes on after it.
+    Done(bool),
+    /// Nothing to do with objects (or only frees done): the scalar code emits it.
+    Scalar,
+    /// Operands unboxed: the scalar code emits it, for this frame.
+    ScalarWith(Frame),
+}
 
 fn is_object(ty: Ty) -> bool {
     matches!(ty, Ty::Obj | Ty::ObjIter)
@@ -225,15 +235,14 @@ impl FunctionCodegen<'_, '_> {
         }
     }
 
-    /// Emits `instr` when objects are involved: `Some(open)` when done (whether the block goes
-    /// on), `None` to let the scalar code emit it (after any frees done here).
+    /// Emits `instr` when objects are involved, or prepares the scalar code's part.
     pub(super) fn object_instruction(
         &mut self,
         ip: usize,
         instr: Instr,
         frame: &Frame,
         blocks: &HashMap<usize, Block>,
-    ) -> Result<Option<bool>, String> {
+    ) -> Result<ObjectStep, String> {
         let base = self.local_count;
         let depth = frame.stack.len();
         let top = |k: usize| base + depth - 1 - k;
@@ -243,7 +252,7 @@ impl FunctionCodegen<'_, '_> {
         match instr {
             Instr::Const(i) => {
                 let Constant::Str(s) = &self.program.constants[i as usize] else {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 };
                 let pinned = self.pin(crate::value::Value::str(s));
                 let v = if self.borrows[ip] {
@@ -257,7 +266,7 @@ impl FunctionCodegen<'_, '_> {
             Instr::LoadGlobal(g) => {
                 let value = &self.globals[g as usize];
                 if Ty::of(value) != Some(Ty::Obj) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let pinned = self.pin(value.clone());
                 let v = self
@@ -267,7 +276,7 @@ impl FunctionCodegen<'_, '_> {
             }
             Instr::LoadLocal(slot) => {
                 if frame.locals[slot as usize] != Local::Known(Ty::Obj) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let v = self.get(slot as usize, Ty::Obj);
                 let v = if self.borrows[ip] {
@@ -283,14 +292,14 @@ impl FunctionCodegen<'_, '_> {
                 if frame.locals[slot as usize] == Local::Known(Ty::Obj) {
                     self.free_slot(slot as usize, Ty::Obj);
                 }
-                return Ok(None);
+                return Ok(ObjectStep::Scalar);
             }
             Instr::Pop => {
                 self.free_slot(top(0), ty_at(0));
             }
             Instr::Dup => {
                 if !is_object(ty_at(0)) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let v = self.get(top(0), ty_at(0));
                 let copy = self
@@ -301,7 +310,12 @@ impl FunctionCodegen<'_, '_> {
             Instr::Add | Instr::Sub | Instr::Mul | Instr::AddAssign | Instr::Div | Instr::Mod => {
                 let (ta, tb) = (ty_at(1), ty_at(0));
                 if !is_object(ta) && !is_object(tb) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
+                }
+                if let Some(types) = speculate_number(instr, ta, tb) {
+                    return Ok(ObjectStep::ScalarWith(
+                        self.unbox_operands(frame, ip, types),
+                    ));
                 }
                 let code = match instr {
                     Instr::Add => op::ADD,
@@ -334,7 +348,7 @@ impl FunctionCodegen<'_, '_> {
                 let (ta, tb) = (ty_at(1), ty_at(0));
                 let membership = matches!(instr, Instr::In | Instr::NotIn);
                 if !membership && !is_object(ta) && !is_object(tb) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let code = match instr {
                     Instr::Eq => op::EQ,
@@ -360,7 +374,7 @@ impl FunctionCodegen<'_, '_> {
             }
             Instr::Not => {
                 if !is_object(ty_at(0)) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let v = self.get(top(0), ty_at(0));
                 let t = self
@@ -372,7 +386,7 @@ impl FunctionCodegen<'_, '_> {
             }
             Instr::JumpIfFalse(target) => {
                 if !is_object(ty_at(0)) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let v = self.get(top(0), ty_at(0));
                 let t = self
@@ -382,11 +396,11 @@ impl FunctionCodegen<'_, '_> {
                 self.b
                     .ins()
                     .brif(t, blocks[&(ip + 1)], &[], blocks[&(target as usize)], &[]);
-                return Ok(Some(false));
+                return Ok(ObjectStep::Done(false));
             }
             Instr::JumpIfFalseOrPop(target) | Instr::JumpIfTrueOrPop(target) => {
                 if !is_object(ty_at(0)) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let v = self.get(top(0), ty_at(0));
                 let t = self
@@ -403,7 +417,7 @@ impl FunctionCodegen<'_, '_> {
                 self.b.switch_to_block(pop);
                 self.free(v);
                 self.b.ins().jump(blocks[&(ip + 1)], &[]);
-                return Ok(Some(false));
+                return Ok(ObjectStep::Done(false));
             }
             Instr::CallNative { native, argc, .. } => {
                 let argc = argc as usize;
@@ -416,7 +430,7 @@ impl FunctionCodegen<'_, '_> {
                     Some(Instr::GetIter)
                 );
                 if inline_native(name, arg_types, next_is_iter).is_some() {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let result_ty = native_result(name).unwrap_or(Ty::Obj);
                 let mut temps = Vec::new();
@@ -444,7 +458,7 @@ impl FunctionCodegen<'_, '_> {
             }
             Instr::GetIter => {
                 if !matches!(ty_at(0), Ty::Obj | Ty::None) {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let v = self.get(top(0), ty_at(0));
                 let r = self
@@ -456,7 +470,7 @@ impl FunctionCodegen<'_, '_> {
             }
             Instr::ForIter { exit } => {
                 if ty_at(0) != Ty::ObjIter {
-                    return Ok(None);
+                    return Ok(ObjectStep::Scalar);
                 }
                 let iter = self.get(top(0), Ty::ObjIter);
                 let item = self
@@ -471,7 +485,7 @@ impl FunctionCodegen<'_, '_> {
                 self.b.switch_to_block(finished);
                 self.free(iter);
                 self.b.ins().jump(blocks[&(exit as usize)], &[]);
-                return Ok(Some(false));
+                return Ok(ObjectStep::Done(false));
             }
             Instr::Index => {
                 let (ta, tb) = (ty_at(1), ty_at(0));
@@ -591,31 +605,88 @@ impl FunctionCodegen<'_, '_> {
                 for k in 0..depth - 1 {
                     self.free_slot(base + k, frame.stack[k]);
                 }
-                return Ok(None);
+                return Ok(ObjectStep::Scalar);
             }
-            _ => return Ok(None),
+            _ => return Ok(ObjectStep::Scalar),
         }
-        Ok(Some(true))
+        Ok(ObjectStep::Done(true))
+    }
+
+    /// The two operands of an arithmetic instruction as the numbers `speculate_number` takes
+    /// them for: each object operand unboxed behind a guard (a deopt before the instruction
+    /// when it is not such a number), then let go. The frame the scalar code continues with.
+    fn unbox_operands(&mut self, frame: &Frame, ip: usize, (ta, tb): (Ty, Ty)) -> Frame {
+        let depth = frame.stack.len();
+        let slots = [
+            (self.local_count + depth - 2, frame.stack[depth - 2], ta),
+            (self.local_count + depth - 1, frame.stack[depth - 1], tb),
+        ];
+        let mut unboxed = Vec::new();
+        for (slot, ty, want) in slots {
+            if is_object(ty) {
+                let boxed = self.get(slot, ty);
+                let v = self.guarded_number(boxed, want, frame, ip);
+                unboxed.push((slot, ty, want, v));
+            }
+        }
+        let mut after = frame.clone();
+        for (slot, ty, want, v) in unboxed {
+            self.free_slot(slot, ty);
+            self.set(slot, want, v);
+            after.stack[slot - self.local_count] = want;
+        }
+        after
+    }
+
+    /// The number in a box as `ty` (an int; or a float, from an int or a float), or a deopt.
+    fn guarded_number(&mut self, boxed: Value, ty: Ty, frame: &Frame, ip: usize) -> Value {
+        let (ok, out) = self.unbox_into_slot(boxed, ty, true);
+        self.deopt_when_equal(ok, 0, frame, ip);
+        self.read_unboxed(out, ty)
+    }
+
+    /// Asks the runtime to write the scalar of type `ty` in a box (with `ints_as_floats`, an
+    /// int converted when `ty` is float) into a stack slot: whether it is one (0 when not),
+    /// and the slot, to read with `read_unboxed` once that is checked.
+    fn unbox_into_slot(
+        &mut self,
+        boxed: Value,
+        ty: Ty,
+        ints_as_floats: bool,
+    ) -> (Value, cranelift_codegen::ir::StackSlot) {
+        let out =
+            self.b
+                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
+        let out_address = self.b.ins().stack_addr(types::I64, out, 0);
+        let ok = if ty == Ty::Float && ints_as_floats {
+            self.helper(
+                runtime::unbox_number as *const (),
+                &[boxed, out_address],
+                true,
+            )
+        } else {
+            let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
+            self.helper(
+                runtime::unbox as *const (),
+                &[boxed, kind, out_address],
+                true,
+            )
+        }
+        .expect("returns");
+        (ok, out)
+    }
+
+    fn read_unboxed(&mut self, out: cranelift_codegen::ir::StackSlot, ty: Ty) -> Value {
+        let bits = self.b.ins().stack_load(types::I64, types::I64, out, 0);
+        self.bits_as(bits, ty)
     }
 
     /// The scalar a native returned in a box (freed here), as `ty`; a deopt when it is not
     /// one (the native has no effects, so the interpreter may call it again).
     fn unbox(&mut self, boxed: Value, ty: Ty, frame: &Frame, ip: usize) -> Value {
-        let out =
-            self.b
-                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
-        let out_address = self.b.ins().stack_addr(types::I64, out, 0);
-        let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
-        let ok = self
-            .helper(
-                runtime::unbox as *const (),
-                &[boxed, kind, out_address],
-                true,
-            )
-            .expect("returns");
+        let (ok, out) = self.unbox_into_slot(boxed, ty, false);
         self.free(boxed);
         self.deopt_when_equal(ok, 0, frame, ip);
-        let bits = self.b.ins().stack_load(types::I64, types::I64, out, 0);
-        self.bits_as(bits, ty)
+        self.read_unboxed(out, ty)
     }
 }
