@@ -144,6 +144,10 @@ fn strings_and_fstrings() {
     assert_eq!(expr(r#""abc"[-1]"#), json!("c"));
     assert_eq!(expr(r#"" a b ".strip().split(" ")"#), json!(["a", "b"]));
     assert_eq!(expr(r#""a-b-c".split("-", 1)"#), json!(["a", "b-c"]));
+    assert_eq!(
+        expr(r#"[",a,,é,".split(","), "aé-é-b".split("é-")]"#),
+        json!([["", "a", "", "é", ""], ["a", "", "b"]])
+    );
     assert_eq!(expr(r#"", ".join(["x", "y"])"#), json!("x, y"));
     assert_eq!(
         expr(r#"["Ab".lower(), "Ab".upper(), "aXa".replace("a", "b")]"#),

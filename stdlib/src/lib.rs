@@ -427,6 +427,13 @@ fn install_str_methods(n: &mut Natives) {
             (Some(sep), Some(m)) if m >= 0 => {
                 s.splitn(m as usize + 1, sep).map(Value::str).collect()
             }
+            // One byte, the usual case (`" "`, `","`): a byte search, not a substring searcher.
+            (Some(sep), _) if sep.len() == 1 => {
+                let byte = sep.as_bytes()[0];
+                s.split(|c: char| c as u32 == u32::from(byte))
+                    .map(Value::str)
+                    .collect()
+            }
             (Some(sep), _) => s.split(sep).map(Value::str).collect(),
             (None, Some(m)) if m >= 0 => {
                 let mut out = Vec::new();
