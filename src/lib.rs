@@ -170,6 +170,9 @@ impl Engine {
     }
 
     /// Registers a host function over JSON values, callable from scripts as `name(...)`.
+    /// The JIT never calls a host function (it may have effects it cannot undo), so a script
+    /// function that calls one stays interpreted; registering a standard library name again
+    /// replaces it the same way.
     pub fn register_fn(
         &mut self,
         name: &str,

@@ -1277,34 +1277,58 @@ mod tests {
         assert_eq!(jit.osr_compiled.len(), 1);
     }
 
+    /// The interpreter's iterator over a list, `next` items in.
+    fn list_iter(items: Vec<Value>) -> Value {
+        Value::Iterator(Rc::new(RefCell::new(Iter::List {
+            list: Rc::new(RefCell::new(items)),
+            next: 0,
+        })))
+    }
+
     #[test]
-    fn an_iterator_that_is_not_a_range_stays_interpreted() {
+    fn a_loop_over_list_items_takes_them_for_numbers_behind_a_guard() {
         let program = compile(
             "fn main(xs) {\n    let total = 0\n    for x in xs {\n        total += x\n    }\n    return total\n}\n",
         );
         let (main, header, mut jit) = loop_setup(&program);
-        let squares = Value::Iterator(Rc::new(RefCell::new(Iter::List {
-            list: Rc::new(RefCell::new(vec![
-                Value::Int(1),
-                Value::Int(4),
-                Value::Int(9),
-            ])),
-            next: 0,
-        })));
+        let limits = crate::interp::Limits::default();
+        // Not an arithmetic run, so not entered as a range: an iterator over objects.
+        let squares = list_iter(vec![Value::Int(1), Value::Int(4), Value::Int(9)]);
         let values = [Value::None, Value::Int(0), Value::None, squares];
-        assert!(matches!(
-            jit.osr(
-                &program,
-                &[],
-                main,
-                header,
-                &values,
-                1,
-                &crate::interp::Limits::default(),
-                Turn::default()
-            ),
-            JitCall::Interpret
-        ));
-        assert!(jit.osr_failed[main as usize].contains(&header));
+        match jit.osr(
+            &program,
+            &[],
+            main,
+            header,
+            &values,
+            1,
+            &limits,
+            Turn::default(),
+        ) {
+            JitCall::Returned(Value::Int(total)) => assert_eq!(total, 14),
+            _ => panic!("the loop was not compiled"),
+        }
+        // An item that is not an int: the guard hands the frame back at that item, with the
+        // sum so far and the item in its variable, for the interpreter to raise its error.
+        let mixed = list_iter(vec![Value::Int(1), Value::str("a"), Value::Int(2)]);
+        let values = [Value::None, Value::Int(0), Value::None, mixed];
+        match jit.osr(
+            &program,
+            &[],
+            main,
+            header,
+            &values,
+            1,
+            &limits,
+            Turn::default(),
+        ) {
+            JitCall::Deopt { frames, .. } => {
+                assert_eq!(frames.len(), 1);
+                let locals = &frames[0].values;
+                assert!(matches!(locals[1], Value::Int(1)), "total so far");
+                assert_eq!(locals[2].as_str(), Some("a"), "the item");
+            }
+            _ => panic!("the guard did not hand back"),
+        }
     }
 }
