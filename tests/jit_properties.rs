@@ -73,19 +73,16 @@ fn program() -> impl Strategy<Value = String> {
     })
 }
 
-fn run(engine: &Engine, source: &str, mode: JitMode, a: i64, b: i64) -> String {
+/// `main(args)` of `source` run with the JIT `mode`: its value, or its error (message and
+/// location).
+fn run(engine: &Engine, source: &str, mode: JitMode, args: serde_json::Value) -> String {
     let script = match engine.compile("prop.sgl", source) {
         Ok(script) => script,
         Err(e) => return format!("compile: {}", e.render(false)),
     };
     let mut config = RunConfig::default();
     config.jit.mode = mode;
-    match engine.run(
-        &script,
-        "main",
-        serde_json::json!({"a": a, "b": b}),
-        &config,
-    ) {
+    match engine.run(&script, "main", args, &config) {
         Ok(state) => state.return_value.to_string(),
         Err(e) => format!("error: {e:?}"),
     }
@@ -108,8 +105,9 @@ fn compiled_and_interpreted_agree() {
     runner
         .run(&strategy, |(source, a, b)| {
             let engine = Engine::new(TestBackend::new());
-            let interpreted = run(&engine, &source, JitMode::Off, a, b);
-            let compiled = run(&engine, &source, JitMode::Eager, a, b);
+            let args = serde_json::json!({"a": a, "b": b});
+            let interpreted = run(&engine, &source, JitMode::Off, args.clone());
+            let compiled = run(&engine, &source, JitMode::Eager, args);
             prop_assert_eq!(&interpreted, &compiled, "{}", source);
             if let Ok(script) = engine.compile("prop.sgl", &source) {
                 let listing = engine.jit_listing(&script, Some("f"), &[]).unwrap();
@@ -188,24 +186,6 @@ fn string_program() -> impl Strategy<Value = String> {
     })
 }
 
-fn run_strings(engine: &Engine, source: &str, mode: JitMode, words: &[&str], k: i64) -> String {
-    let script = match engine.compile("prop.sgl", source) {
-        Ok(script) => script,
-        Err(e) => return format!("compile: {}", e.render(false)),
-    };
-    let mut config = RunConfig::default();
-    config.jit.mode = mode;
-    match engine.run(
-        &script,
-        "main",
-        serde_json::json!({"words": words, "k": k}),
-        &config,
-    ) {
-        Ok(state) => state.return_value.to_string(),
-        Err(e) => format!("error: {e:?}"),
-    }
-}
-
 /// The same for programs on strings, lists and maps, which compiled code runs through the
 /// runtime helpers: same value, or same error message and location.
 #[test]
@@ -227,8 +207,9 @@ fn compiled_and_interpreted_agree_on_strings_lists_and_maps() {
     runner
         .run(&strategy, |(source, words, k)| {
             let engine = Engine::new(TestBackend::new());
-            let interpreted = run_strings(&engine, &source, JitMode::Off, &words, k);
-            let compiled = run_strings(&engine, &source, JitMode::Eager, &words, k);
+            let args = serde_json::json!({"words": words, "k": k});
+            let interpreted = run(&engine, &source, JitMode::Off, args.clone());
+            let compiled = run(&engine, &source, JitMode::Eager, args);
             prop_assert_eq!(&interpreted, &compiled, "{}", source);
             if interpreted.starts_with("error") {
                 failing_programs.set(failing_programs.get() + 1);

@@ -1292,36 +1292,28 @@ mod tests {
         );
         let (main, header, mut jit) = loop_setup(&program);
         let limits = crate::interp::Limits::default();
+        // Enters the loop with `total = 0` and the iterator over `items`, none taken yet.
+        let mut enter = |items: Vec<Value>| {
+            let values = [Value::None, Value::Int(0), Value::None, list_iter(items)];
+            jit.osr(
+                &program,
+                &[],
+                main,
+                header,
+                &values,
+                1,
+                &limits,
+                Turn::default(),
+            )
+        };
         // Not an arithmetic run, so not entered as a range: an iterator over objects.
-        let squares = list_iter(vec![Value::Int(1), Value::Int(4), Value::Int(9)]);
-        let values = [Value::None, Value::Int(0), Value::None, squares];
-        match jit.osr(
-            &program,
-            &[],
-            main,
-            header,
-            &values,
-            1,
-            &limits,
-            Turn::default(),
-        ) {
+        match enter(vec![Value::Int(1), Value::Int(4), Value::Int(9)]) {
             JitCall::Returned(Value::Int(total)) => assert_eq!(total, 14),
             _ => panic!("the loop was not compiled"),
         }
         // An item that is not an int: the guard hands the frame back at that item, with the
         // sum so far and the item in its variable, for the interpreter to raise its error.
-        let mixed = list_iter(vec![Value::Int(1), Value::str("a"), Value::Int(2)]);
-        let values = [Value::None, Value::Int(0), Value::None, mixed];
-        match jit.osr(
-            &program,
-            &[],
-            main,
-            header,
-            &values,
-            1,
-            &limits,
-            Turn::default(),
-        ) {
+        match enter(vec![Value::Int(1), Value::str("a"), Value::Int(2)]) {
             JitCall::Deopt { frames, .. } => {
                 assert_eq!(frames.len(), 1);
                 let locals = &frames[0].values;

@@ -203,6 +203,25 @@ impl FunctionCodegen<'_, '_> {
         }
     }
 
+    /// Calls a helper that returns `fail` when it cannot do the instruction, then, in the
+    /// fixed order (see the module's comment): frees `temps`, deopts on `fail`, and frees the
+    /// top `consumed` stack operands. Its result.
+    fn checked(
+        &mut self,
+        helper: *const (),
+        args: &[Value],
+        temps: Vec<Value>,
+        fail: i64,
+        consumed: usize,
+        (frame, ip): (&Frame, usize),
+    ) -> Value {
+        let r = self.helper(helper, args, true).expect("returns");
+        self.free_all(temps);
+        self.deopt_when_equal(r, fail, frame, ip);
+        self.free_top(frame, consumed);
+        r
+    }
+
     fn deopt_when_equal(&mut self, value: Value, sentinel: i64, frame: &Frame, ip: usize) {
         let failed = self.b.ins().icmp_imm_s(IntCC::Equal, value, sentinel);
         self.deopt_if(failed, frame, ip, frame.stack.len());
@@ -329,12 +348,15 @@ impl FunctionCodegen<'_, '_> {
                 let a = self.object_of(top(1), ta, &mut temps);
                 let b = self.object_of(top(0), tb, &mut temps);
                 let code = self.b.ins().iconst(types::I64, code);
-                let r = self
-                    .helper(runtime::binary as *const (), &[ctx, code, a, b], true)
-                    .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, FAIL, frame, ip);
-                self.free_top(frame, 2);
+                let args = [ctx, code, a, b];
+                let r = self.checked(
+                    runtime::binary as *const (),
+                    &args,
+                    temps,
+                    FAIL,
+                    2,
+                    (frame, ip),
+                );
                 self.set(top(1), Ty::Obj, r);
             }
             Instr::Eq
@@ -364,12 +386,15 @@ impl FunctionCodegen<'_, '_> {
                 let a = self.object_of(top(1), ta, &mut temps);
                 let b = self.object_of(top(0), tb, &mut temps);
                 let code = self.b.ins().iconst(types::I64, code);
-                let r = self
-                    .helper(runtime::compare as *const (), &[code, a, b], true)
-                    .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, COMPARE_FAIL, frame, ip);
-                self.free_top(frame, 2);
+                let args = [code, a, b];
+                let r = self.checked(
+                    runtime::compare as *const (),
+                    &args,
+                    temps,
+                    COMPARE_FAIL,
+                    2,
+                    (frame, ip),
+                );
                 self.set(top(1), Ty::Bool, r);
             }
             Instr::Not => {
@@ -439,15 +464,16 @@ impl FunctionCodegen<'_, '_> {
                     self.b.ins().iconst(types::I64, i64::from(native)),
                     self.b.ins().iconst(types::I64, argc as i64),
                 );
-                let r = self
-                    .helper(
-                        runtime::call_native as *const (),
-                        &[ctx, native, buffer, count],
-                        true,
-                    )
-                    .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, FAIL, frame, ip);
+                // The arguments are freed after the unboxing, which may deopt too.
+                let args = [ctx, native, buffer, count];
+                let r = self.checked(
+                    runtime::call_native as *const (),
+                    &args,
+                    temps,
+                    FAIL,
+                    0,
+                    (frame, ip),
+                );
                 let result = if result_ty == Ty::Obj {
                     r
                 } else {
@@ -491,46 +517,31 @@ impl FunctionCodegen<'_, '_> {
                 let (ta, tb) = (ty_at(1), ty_at(0));
                 let mut temps = Vec::new();
                 let obj = self.object_of(top(1), ta, &mut temps);
-                let r = if tb == Ty::Int {
-                    let i = self.get(top(0), Ty::Int);
-                    self.helper(runtime::index_int as *const (), &[obj, i], true)
+                let (helper, key) = if tb == Ty::Int {
+                    (runtime::index_int as *const (), self.get(top(0), Ty::Int))
                 } else {
                     let key = self.object_of(top(0), tb, &mut temps);
-                    self.helper(runtime::index as *const (), &[obj, key], true)
-                }
-                .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, FAIL, frame, ip);
-                self.free_top(frame, 2);
+                    (runtime::index as *const (), key)
+                };
+                let r = self.checked(helper, &[obj, key], temps, FAIL, 2, (frame, ip));
                 self.set(top(1), Ty::Obj, r);
             }
             Instr::StoreIndex => {
                 let (t_obj, t_key, t_item) = (ty_at(2), ty_at(1), ty_at(0));
                 let mut temps = Vec::new();
                 let obj = self.object_of(top(2), t_obj, &mut temps);
-                let r = if t_key == Ty::Int && !is_object(t_item) {
+                let (helper, args) = if t_key == Ty::Int && !is_object(t_item) {
                     let i = self.get(top(1), Ty::Int);
                     let item = self.get(top(0), t_item);
                     let bits = self.as_bits(item, t_item);
                     let kind = self.b.ins().iconst(types::I64, scalar_kind(t_item));
-                    self.helper(
-                        runtime::store_index_int as *const (),
-                        &[obj, i, kind, bits],
-                        true,
-                    )
+                    (runtime::store_index_int as *const (), [obj, i, kind, bits])
                 } else {
                     let key = self.object_of(top(1), t_key, &mut temps);
                     let item = self.object_of(top(0), t_item, &mut temps);
-                    self.helper(
-                        runtime::store_index as *const (),
-                        &[ctx, obj, key, item],
-                        true,
-                    )
-                }
-                .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, FAIL, frame, ip);
-                self.free_top(frame, 3);
+                    (runtime::store_index as *const (), [ctx, obj, key, item])
+                };
+                self.checked(helper, &args, temps, FAIL, 3, (frame, ip));
             }
             Instr::BuildList(n) | Instr::BuildString(n) | Instr::BuildMap(n) => {
                 let (count, helper): (usize, *const ()) = match instr {
@@ -541,12 +552,7 @@ impl FunctionCodegen<'_, '_> {
                 let mut temps = Vec::new();
                 let buffer = self.object_buffer(frame, count, &mut temps);
                 let n = self.b.ins().iconst(types::I64, i64::from(n));
-                let r = self
-                    .helper(helper, &[ctx, buffer, n], true)
-                    .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, FAIL, frame, ip);
-                self.free_top(frame, count);
+                let r = self.checked(helper, &[ctx, buffer, n], temps, FAIL, count, (frame, ip));
                 self.set(push_slot - count, Ty::Obj, r);
             }
             Instr::FormatValue => {
@@ -568,12 +574,15 @@ impl FunctionCodegen<'_, '_> {
                 let list = self.get(list_slot, ty_at(1 + under as usize));
                 let mut temps = Vec::new();
                 let item = self.object_of(top(0), ty_at(0), &mut temps);
-                let r = self
-                    .helper(runtime::append_under as *const (), &[ctx, list, item], true)
-                    .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, FAIL, frame, ip);
-                self.free_top(frame, 1);
+                let args = [ctx, list, item];
+                self.checked(
+                    runtime::append_under as *const (),
+                    &args,
+                    temps,
+                    FAIL,
+                    1,
+                    (frame, ip),
+                );
             }
             Instr::CallMethod { name, argc, .. } => {
                 let count = argc as usize + 1;
@@ -583,16 +592,15 @@ impl FunctionCodegen<'_, '_> {
                     self.b.ins().iconst(types::I64, i64::from(name)),
                     self.b.ins().iconst(types::I64, count as i64),
                 );
-                let r = self
-                    .helper(
-                        runtime::call_method as *const (),
-                        &[ctx, name, buffer, n],
-                        true,
-                    )
-                    .expect("returns");
-                self.free_all(temps);
-                self.deopt_when_equal(r, FAIL, frame, ip);
-                self.free_top(frame, count);
+                let args = [ctx, name, buffer, n];
+                let r = self.checked(
+                    runtime::call_method as *const (),
+                    &args,
+                    temps,
+                    FAIL,
+                    count,
+                    (frame, ip),
+                );
                 self.set(push_slot - count, Ty::Obj, r);
             }
             Instr::Return => {
