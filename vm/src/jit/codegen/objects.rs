@@ -222,6 +222,31 @@ impl FunctionCodegen<'_, '_> {
         r
     }
 
+    /// Calls `call_native` or `call_method` on the top `count` stack slots (as objects, in a
+    /// buffer) for native or method-name `id`; frees `consumed` of them after (`checked`).
+    fn call_on_stack(
+        &mut self,
+        call: *const (),
+        id: u32,
+        count: usize,
+        consumed: usize,
+        (frame, ip): (&Frame, usize),
+    ) -> Value {
+        let mut temps = Vec::new();
+        let buffer = self.object_buffer(frame, count, &mut temps);
+        let ctx = self.ctx();
+        let id = self.b.ins().iconst(types::I64, i64::from(id));
+        let n = self.b.ins().iconst(types::I64, count as i64);
+        self.checked(
+            call,
+            &[ctx, id, buffer, n],
+            temps,
+            FAIL,
+            consumed,
+            (frame, ip),
+        )
+    }
+
     fn deopt_when_equal(&mut self, value: Value, sentinel: i64, frame: &Frame, ip: usize) {
         let failed = self.b.ins().icmp_imm_s(IntCC::Equal, value, sentinel);
         self.deopt_if(failed, frame, ip, frame.stack.len());
@@ -458,22 +483,9 @@ impl FunctionCodegen<'_, '_> {
                     return Ok(ObjectStep::Scalar);
                 }
                 let result_ty = native_result(name).unwrap_or(Ty::Obj);
-                let mut temps = Vec::new();
-                let buffer = self.object_buffer(frame, argc, &mut temps);
-                let (native, count) = (
-                    self.b.ins().iconst(types::I64, i64::from(native)),
-                    self.b.ins().iconst(types::I64, argc as i64),
-                );
                 // The arguments are freed after the unboxing, which may deopt too.
-                let args = [ctx, native, buffer, count];
-                let r = self.checked(
-                    runtime::call_native as *const (),
-                    &args,
-                    temps,
-                    FAIL,
-                    0,
-                    (frame, ip),
-                );
+                let call = runtime::call_native as *const ();
+                let r = self.call_on_stack(call, native, argc, 0, (frame, ip));
                 let result = if result_ty == Ty::Obj {
                     r
                 } else {
@@ -586,21 +598,8 @@ impl FunctionCodegen<'_, '_> {
             }
             Instr::CallMethod { name, argc, .. } => {
                 let count = argc as usize + 1;
-                let mut temps = Vec::new();
-                let buffer = self.object_buffer(frame, count, &mut temps);
-                let (name, n) = (
-                    self.b.ins().iconst(types::I64, i64::from(name)),
-                    self.b.ins().iconst(types::I64, count as i64),
-                );
-                let args = [ctx, name, buffer, n];
-                let r = self.checked(
-                    runtime::call_method as *const (),
-                    &args,
-                    temps,
-                    FAIL,
-                    count,
-                    (frame, ip),
-                );
+                let call = runtime::call_method as *const ();
+                let r = self.call_on_stack(call, name, count, count, (frame, ip));
                 self.set(push_slot - count, Ty::Obj, r);
             }
             Instr::Return => {
