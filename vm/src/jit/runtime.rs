@@ -224,7 +224,8 @@ pub(crate) unsafe extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i
 }
 
 /// `a op b` for the comparisons and `in`: 0 or 1, or `COMPARE_FAIL`.
-pub(crate) unsafe extern "C" fn compare(code: i64, a: i64, b: i64) -> i64 {
+/// (`ctx` is unused: it keeps the signature of `binary`, so compiled code calls both alike.)
+pub(crate) unsafe extern "C" fn compare(_ctx: *mut JitCtx, code: i64, a: i64, b: i64) -> i64 {
     let none = Value::None;
     // SAFETY: compiled code passes live slots.
     let (a, b) = unsafe { (value(a, &none), value(b, &none)) };

@@ -222,6 +222,25 @@ impl FunctionCodegen<'_, '_> {
         r
     }
 
+    /// Calls `binary` or `compare` with operator `code` on the top two stack slots (as
+    /// objects), which it then frees (`checked`).
+    fn on_two(
+        &mut self,
+        helper: *const (),
+        code: i64,
+        fail: i64,
+        (frame, ip): (&Frame, usize),
+    ) -> Value {
+        let depth = frame.stack.len();
+        let (a_slot, b_slot) = (self.local_count + depth - 2, self.local_count + depth - 1);
+        let mut temps = Vec::new();
+        let a = self.object_of(a_slot, frame.stack[depth - 2], &mut temps);
+        let b = self.object_of(b_slot, frame.stack[depth - 1], &mut temps);
+        let ctx = self.ctx();
+        let code = self.b.ins().iconst(types::I64, code);
+        self.checked(helper, &[ctx, code, a, b], temps, fail, 2, (frame, ip))
+    }
+
     /// Calls `call_native` or `call_method` on the top `count` stack slots (as objects, in a
     /// buffer) for native or method-name `id`; frees `consumed` of them after (`checked`).
     fn call_on_stack(
@@ -369,19 +388,7 @@ impl FunctionCodegen<'_, '_> {
                     Instr::Mod => op::MOD,
                     _ => op::ADD_ASSIGN,
                 };
-                let mut temps = Vec::new();
-                let a = self.object_of(top(1), ta, &mut temps);
-                let b = self.object_of(top(0), tb, &mut temps);
-                let code = self.b.ins().iconst(types::I64, code);
-                let args = [ctx, code, a, b];
-                let r = self.checked(
-                    runtime::binary as *const (),
-                    &args,
-                    temps,
-                    FAIL,
-                    2,
-                    (frame, ip),
-                );
+                let r = self.on_two(runtime::binary as *const (), code, FAIL, (frame, ip));
                 self.set(top(1), Ty::Obj, r);
             }
             Instr::Eq
@@ -407,19 +414,8 @@ impl FunctionCodegen<'_, '_> {
                     Instr::In => op::IN,
                     _ => op::NOT_IN,
                 };
-                let mut temps = Vec::new();
-                let a = self.object_of(top(1), ta, &mut temps);
-                let b = self.object_of(top(0), tb, &mut temps);
-                let code = self.b.ins().iconst(types::I64, code);
-                let args = [code, a, b];
-                let r = self.checked(
-                    runtime::compare as *const (),
-                    &args,
-                    temps,
-                    COMPARE_FAIL,
-                    2,
-                    (frame, ip),
-                );
+                let compare = runtime::compare as *const ();
+                let r = self.on_two(compare, code, COMPARE_FAIL, (frame, ip));
                 self.set(top(1), Ty::Bool, r);
             }
             Instr::Not => {
