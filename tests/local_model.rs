@@ -4,12 +4,13 @@
 #![cfg(feature = "local")]
 
 use serde_json::json;
-use sglc::local::{EngineOptions, LocalBackend, resolve_model};
+use sglc::local::{EngineOptions, LocalBackend, Weights, resolve_model};
 use sglc::{Engine, RunConfig};
 use std::sync::{Arc, OnceLock};
 
 fn start_backend() -> LocalBackend {
-    let path = resolve_model(None, &|m| eprintln!("{m}")).expect("the default model is available");
+    let path = resolve_model(None, Weights::Batched, &|m| eprintln!("{m}"))
+        .expect("the default model is available");
     let mut options = EngineOptions::new(path);
     options.threads = 1;
     options.parallel = 8;
@@ -213,7 +214,7 @@ fn a_batch_gives_the_results_of_one_by_one_runs() {
 #[test]
 fn a_full_kv_cache_delays_calls_instead_of_failing_them() {
     // Six ~100-token prompts with 12 new tokens each need ~700 KV cells; give it 512.
-    let path = resolve_model(None, &|_| {}).unwrap();
+    let path = resolve_model(None, Weights::Batched, &|_| {}).unwrap();
     let mut options = EngineOptions::new(path);
     options.threads = 1;
     options.parallel = 8;
@@ -314,4 +315,23 @@ fn stop_strings_and_seeds_are_honoured() {
     let a = engine.run(&script, "main", json!({}), &seeded).unwrap();
     let b = engine.run(&script, "main", json!({}), &seeded).unwrap();
     assert_eq!(a["count"], b["count"]);
+}
+
+#[test]
+fn the_default_weights_are_the_shipped_ones_re_encoded_in_eight_bits() {
+    let batched = resolve_model(None, Weights::Batched, &|_| {}).unwrap();
+    let shipped = resolve_model(None, Weights::Shipped, &|_| {}).unwrap();
+    assert_eq!(
+        shipped.file_name().unwrap(),
+        sglc::local::model_store::DEFAULT_FILE_NAME
+    );
+    assert_eq!(
+        batched.file_name().unwrap(),
+        sglc::local::model_store::DEFAULT_BATCHED_FILE_NAME
+    );
+    // Q8_0 stores 34 bytes per 32 weights where Q4_1 stores 20; embeddings and norms are
+    // shared, so the file grows by about half rather than 1.7x.
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len() as f64;
+    let growth = size(&batched) / size(&shipped);
+    assert!((1.3..1.7).contains(&growth), "{growth}");
 }

@@ -77,7 +77,9 @@ struct Row {
 }
 
 fn start(args: &BackendArgs, parallel: usize, cache: bool) -> Result<LocalBackend> {
-    let path = resolve_model(args.model.as_deref(), &|m| eprintln!("sglc: {m}"))?;
+    let path = resolve_model(args.model.as_deref(), args.weights.into(), &|m| {
+        eprintln!("sglc: {m}")
+    })?;
     let mut options = EngineOptions::new(path);
     options.parallel = args.parallel.unwrap_or(parallel);
     if let Some(threads) = args.threads {
@@ -101,8 +103,14 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
         .local
         .threads
         .unwrap_or_else(|| EngineOptions::new(Default::default()).threads);
+    let model = resolve_model(
+        args.local.model.as_deref(),
+        args.local.weights.into(),
+        &|m| eprintln!("sglc: {m}"),
+    )?;
     eprintln!(
-        "threads: {threads}, programs: {n}, new tokens: {}",
+        "model: {}, threads: {threads}, programs: {n}, new tokens: {}",
+        model.file_name().unwrap_or_default().to_string_lossy(),
         args.tokens
     );
 
@@ -151,7 +159,11 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
         .collect();
     drop(engine);
     drop(backend);
-    let path = resolve_model(args.local.model.as_deref(), &|_| {})?;
+    let path = resolve_model(
+        args.local.model.as_deref(),
+        args.local.weights.into(),
+        &|_| {},
+    )?;
     let direct_run =
         direct::generate_batch(&path, &prompts, args.tokens, threads).map_err(|e| anyhow!(e))?;
     let direct_rate = direct_run.generated_tokens as f64 / secs(direct_run.elapsed);

@@ -5,7 +5,7 @@ use anyhow::{Result, anyhow};
 use sglc_local::{EngineOptions, LocalBackend, resolve_model};
 
 pub fn start(args: &BackendArgs) -> Result<LocalBackend> {
-    let path = resolve_model(args.model.as_deref(), &|message| {
+    let path = resolve_model(args.model.as_deref(), args.weights.into(), &|message| {
         eprintln!("sglc: {message}")
     })?;
     let mut options = EngineOptions::new(path);

@@ -124,10 +124,18 @@ enum BenchCommand {
 
 #[derive(Subcommand, Debug)]
 enum ModelCommand {
-    /// Fetch the default model into the cache now (it is otherwise fetched on first use).
-    Pull,
-    /// Print where the model is, or would be, cached.
-    Path,
+    /// Fetch the default model into the cache now (it is otherwise fetched on first use), and
+    /// re-encode its weights for batching unless `--weights shipped`.
+    Pull(ModelArgs),
+    /// Print where the model the embedded backend loads is, or would be, cached.
+    Path(ModelArgs),
+}
+
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// Which weights of the default model (see `sglc run --help`).
+    #[arg(long, env = "SGLC_WEIGHTS", value_enum, default_value_t = WeightsArg::Batched)]
+    weights: WeightsArg,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -346,6 +354,27 @@ pub struct BackendArgs {
     /// Threads for the embedded model (default: one per core).
     #[arg(long, env = "SGLC_THREADS", value_name = "N")]
     pub threads: Option<i32>,
+    /// The default model's weights: `batched` (Q8_0, re-encoded once from the shipped file:
+    /// about 45% faster for batches, 15% slower for one sequence) or `shipped` (Q4_1 as
+    /// downloaded). A model given with --model is loaded as it is.
+    #[arg(long, env = "SGLC_WEIGHTS", value_enum, default_value_t = WeightsArg::Batched)]
+    pub weights: WeightsArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WeightsArg {
+    Batched,
+    Shipped,
+}
+
+#[cfg(feature = "local")]
+impl From<WeightsArg> for sglc_local::Weights {
+    fn from(weights: WeightsArg) -> Self {
+        match weights {
+            WeightsArg::Batched => sglc_local::Weights::Batched,
+            WeightsArg::Shipped => sglc_local::Weights::Shipped,
+        }
+    }
 }
 
 fn make_backend(spec: Option<&str>, local: &BackendArgs) -> Result<Arc<dyn Backend>> {
@@ -580,16 +609,19 @@ fn print_outputs(state: &sglc::ProgramState) {
 #[cfg(feature = "local")]
 fn model(command: ModelCommand) -> Result<ExitCode> {
     match command {
-        ModelCommand::Pull => {
-            let path = sglc_local::model_store::ensure_default_model(&|m| eprintln!("{m}"))?;
+        ModelCommand::Pull(args) => {
+            let path =
+                sglc_local::model_store::default_model(args.weights.into(), &|m| eprintln!("{m}"))?;
             println!("{}", path.display());
         }
-        ModelCommand::Path => {
+        ModelCommand::Path(args) => {
+            let name = match args.weights {
+                WeightsArg::Batched => sglc_local::model_store::DEFAULT_BATCHED_FILE_NAME,
+                WeightsArg::Shipped => sglc_local::model_store::DEFAULT_FILE_NAME,
+            };
             println!(
                 "{}",
-                sglc_local::model_store::cache_dir()
-                    .join(sglc_local::model_store::DEFAULT_FILE_NAME)
-                    .display()
+                sglc_local::model_store::cache_dir().join(name).display()
             );
         }
     }

@@ -10,9 +10,11 @@ pub mod grammar;
 pub mod model_store;
 pub mod prefix_cache;
 pub mod template;
+pub mod weights;
 
 pub use engine::{EngineOptions, EngineStats};
 pub use model_store::{ModelError, resolve_model};
+pub use weights::Weights;
 
 use futures::FutureExt;
 use sglc_vm::backend::{Backend, BackendError, BackendInfo, CallFuture, Capabilities, Request};

