@@ -64,6 +64,8 @@ pub struct FunctionCodegen<'a, 'b> {
     /// On-stack replacement: enter at this instruction with the slots (as the interpreter's
     /// frame has them) read from a buffer, instead of at 0 with arguments.
     pub osr_entry: Option<(usize, Frame)>,
+    /// The call depth limit was tested once at the entry, for every call of the function.
+    depth_checked_at_entry: bool,
     local_count: usize,
     /// Boxes compiled code clones from (string constants, object globals), kept by the JIT.
     pinned: &'a mut Pinned,
@@ -107,6 +109,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             max_depth: i64::MAX,
             max_range: i64::MAX,
             osr_entry: None,
+            depth_checked_at_entry: false,
             local_count,
             pinned,
             helper_sigs: HashMap::new(),
@@ -344,6 +347,16 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             // most calls, and a recursion still meets a check every few levels (a function
             // with c call sites makes at most c^3 calls between two checks).
             let depth = self.depth.expect("the entry block defines depth");
+            // The interpreter refuses a call at the depth limit. Every call this function
+            // makes is made at the depth it was entered with, so one test here stands for all
+            // of them: at the limit the interpreter runs the function from its start and
+            // raises its own error at the call.
+            let too_deep =
+                self.b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, depth, self.max_depth);
+            self.deopt_if(too_deep, &frame, 0, 0);
+            self.depth_checked_at_entry = true;
             let low = self.b.ins().band_imm_u(depth, 3);
             let check = self.b.create_block();
             self.b.ins().brif(low, blocks[&0], &[], check, &[]);
@@ -741,15 +754,18 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             }
             Instr::Call { function, argc } => {
                 let argc = argc as usize;
-                // The interpreter refuses a call at the depth limit: let it, with its error.
+                // The interpreter refuses a call at the depth limit: let it, with its error
+                // (tested at the entry of a whole function; here in a loop entered by OSR).
                 let ctx = self.ctx();
                 let depth_now = self.depth.expect("the entry block defines depth");
-                let too_deep = self.b.ins().icmp_imm_s(
-                    IntCC::SignedGreaterThanOrEqual,
-                    depth_now,
-                    self.max_depth,
-                );
-                self.deopt_if(too_deep, frame, ip, depth);
+                if !self.depth_checked_at_entry {
+                    let too_deep = self.b.ins().icmp_imm_s(
+                        IntCC::SignedGreaterThanOrEqual,
+                        depth_now,
+                        self.max_depth,
+                    );
+                    self.deopt_if(too_deep, frame, ip, depth);
+                }
                 let arg_types: Vec<Ty> = (0..argc).rev().map(ty_at).collect();
                 let callee_depth = self.b.ins().iadd_imm_s(depth_now, 1);
                 let mut args = vec![ctx, callee_depth];
