@@ -13,12 +13,23 @@ use super::analyze::{Frame, Local, Plan};
 use super::{CTX_FUEL, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, Block, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, types,
+    AbiParam, Block, InstBuilder, InstructionData, MemFlagsData, Opcode, StackSlotData,
+    StackSlotKind, Value, ValueDef, types,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 use cranelift_module::{FuncId, Module};
 use sglc_compiler::bytecode::{Constant, Instr, Program};
 use std::collections::HashMap;
+
+/// One slot of the frame a deopt reports, as read where the deopt branches off.
+enum DeoptRead {
+    /// A value of this type; `true` when it is a borrowed box the interpreter needs a clone of.
+    Value(Value, Ty, bool),
+    /// A local not read again before it is written.
+    Unknown,
+    /// A `range` iterator's start, step, index and count.
+    Range([Value; 4]),
+}
 
 mod objects;
 
@@ -183,84 +194,161 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
 
     /// Branches to a deopt block when `failed` is true; code continues in a new block.
     fn deopt_if(&mut self, failed: Value, frame: &Frame, resume_ip: usize, stack_len: usize) {
+        // Read where the branch leaves, so the deopt block sees constants as constants.
+        let state = self.read_deopt_state(frame, stack_len);
         let fail = self.b.create_block();
         let cont = self.b.create_block();
         self.b.set_cold_block(fail);
         self.b.ins().brif(failed, fail, &[], cont, &[]);
         self.b.switch_to_block(fail);
-        self.emit_deopt(frame, resume_ip, stack_len);
+        self.emit_deopt_of(state, resume_ip);
         self.b.switch_to_block(cont);
     }
 
     /// Spills the frame's locals and its first `stack_len` stack slots, reports them as a
     /// frame to resume at `resume_ip`, and returns.
     fn emit_deopt(&mut self, frame: &Frame, resume_ip: usize, stack_len: usize) {
-        let mut kinds = Vec::new();
-        let mut raw: Vec<Value> = Vec::new();
+        let state = self.read_deopt_state(frame, stack_len);
+        self.emit_deopt_of(state, resume_ip);
+    }
+
+    /// The values of the frame's locals and first `stack_len` stack slots (no instructions
+    /// emitted: conversions and clones are the deopt block's work).
+    fn read_deopt_state(&mut self, frame: &Frame, stack_len: usize) -> Vec<DeoptRead> {
+        let mut state = Vec::new();
         for (slot, local) in frame.locals.iter().enumerate() {
-            match *local {
-                Local::Known(ty) => {
-                    let v = self.get(slot, ty);
-                    let bits = self.as_bits(v, ty);
-                    raw.push(bits);
-                    kinds.push(SlotKind::Value(ty));
-                }
+            state.push(match *local {
+                Local::Known(ty) => DeoptRead::Value(self.get(slot, ty), ty, false),
                 // Not read again before it is written: any value will do.
-                Local::Unknown => {
-                    raw.push(self.b.ins().iconst(types::I64, 0));
-                    kinds.push(SlotKind::Value(Ty::None));
-                }
-            }
+                Local::Unknown => DeoptRead::Unknown,
+            });
         }
         for (k, ty) in frame.stack.iter().take(stack_len).enumerate() {
             let slot = self.local_count + k;
-            match ty {
+            state.push(match ty {
                 Ty::Range | Ty::RangeIter => {
-                    for r in [
+                    let reps = [
                         Rep::RangeStart,
                         Rep::RangeStep,
                         Rep::RangeIndex,
                         Rep::RangeCount,
-                    ] {
+                    ];
+                    DeoptRead::Range(reps.map(|r| {
                         let v = self.var(slot, r);
-                        raw.push(self.b.use_var(v));
-                    }
-                    kinds.push(SlotKind::RangeIter);
+                        self.b.use_var(v)
+                    }))
                 }
-                ty => {
-                    let v = self.get(slot, *ty);
-                    let mut bits = self.as_bits(v, *ty);
-                    if self.borrowed.contains(&slot) {
+                ty => DeoptRead::Value(self.get(slot, *ty), *ty, self.borrowed.contains(&slot)),
+            });
+        }
+        state
+    }
+
+    /// The bits of `value` when it is a constant.
+    fn constant_bits(&self, value: Value) -> Option<i64> {
+        let value = self.b.func.dfg.resolve_aliases(value);
+        let ValueDef::Result(inst, _) = self.b.func.dfg.value_def(value) else {
+            return None;
+        };
+        match self.b.func.dfg.insts[inst] {
+            InstructionData::UnaryImm {
+                opcode: Opcode::Iconst,
+                imm,
+            } => Some(imm.bits()),
+            InstructionData::UnaryIeee64 {
+                opcode: Opcode::F64const,
+                imm,
+            } => Some(imm.bits() as i64),
+            _ => None,
+        }
+    }
+
+    /// `a + k`, `a - k` or `k + a` for an int constant `k`: the sum and the condition under
+    /// which it overflows (none when `k` is 0), or `None` when neither operand is a constant
+    /// or the instruction is not an addition or subtraction.
+    fn add_constant(&mut self, instr: Instr, a: Value, b: Value) -> Option<(Value, Option<Value>)> {
+        let (x, k) = match (instr, self.constant_bits(a), self.constant_bits(b)) {
+            (Instr::Add | Instr::AddAssign | Instr::Sub, _, Some(k)) => (a, k),
+            (Instr::Add | Instr::AddAssign, Some(k), None) => (b, k),
+            _ => return None,
+        };
+        // Subtracting k is adding -k, except for i64::MIN, which has no negation.
+        let k = if matches!(instr, Instr::Sub) {
+            k.checked_neg()?
+        } else {
+            k
+        };
+        let sum = self.b.ins().iadd_imm_s(x, k);
+        // Adding a positive k overflowed exactly when the sum wrapped below `x`; a negative k,
+        // when it wrapped above.
+        let overflow = match k.cmp(&0) {
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => Some(self.b.ins().icmp(IntCC::SignedLessThan, sum, x)),
+            std::cmp::Ordering::Less => Some(self.b.ins().icmp(IntCC::SignedGreaterThan, sum, x)),
+        };
+        Some((sum, overflow))
+    }
+
+    /// Emits the spill of `state` and the report of a frame resuming at `resume_ip`.
+    fn emit_deopt_of(&mut self, state: Vec<DeoptRead>, resume_ip: usize) {
+        let mut kinds = Vec::new();
+        let mut raw: Vec<Value> = Vec::new();
+        for read in state {
+            match read {
+                DeoptRead::Value(v, ty, borrowed) => {
+                    // A constant is the site's to report, not the code's to keep: a deopt
+                    // block that used the hot path's constant would keep it in a register
+                    // (saved and restored by every call) for a path almost never taken.
+                    let scalar = matches!(ty, Ty::Int | Ty::Float | Ty::Bool | Ty::None);
+                    if let Some(bits) = self.constant_bits(v)
+                        && !borrowed
+                        && (scalar || bits == 0)
+                    {
+                        kinds.push(SlotKind::Constant(ty, bits));
+                        continue;
+                    }
+                    let mut bits = self.as_bits(v, ty);
+                    if borrowed {
                         bits = self.clone_object(bits);
                     }
                     raw.push(bits);
-                    kinds.push(SlotKind::Value(*ty));
+                    kinds.push(SlotKind::Value(ty));
+                }
+                DeoptRead::Unknown => kinds.push(SlotKind::Constant(Ty::None, 0)),
+                DeoptRead::Range(values) => {
+                    raw.extend(values);
+                    kinds.push(SlotKind::RangeIter);
                 }
             }
         }
-        let site = self.sites.len() as i64;
+        let site = self.sites.len();
         self.sites.push(DeoptSite {
             function: self.plan.spec.function,
             ip: resume_ip as u32,
             local_count: self.local_count as u32,
             kinds,
         });
-        let bytes = (raw.len().max(1) * 8) as u32;
-        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
-            StackSlotKind::ExplicitSlot,
-            bytes,
-            3,
-        ));
-        for (i, v) in raw.iter().enumerate() {
-            self.b
-                .ins()
-                .stack_store(types::I64, *v, slot, (i * 8) as i32);
-        }
-        let addr = self.b.ins().stack_addr(types::I64, slot, 0);
+        let addr = if raw.is_empty() {
+            self.b.ins().iconst(types::I64, 0)
+        } else {
+            let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                (raw.len() * 8) as u32,
+                3,
+            ));
+            for (i, v) in raw.iter().enumerate() {
+                self.b
+                    .ins()
+                    .stack_store(types::I64, *v, slot, (i * 8) as i32);
+            }
+            self.b.ins().stack_addr(types::I64, slot, 0)
+        };
         let ctx = self.ctx();
-        let site = self.b.ins().iconst(types::I64, site);
-        let count = self.b.ins().iconst(types::I64, raw.len() as i64);
-        self.b.ins().call(self.deopt, &[ctx, site, addr, count]);
+        let site = self
+            .b
+            .ins()
+            .iconst(types::I64, super::deopt_site_packed(site, raw.len()));
+        self.b.ins().call(self.deopt, &[ctx, site, addr]);
         let zero = self.b.ins().iconst(types::I64, 0);
         self.b.ins().return_(&[zero]);
     }
@@ -537,12 +625,25 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let a = self.get(top(1), ta);
                 let b = self.get(top(0), tb);
                 if ta == Ty::Int && tb == Ty::Int {
-                    let (v, overflow) = match instr {
-                        Instr::Sub => self.b.ins().ssub_overflow(a, b),
-                        Instr::Mul => self.b.ins().smul_overflow(a, b),
-                        _ => self.b.ins().sadd_overflow(a, b),
+                    let v = match self.add_constant(instr, a, b) {
+                        // A compare against the bound the constant leaves: one `cmp` and a
+                        // conditional jump, where the overflow flag costs `seto` and a test.
+                        Some((v, overflow)) => {
+                            if let Some(overflow) = overflow {
+                                self.deopt_if(overflow, frame, ip, depth);
+                            }
+                            v
+                        }
+                        None => {
+                            let (v, overflow) = match instr {
+                                Instr::Sub => self.b.ins().ssub_overflow(a, b),
+                                Instr::Mul => self.b.ins().smul_overflow(a, b),
+                                _ => self.b.ins().sadd_overflow(a, b),
+                            };
+                            self.deopt_if(overflow, frame, ip, depth);
+                            v
+                        }
                     };
-                    self.deopt_if(overflow, frame, ip, depth);
                     self.set(top(1), Ty::Int, v);
                 } else {
                     let (a, b) = (self.as_f64(a, ta), self.as_f64(b, tb));

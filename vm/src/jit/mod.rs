@@ -211,12 +211,33 @@ extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
 }
 
 /// Called by compiled code to report a frame it leaves to the interpreter.
-extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64, count: i64) {
-    // SAFETY: compiled code passes the context it was given and a buffer of `count` slots.
+extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64) {
+    let (site, count) = deopt_site_unpacked(site);
+    // SAFETY: compiled code passes the context it was given and a buffer of `count` slots
+    // (null when there are none).
     let ctx = unsafe { &mut *ctx };
-    let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) }.to_vec();
+    let slots = if count == 0 {
+        Vec::new()
+    } else {
+        unsafe { std::slice::from_raw_parts(slots, count) }.to_vec()
+    };
     ctx.status = 1;
-    ctx.deopts.push((site as usize, slots));
+    ctx.deopts.push((site, slots));
+}
+
+/// A deopt site's index and the number of slots it spills, as one constant argument. The tag
+/// bit keeps it unlike any constant of the hot path: cranelift shares equal constants across
+/// blocks, and a deopt's argument that equalled, say, the `1` of `n - 1` kept that `1` in a
+/// register saved and restored by every call of the function.
+fn deopt_site_packed(site: usize, count: usize) -> i64 {
+    (1 << 62) | ((count as i64) << 32) | site as i64
+}
+
+fn deopt_site_unpacked(packed: i64) -> (usize, usize) {
+    (
+        (packed & 0xffff_ffff) as usize,
+        ((packed >> 32) & 0x3fff_ffff) as usize,
+    )
 }
 
 /// Where compiled code resumes in the interpreter, and how to rebuild the frame's values.
@@ -231,6 +252,8 @@ pub struct DeoptSite {
 #[derive(Clone, Copy, Debug)]
 pub enum SlotKind {
     Value(Ty),
+    /// A scalar constant at this site (never a box of its own): not spilled.
+    Constant(Ty, i64),
     /// Four raw slots: start, step, index, count.
     RangeIter,
 }
@@ -345,7 +368,7 @@ impl Jit {
         // Runtime helpers are called through their addresses (`codegen::Helper`).
         let mut module = JITModule::new(builder);
         let mut sig = module.make_signature();
-        for _ in 0..4 {
+        for _ in 0..3 {
             sig.params.push(cranelift_codegen::ir::AbiParam::new(
                 cranelift_codegen::ir::types::I64,
             ));
@@ -689,6 +712,8 @@ impl Jit {
                 SlotKind::Value(ty) => {
                     values.push(unsafe { ty.value_of(raw.next().unwrap_or(0)) });
                 }
+                // SAFETY: only ints, floats, bools and `none` (0) are constants here.
+                SlotKind::Constant(ty, bits) => values.push(unsafe { ty.value_of(*bits) }),
                 SlotKind::RangeIter => {
                     // The rest of the range, made on demand: the same items the list
                     // iterator would give, without building the list.
