@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::{sglc, stderr, stdout};
+use support::{sglc, sglc_with_env, stderr, stdout};
 
 #[test]
 fn run_prints_the_transcript_and_return_value() {
@@ -55,6 +55,40 @@ fn args_json_passes_typed_values() {
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["variables"]["related"], "yes");
+}
+
+#[cfg(feature = "local")]
+#[test]
+fn model_path_names_the_weights_that_are_loaded() {
+    let home = std::env::temp_dir().join(format!("sglc-model-path-{}", std::process::id()));
+    let home = home.to_str().unwrap();
+    let path = |args: &[&str], env: &[(&str, &str)]| {
+        let mut env = env.to_vec();
+        env.push(("SGLC_HOME", home));
+        let out = sglc_with_env(args, &env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let models = format!("{home}/models");
+    assert_eq!(
+        path(&["model", "path"], &[]),
+        format!("{models}/SmolLM2-135M-Instruct.Q8_0.gguf")
+    );
+    assert_eq!(
+        path(&["model", "path", "--weights", "shipped"], &[]),
+        format!("{models}/SmolLM2-135M-Instruct.Q4_1.gguf")
+    );
+    assert_eq!(
+        path(&["model", "path"], &[("SGLC_WEIGHTS", "shipped")]),
+        format!("{models}/SmolLM2-135M-Instruct.Q4_1.gguf")
+    );
+    let out = sglc(&["model", "path", "--weights", "q2_k"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("[possible values: batched, shipped]"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
