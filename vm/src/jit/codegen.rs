@@ -8,13 +8,15 @@
 //! comparison, the call depth limit) branches to a cold *deopt* block instead: it spills every
 //! live slot, reports them with the resume point, and returns; the interpreter then re-runs the
 //! instruction itself, so errors, their messages and their spans are the interpreter's own.
+//! A deopt block writes the slots into the context's spill buffer and calls
+//! `sglc_jit_deopt(ctx, site)`; constants are recorded in the site (`SlotKind::Constant`)
+//! rather than written, so the cold path keeps no hot-path constant alive in a register.
 
 use super::analyze::{Frame, Local, Plan};
-use super::{CTX_FUEL, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
+use super::{CTX_FUEL, CTX_SPILL, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, Block, InstBuilder, InstructionData, MemFlagsData, Opcode, StackSlotData,
-    StackSlotKind, Value, ValueDef, types,
+    AbiParam, Block, InstBuilder, InstructionData, MemFlagsData, Opcode, Value, ValueDef, types,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 use cranelift_module::{FuncId, Module};
@@ -327,28 +329,25 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             ip: resume_ip as u32,
             local_count: self.local_count as u32,
             kinds,
+            spilled: raw.len(),
         });
-        let addr = if raw.is_empty() {
-            self.b.ins().iconst(types::I64, 0)
-        } else {
-            let slot = self.b.create_sized_stack_slot(StackSlotData::new(
-                StackSlotKind::ExplicitSlot,
-                (raw.len() * 8) as u32,
-                3,
-            ));
+        let ctx = self.ctx();
+        if !raw.is_empty() {
+            let spill = self
+                .b
+                .ins()
+                .load(types::I64, MemFlagsData::trusted(), ctx, CTX_SPILL);
             for (i, v) in raw.iter().enumerate() {
                 self.b
                     .ins()
-                    .stack_store(types::I64, *v, slot, (i * 8) as i32);
+                    .store(MemFlagsData::trusted(), *v, spill, (i * 8) as i32);
             }
-            self.b.ins().stack_addr(types::I64, slot, 0)
-        };
-        let ctx = self.ctx();
+        }
         let site = self
             .b
             .ins()
             .iconst(types::I64, super::deopt_site_packed(site, raw.len()));
-        self.b.ins().call(self.deopt, &[ctx, site, addr]);
+        self.b.ins().call(self.deopt, &[ctx, site]);
         let zero = self.b.ins().iconst(types::I64, 0);
         self.b.ins().return_(&[zero]);
     }

@@ -154,6 +154,11 @@ pub struct JitCtx {
     /// Loop iterations compiled code may still run before it hands back to the interpreter,
     /// so a long loop cannot keep the batch's other programs from running.
     fuel: i64,
+    /// Where a deopt spills its slots before calling `sglc_jit_deopt`: `spill_buffer`'s
+    /// memory, as large as the largest site's spill (a store relative to the context is one
+    /// instruction; a stack slot of its own per site cost cranelift an address and a frame).
+    spill: *mut i64,
+    spill_buffer: Vec<i64>,
     /// Frames reported by deopts, innermost first: (site, spilled slots).
     deopts: Vec<(usize, Vec<i64>)>,
     /// When out of fuel, compiled code asks `sglc_jit_refuel` whether to go on.
@@ -187,6 +192,7 @@ pub struct Turn {
 
 const CTX_STATUS: i32 = 0;
 const CTX_FUEL: i32 = 8;
+const CTX_SPILL: i32 = 16;
 
 use crate::jit_options::FUEL;
 
@@ -211,16 +217,12 @@ extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
 }
 
 /// Called by compiled code to report a frame it leaves to the interpreter.
-extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64, slots: *const i64) {
+extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64) {
     let (site, count) = deopt_site_unpacked(site);
-    // SAFETY: compiled code passes the context it was given and a buffer of `count` slots
-    // (null when there are none).
+    // SAFETY: compiled code passes the context it was given, having spilled `count` slots
+    // into its spill buffer, which `Jit::finish` made large enough for every site.
     let ctx = unsafe { &mut *ctx };
-    let slots = if count == 0 {
-        Vec::new()
-    } else {
-        unsafe { std::slice::from_raw_parts(slots, count) }.to_vec()
-    };
+    let slots = ctx.spill_buffer[..count].to_vec();
     ctx.status = 1;
     ctx.deopts.push((site, slots));
 }
@@ -247,6 +249,8 @@ pub struct DeoptSite {
     pub ip: u32,
     pub local_count: u32,
     pub kinds: Vec<SlotKind>,
+    /// Slots the site writes to the spill buffer.
+    pub spilled: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -368,7 +372,7 @@ impl Jit {
         // Runtime helpers are called through their addresses (`codegen::Helper`).
         let mut module = JITModule::new(builder);
         let mut sig = module.make_signature();
-        for _ in 0..3 {
+        for _ in 0..2 {
             sig.params.push(cranelift_codegen::ir::AbiParam::new(
                 cranelift_codegen::ir::types::I64,
             ));
@@ -413,6 +417,8 @@ impl Jit {
             runtime: JitCtx {
                 status: 0,
                 fuel: FUEL,
+                spill: std::ptr::null_mut(),
+                spill_buffer: Vec::new(),
                 deopts: Vec::new(),
                 turn: Turn::default(),
                 refuels: 0,
@@ -821,6 +827,13 @@ impl Jit {
         self.module
             .finalize_definitions()
             .map_err(|e| e.to_string())?;
+        // No compiled code runs while compiling, so the buffer may move; code reads its
+        // address from the context at each deopt.
+        let spill = self.sites.iter().map(|s| s.spilled).max().unwrap_or(0);
+        if spill > self.runtime.spill_buffer.len() {
+            self.runtime.spill_buffer.resize(spill, 0);
+        }
+        self.runtime.spill = self.runtime.spill_buffer.as_mut_ptr();
         for (spec, return_type, id) in defined {
             let pointer = self.module.get_finalized_function(id);
             self.compiled.insert(spec.clone(), (id, pointer));
