@@ -327,6 +327,15 @@ pub enum Instr {
         k: i32,
         store: u32,
     },
+    /// `LoadLocal item; LoadLocal container; In` (`NotIn` when `negated`); `JumpIfFalse
+    /// target`, when the test can be made (a string in a string or a map, anything in a list):
+    /// `[] -> []`.
+    FusedContainsLocals {
+        item: u16,
+        container: u16,
+        negated: bool,
+        target: u32,
+    },
     /// `LoadLocal list; LoadLocal index; Index` on a list and an int in range:
     /// `[] -> [list[index]]`.
     FusedIndexLocals { list: u16, index: u16 },

@@ -759,6 +759,24 @@ impl Instance {
                     None => push_value(stack, stack[a].clone()),
                 }
             }
+            Instr::FusedContainsLocals {
+                item,
+                container,
+                negated,
+                target,
+            } => {
+                let (item, container) = (base + item as usize, base + container as usize);
+                match contains(&stack[container], &stack[item]) {
+                    Ok(found) => {
+                        fused_done(ip, 3);
+                        if found == negated {
+                            *ip = target as usize;
+                        }
+                    }
+                    // The original sequence runs on and raises the error at its span.
+                    Err(_) => push_value(stack, stack[item].clone()),
+                }
+            }
             Instr::FusedIndexLocals { list, index } => {
                 let (list, index) = (base + list as usize, base + index as usize);
                 let item = match (&stack[list], &stack[index]) {
@@ -1048,6 +1066,7 @@ impl Instance {
             | Instr::FusedArithLocals { .. }
             | Instr::FusedArithLocalInt { .. }
             | Instr::FusedIndexLocals { .. }
+            | Instr::FusedContainsLocals { .. }
             | Instr::FusedStoreBoolLocals { .. } => {
                 return fail(
                     "internal error: a fused instruction outside the interpreter's fast path",

@@ -1,6 +1,7 @@
 //! Quickening: the interpreter's own copy of each function's code, with common sequences of
-//! instructions fused into one (compare two locals and branch, add to a local, index a list by
-//! a local...), so a loop body takes a third as many dispatches.
+//! instructions fused into one (compare two locals and branch, test a local's membership in
+//! another, add to a local, index a list by a local...), so a loop body takes a third as many
+//! dispatches.
 //!
 //! A fused instruction replaces only the first instruction of its sequence, and the rest stays
 //! in place. So instruction indices, the span table, jump
@@ -84,6 +85,21 @@ fn fuse_at(code: &[Instr], ip: usize) -> Option<Instr> {
     };
     let third = at(2)?;
     let fourth = at(3);
+    let negated = match third {
+        Instr::In => Some(false),
+        Instr::NotIn => Some(true),
+        _ => None,
+    };
+    if let (Some(negated), Some(Instr::JumpIfFalse(target)), Some(container)) =
+        (negated, fourth, local(second))
+    {
+        return Some(Instr::FusedContainsLocals {
+            item: a,
+            container,
+            negated,
+            target,
+        });
+    }
     if let (Some(op), Some(Instr::JumpIfFalse(target))) = (CompareOp::of(&third), fourth) {
         if let Some(b) = local(second) {
             return Some(Instr::FusedCompareLocals { a, b, op, target });
@@ -162,6 +178,32 @@ mod tests {
         for ip in [1, 2, 3, 5, 6, 7, 8, 11, 12] {
             assert_eq!(quick[ip], code[ip], "instruction {ip}");
         }
+    }
+
+    #[test]
+    fn fuses_membership_tests_that_branch() {
+        let code = vec![
+            Instr::LoadLocal(0),
+            Instr::LoadLocal(1),
+            Instr::NotIn,
+            Instr::JumpIfFalse(7),
+            Instr::LoadLocal(0),
+            Instr::LoadLocal(1),
+            Instr::In,
+            Instr::Return,
+        ];
+        let quick = quicken(&code, None);
+        assert_eq!(
+            quick[0],
+            Instr::FusedContainsLocals {
+                item: 0,
+                container: 1,
+                negated: true,
+                target: 7
+            }
+        );
+        // A test whose result is kept rather than branched on stays as it is.
+        assert_eq!(quick[4], code[4]);
     }
 
     #[test]
