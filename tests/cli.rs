@@ -336,3 +336,28 @@ fn bench_jit_smoke_run_agrees_with_the_interpreter() {
         assert!(table.contains(row), "no `{row}`:\n{table}");
     }
 }
+
+/// `sglc disasm f.sgl | head` closes the pipe early: the command ends quietly, not with a
+/// panic about printing.
+#[test]
+fn a_closed_stdout_pipe_ends_the_command_quietly() {
+    for args in [
+        &["disasm", "examples/hello.sgl"][..],
+        &["check", "examples/hello.sgl", "--emit", "tokens"][..],
+        &["completions", "bash"][..],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sglc"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command has written anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -1,6 +1,7 @@
 //! `sglc bench local`: the embedded model's figures, measured in one run and reported as ratios.
 
 use super::BackendArgs;
+use super::output::outln;
 use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 use sglc::local::{EngineOptions, LocalBackend, direct, resolve_model};
@@ -310,10 +311,10 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
         ok: median < Duration::from_secs(1),
     });
 
-    println!("| figure | measured | target | |");
-    println!("|---|---|---|---|");
+    outln!("| figure | measured | target | |");
+    outln!("|---|---|---|---|");
     for row in &rows {
-        println!(
+        outln!(
             "| {} | {} | {} | {} |",
             row.figure,
             row.measured,
@@ -321,6 +322,6 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
             if row.ok { "ok" } else { "MISSED" }
         );
     }
-    println!("\n{ceiling}");
+    outln!("\n{ceiling}");
     Ok(ExitCode::SUCCESS)
 }

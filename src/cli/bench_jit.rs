@@ -2,6 +2,7 @@
 //! same algorithm, plus the JIT's compile latency. The programs and their Python twins live in
 //! `benches/programs/jit/`.
 
+use super::output::outln;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sglc::{Engine, JitMode, RunConfig, TestBackend};
@@ -156,11 +157,17 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
     for program in PROGRAMS {
         std::fs::write(dir.join(format!("{}.py", program.name)), program.py)?;
     }
-    println!("sglc bench jit: best of {runs} run(s); JIT times include compiling");
-    println!();
-    println!(
+    outln!("sglc bench jit: best of {runs} run(s); JIT times include compiling");
+    outln!();
+    outln!(
         "{:<20} {:>11} {:>11} {:>9} {:>11} {:>13} {:>11}",
-        "program", "interpreter", "jit", "speedup", "CPython", "CPython/interp", "CPython/jit"
+        "program",
+        "interpreter",
+        "jit",
+        "speedup",
+        "CPython",
+        "CPython/interp",
+        "CPython/jit"
     );
     let mut exit = ExitCode::SUCCESS;
     let mut version = String::new();
@@ -199,7 +206,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
         let ratio = |to: f64, digits: usize| {
             python.map_or("-".to_string(), |p| format!("{:.digits$}x", p / to))
         };
-        println!(
+        outln!(
             "{:<20} {:>11} {:>11} {:>8.1}x {:>11} {:>13} {:>11}",
             program.label,
             ms(interpreted),
@@ -243,20 +250,20 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     if !version.is_empty() {
-        println!("(CPython {version})");
+        outln!("(CPython {version})");
     }
-    println!();
+    outln!();
     for line in verdicts {
-        println!("{line}");
+        outln!("{line}");
     }
-    println!();
+    outln!();
     Ok(exit)
 }
 
 /// Prints the median compile time of each benchmark function and the overall median.
 fn report_compile_latency(args: &BenchJitArgs) -> Result<()> {
     let rounds = if args.quick { 3 } else { 25 };
-    println!(
+    outln!(
         "compile latency (each function with what it calls, for int arguments; median of {rounds} compiles):"
     );
     let engine = Engine::new(TestBackend::new());
@@ -268,7 +275,7 @@ fn report_compile_latency(args: &BenchJitArgs) -> Result<()> {
         for (function, nanos, compiled) in engine.jit_compile_times(&script, rounds)? {
             if compiled {
                 latencies.push(nanos);
-                println!(
+                outln!(
                     "  {:<28} {:>8.1} µs",
                     format!("{}::{function}", program.name),
                     nanos as f64 / 1e3
@@ -279,7 +286,7 @@ fn report_compile_latency(args: &BenchJitArgs) -> Result<()> {
     latencies.sort_unstable();
     if let Some(median) = latencies.get(latencies.len() / 2) {
         let median = *median as f64 / 1e3;
-        println!(
+        outln!(
             "  median {median:.1} µs over {} functions; target < 200 µs: {}",
             latencies.len(),
             verdict(median < 200.0, args.quick)

@@ -2,6 +2,7 @@
 //! instantly. Each measurement runs in a child process of its own so peak RSS is its alone; the
 //! parent prints one table with the targets.
 
+use super::output::outln;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sglc::{Engine, RunConfig, TestBackend};
@@ -208,18 +209,22 @@ fn verdict(met: bool, quick: bool) -> &'static str {
 pub fn bench_vm(mut args: BenchVmArgs) -> Result<ExitCode> {
     if let Some(kind) = args.child.clone() {
         let measurement = child(&kind, &args)?;
-        println!("{}", serde_json::to_string(&measurement)?);
+        outln!("{}", serde_json::to_string(&measurement)?);
         return Ok(ExitCode::SUCCESS);
     }
     if args.quick {
         args.programs = args.programs.min(500);
         args.in_flight = args.in_flight.min(500);
     }
-    println!("sglc bench vm: the test backend answers instantly; one process per row");
-    println!();
-    println!(
+    outln!("sglc bench vm: the test backend answers instantly; one process per row");
+    outln!();
+    outln!(
         "{:<12} {:>9} {:>12} {:>10} {:>10}  target",
-        "shape", "programs", "programs/s", "CPU µs/p", "peak MB"
+        "shape",
+        "programs",
+        "programs/s",
+        "CPU µs/p",
+        "peak MB"
     );
     let mut exit = ExitCode::SUCCESS;
     for (name, _, target) in SHAPES {
@@ -236,7 +241,7 @@ pub fn bench_vm(mut args: BenchVmArgs) -> Result<ExitCode> {
         if m.failed > 0 {
             exit = ExitCode::FAILURE;
         }
-        println!(
+        outln!(
             "{:<12} {:>9} {:>12.0} {:>10.2} {:>10.1}  {target_text}",
             name,
             m.programs,
@@ -250,8 +255,8 @@ pub fn bench_vm(mut args: BenchVmArgs) -> Result<ExitCode> {
     let peak_mb = m.peak_rss_kb as f64 / 1024.0;
     let per_program_kb =
         (m.peak_rss_kb.saturating_sub(m.baseline_rss_kb)) as f64 / m.programs as f64;
-    println!();
-    println!(
+    outln!();
+    outln!(
         "in flight:  {} programs suspended at once: peak RSS {peak_mb:.1} MB, {per_program_kb:.2} KB per program; target < {IN_FLIGHT_TARGET_MB:.0} MB: {}",
         m.programs,
         verdict(peak_mb < IN_FLIGHT_TARGET_MB && m.failed == 0, args.quick)
@@ -259,7 +264,7 @@ pub fn bench_vm(mut args: BenchVmArgs) -> Result<ExitCode> {
 
     let m = run_child("batches", &args)?;
     let mean = m.programs as f64 / m.batches.max(1) as f64;
-    println!(
+    outln!(
         "batches:    {} programs ready at once, batch size 256: {} backend calls, mean {mean:.1} requests, {} of them full ({}); {}",
         m.programs,
         m.batches,
@@ -273,7 +278,7 @@ pub fn bench_vm(mut args: BenchVmArgs) -> Result<ExitCode> {
 
     let runs = if args.quick { 3 } else { 21 };
     let startup = startup_ms(runs)?;
-    println!(
+    outln!(
         "start-up:   `sglc run hello.sgl --backend test`, median of {runs}: {startup:.1} ms; target < {STARTUP_TARGET_MS:.0} ms: {}",
         verdict(startup < STARTUP_TARGET_MS, args.quick)
     );

@@ -9,11 +9,13 @@ mod bench_vm;
 #[cfg(feature = "local")]
 mod limits;
 mod local;
+mod output;
 mod repl;
 mod stream;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use output::{out, outln};
 use sglc::{Backend, Engine, Error, RunConfig, Script, TestBackend};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -264,7 +266,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Repl(args) => repl::repl(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "sglc", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "sglc", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -560,18 +564,18 @@ fn run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     match engine.run(&script, &function, arguments, &config) {
         Ok(state) if args.stream => {
             if !args.json {
-                println!();
+                outln!();
                 print_outputs(&state);
             }
             Ok(ExitCode::SUCCESS)
         }
         Ok(state) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
+                outln!("{}", serde_json::to_string_pretty(&state)?);
             } else {
-                print!("{}", state.text);
+                out!("{}", state.text);
                 if !state.text.ends_with('\n') && !state.text.is_empty() {
-                    println!();
+                    outln!();
                 }
                 print_outputs(&state);
             }
@@ -580,7 +584,7 @@ fn run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         Err(Error::Runtime(error)) => {
             // With --stream --json the error already went out as an event.
             if args.json && !args.stream {
-                println!("{}", serde_json::json!({ "error": error }));
+                outln!("{}", serde_json::json!({ "error": error }));
             }
             eprint!(
                 "{}",
@@ -599,10 +603,10 @@ fn run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
 /// What the program printed, then its return value.
 fn print_outputs(state: &sglc::ProgramState) {
     for line in &state.output {
-        println!("{line}");
+        outln!("{line}");
     }
     if !state.return_value.is_null() {
-        println!("=> {}", state.return_value);
+        outln!("=> {}", state.return_value);
     }
 }
 
@@ -612,14 +616,14 @@ fn model(command: ModelCommand) -> Result<ExitCode> {
         ModelCommand::Pull(args) => {
             let path =
                 sglc_local::model_store::default_model(args.weights.into(), &|m| eprintln!("{m}"))?;
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
         ModelCommand::Path(args) => {
             let name = match args.weights {
                 WeightsArg::Batched => sglc_local::model_store::DEFAULT_BATCHED_FILE_NAME,
                 WeightsArg::Shipped => sglc_local::model_store::DEFAULT_FILE_NAME,
             };
-            println!(
+            outln!(
                 "{}",
                 sglc_local::model_store::cache_dir().join(name).display()
             );
@@ -650,16 +654,16 @@ fn check(
             let lines = sglc_compiler::span::LineIndex::new(&source);
             for (token, span) in &lexed.tokens {
                 let (line, col) = lines.line_col(&source, span.start);
-                println!("{line:>4}:{col:<4} {token:?}");
+                outln!("{line:>4}:{col:<4} {token:?}");
             }
         }
         Some(Emit::Ast) => {
             let (module, _) = sglc_compiler::parse(&source);
-            print!("{}", sglc_compiler::ast::dump(&module));
+            out!("{}", sglc_compiler::ast::dump(&module));
         }
         Some(Emit::Pretty) => {
             let (module, _) = sglc_compiler::parse(&source);
-            print!("{}", sglc_compiler::pretty::pretty(&module));
+            out!("{}", sglc_compiler::pretty::pretty(&module));
         }
         Some(Emit::Bytecode) | Some(Emit::Clif) | None => {}
     }
@@ -697,17 +701,17 @@ fn check(
             "errors": errors,
             "diagnostics": located,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         eprint!(
             "{}",
             sglc_compiler::render::render_diagnostics(&name, &source, &diagnostics, color_stderr())
         );
         if let (Some(script), Some(Emit::Bytecode)) = (&script, emit) {
-            print!("{}", script.disassemble());
+            out!("{}", script.disassemble());
         }
         if let (Some(script), Some(Emit::Clif)) = (&script, emit) {
-            print!("{}", engine.jit_listing(script, None, &[])?);
+            out!("{}", engine.jit_listing(script, None, &[])?);
         }
         let warnings = diagnostics.len() - errors;
         match (script.is_some(), errors) {
@@ -734,16 +738,16 @@ fn disasm(
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
     if jit {
-        print!("{}", engine.jit_listing(&script, function, arg_types)?);
+        out!("{}", engine.jit_listing(&script, function, arg_types)?);
         return Ok(ExitCode::SUCCESS);
     }
     match function {
-        None => print!("{}", script.disassemble()),
+        None => out!("{}", script.disassemble()),
         Some(name) => {
             let listing = script
                 .disassemble_function(name)
                 .map_err(|message| anyhow::anyhow!(message))?;
-            println!("{listing}");
+            outln!("{listing}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 //! program that is recompiled on every change; anything else is evaluated as an expression (or
 //! run as statements) against them; `:run` runs a program on the backend, streamed.
 
+use super::output::{out, outln};
 use super::{BackendArgs, make_backend, stream};
 use anyhow::Result;
 use clap::Args;
@@ -193,7 +194,7 @@ impl Session {
             return self.command(command);
         }
         match self.define_or_eval("<input>", input) {
-            Ok(Some(shown)) => println!("{shown}"),
+            Ok(Some(shown)) => outln!("{shown}"),
             Ok(None) => {}
             Err(failure) => eprint!("{}", failure.rendered),
         }
@@ -326,12 +327,12 @@ impl Session {
         let outcome: Result<(), String> = match name {
             "q" | "quit" | "exit" => return false,
             "h" | "help" | "?" => {
-                println!("{HELP}");
+                outln!("{HELP}");
                 Ok(())
             }
             "defs" => {
                 for definition in &self.definitions {
-                    println!("{}", definition.text);
+                    outln!("{}", definition.text);
                 }
                 Ok(())
             }
@@ -363,7 +364,7 @@ impl Session {
         }
         match self.define(path, &source, &module.items) {
             Ok(()) => {
-                println!("loaded {path}: {} definition(s)", module.items.len());
+                outln!("loaded {path}: {} definition(s)", module.items.len());
                 Ok(())
             }
             Err(failure) => {
@@ -381,16 +382,16 @@ impl Session {
     fn disasm(&mut self, function: &str) -> Result<(), String> {
         let script = self.current_script()?;
         if function.is_empty() {
-            print!("{}", script.disassemble());
+            out!("{}", script.disassemble());
             return Ok(());
         }
-        println!("{}", script.disassemble_function(function)?);
+        outln!("{}", script.disassemble_function(function)?);
         Ok(())
     }
 
     fn set_backend(&mut self, spec: &str) -> Result<(), String> {
         if spec.is_empty() {
-            println!(
+            outln!(
                 "backend: {}",
                 self.backend_spec
                     .as_deref()
@@ -401,7 +402,7 @@ impl Session {
         let backend = make_backend(Some(spec), &self.backend_args).map_err(|e| format!("{e:#}"))?;
         self.backend_spec = Some(spec.to_string());
         self.run_engine = Some(self.engine_with(backend));
-        println!("backend: {spec}");
+        outln!("backend: {spec}");
         Ok(())
     }
 
@@ -436,12 +437,12 @@ impl Session {
         };
         match engine.run(&script, function, serde_json::Value::Object(args), &config) {
             Ok(state) => {
-                println!();
+                outln!();
                 super::print_outputs(&state);
                 Ok(())
             }
             Err(Error::Runtime(error)) => {
-                println!();
+                outln!();
                 eprint!("{}", script.render(&[error.to_diagnostic()], self.color));
                 Ok(())
             }
@@ -596,7 +597,7 @@ pub fn repl(args: ReplArgs) -> Result<ExitCode> {
         let _ = editor.load_history(path);
     }
     if interactive {
-        println!(
+        outln!(
             "sglc {} REPL; :help for help, Ctrl-D to leave",
             env!("CARGO_PKG_VERSION")
         );
