@@ -62,26 +62,35 @@ fn args_json_passes_typed_values() {
 fn model_path_names_the_weights_that_are_loaded() {
     let home = std::env::temp_dir().join(format!("sglc-model-path-{}", std::process::id()));
     let home = home.to_str().unwrap();
-    let path = |args: &[&str], env: &[(&str, &str)]| {
-        let mut env = env.to_vec();
-        env.push(("SGLC_HOME", home));
+    // The printed path for these arguments, with `SGLC_WEIGHTS` set to `weights_env` if given.
+    let path = |args: &[&str], weights_env: Option<&str>| {
+        let mut env = vec![("SGLC_HOME", home)];
+        env.extend(weights_env.map(|w| ("SGLC_WEIGHTS", w)));
         let out = sglc_with_env(args, &env);
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out).trim().to_string()
     };
     let models = format!("{home}/models");
-    assert_eq!(
-        path(&["model", "path"], &[]),
-        format!("{models}/SmolLM2-135M-Instruct.Q8_0.gguf")
-    );
-    assert_eq!(
-        path(&["model", "path", "--weights", "shipped"], &[]),
-        format!("{models}/SmolLM2-135M-Instruct.Q4_1.gguf")
-    );
-    assert_eq!(
-        path(&["model", "path"], &[("SGLC_WEIGHTS", "shipped")]),
-        format!("{models}/SmolLM2-135M-Instruct.Q4_1.gguf")
-    );
+    let cases: [(&[&str], Option<&str>, &str); 3] = [
+        (&["model", "path"], None, "SmolLM2-135M-Instruct.Q8_0.gguf"),
+        (
+            &["model", "path", "--weights", "shipped"],
+            None,
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        (
+            &["model", "path"],
+            Some("shipped"),
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+    ];
+    for (args, weights_env, file) in cases {
+        assert_eq!(
+            path(args, weights_env),
+            format!("{models}/{file}"),
+            "{args:?} {weights_env:?}"
+        );
+    }
     let out = sglc(&["model", "path", "--weights", "q2_k"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 use sglc::local::{EngineOptions, LocalBackend, direct, resolve_model};
 use sglc::{Engine, RunConfig};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,11 +78,8 @@ struct Row {
     ok: bool,
 }
 
-fn start(args: &BackendArgs, parallel: usize, cache: bool) -> Result<LocalBackend> {
-    let path = resolve_model(args.model.as_deref(), args.weights.into(), &|m| {
-        eprintln!("sglc: {m}")
-    })?;
-    let mut options = EngineOptions::new(path);
+fn start(model: &Path, args: &BackendArgs, parallel: usize, cache: bool) -> Result<LocalBackend> {
+    let mut options = EngineOptions::new(model.to_path_buf());
     options.parallel = args.parallel.unwrap_or(parallel);
     if let Some(threads) = args.threads {
         options.threads = threads;
@@ -116,7 +114,7 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
     );
 
     // 1. Throughput: run_batch against one-by-one runs and against llama.cpp driven directly.
-    let backend = Arc::new(start(&args.local, n, true)?);
+    let backend = Arc::new(start(&model, &args.local, n, true)?);
     let engine = Engine::with_backend(backend.clone());
     let source = format!(
         "fn main(s, topic) {{\n    s += user(\"Write a story about \" + topic + \".\")\n    s += assistant(gen(\"story\", max_tokens={}, ignore_eos=true))\n}}\n",
@@ -160,20 +158,16 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
         .collect();
     drop(engine);
     drop(backend);
-    let path = resolve_model(
-        args.local.model.as_deref(),
-        args.local.weights.into(),
-        &|_| {},
-    )?;
     let direct_run =
-        direct::generate_batch(&path, &prompts, args.tokens, threads).map_err(|e| anyhow!(e))?;
+        direct::generate_batch(&model, &prompts, args.tokens, threads).map_err(|e| anyhow!(e))?;
     let direct_rate = direct_run.generated_tokens as f64 / secs(direct_run.elapsed);
     // The same driver one sequence at a time (a sample of the prompts): how much batching can
     // gain on this machine at all, whatever drives llama.cpp.
     let (mut alone_tokens, mut alone_time) = (0, Duration::ZERO);
     for prompt in prompts.iter().take(DIRECT_ALONE_SAMPLE) {
-        let run = direct::generate_batch(&path, std::slice::from_ref(prompt), args.tokens, threads)
-            .map_err(|e| anyhow!(e))?;
+        let run =
+            direct::generate_batch(&model, std::slice::from_ref(prompt), args.tokens, threads)
+                .map_err(|e| anyhow!(e))?;
         alone_tokens += run.generated_tokens;
         alone_time += run.elapsed;
     }
@@ -209,7 +203,7 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
     let mut fork_times = Vec::new();
     let mut fork_stats = Vec::new();
     for cache in [true, false] {
-        let backend = Arc::new(start(&args.local, 8, cache)?);
+        let backend = Arc::new(start(&model, &args.local, 8, cache)?);
         let engine = Engine::with_backend(backend.clone());
         let script = engine
             .compile("fork.sgl", &fork_source)
@@ -246,7 +240,7 @@ pub fn bench_local(args: BenchBackendArgs) -> Result<ExitCode> {
     });
 
     // 3. A batch of programs sharing a few-shot prefix.
-    let backend = Arc::new(start(&args.local, n, true)?);
+    let backend = Arc::new(start(&model, &args.local, n, true)?);
     let engine = Engine::with_backend(backend.clone());
     let batch_source = format!(
         "fn main(s, country) {{\n    s += system({prefix:?})\n    s += user(f\"Q: What is the capital of {{country}}?\")\n    s += assistant(gen(\"a\", max_tokens=1))\n}}\n"

@@ -619,14 +619,8 @@ fn model(command: ModelCommand) -> Result<ExitCode> {
             outln!("{}", path.display());
         }
         ModelCommand::Path(args) => {
-            let name = match args.weights {
-                WeightsArg::Batched => sglc_local::model_store::DEFAULT_BATCHED_FILE_NAME,
-                WeightsArg::Shipped => sglc_local::model_store::DEFAULT_FILE_NAME,
-            };
-            outln!(
-                "{}",
-                sglc_local::model_store::cache_dir().join(name).display()
-            );
+            let path = sglc_local::model_store::cached_model_path(args.weights.into());
+            outln!("{}", path.display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -64,6 +64,14 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("sglc-models")
 }
 
+/// Where the default model's file with these weights is, or will be, cached.
+pub fn cached_model_path(weights: Weights) -> PathBuf {
+    cache_dir().join(match weights {
+        Weights::Batched => DEFAULT_BATCHED_FILE_NAME,
+        Weights::Shipped => DEFAULT_FILE_NAME,
+    })
+}
+
 /// The model to load: an explicit path or `SGLC_MODEL` (as it is), or the cached default
 /// model (downloaded on first use, its weights as `weights` asks; `progress` hears what is
 /// happening).
@@ -103,7 +111,7 @@ pub fn default_model(weights: Weights, progress: &dyn Fn(&str)) -> Result<PathBu
 /// The cached default model, fetched and verified when it is not there yet.
 pub fn ensure_default_model(progress: &dyn Fn(&str)) -> Result<PathBuf, ModelError> {
     let dir = cache_dir();
-    let target = dir.join(DEFAULT_FILE_NAME);
+    let target = cached_model_path(Weights::Shipped);
     // A file of the right size was verified when it was put there (it is renamed into place
     // only after its checksum matched), so a warm start does not hash 98 MB again.
     if std::fs::metadata(&target).is_ok_and(|m| m.len() == DEFAULT_SIZE) {

@@ -9,7 +9,7 @@
 //! bytes to read per token). It takes about half a second, once. docs/backends.md has the
 //! figures and the `--weights shipped` escape hatch.
 
-use crate::model_store::{ModelError, cache_dir};
+use crate::model_store::{ModelError, cached_model_path};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +25,7 @@ pub enum Weights {
 
 /// The cached Q8_0 re-encoding of `shipped` (the default model), made on first use.
 pub fn ensure_batched(shipped: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf, ModelError> {
-    let target = cache_dir().join(crate::model_store::DEFAULT_BATCHED_FILE_NAME);
+    let target = cached_model_path(Weights::Batched);
     // Renamed into place only once written completely, so an existing file is a whole one.
     if std::fs::metadata(&target).is_ok_and(|m| m.len() > 0) {
         return Ok(target);

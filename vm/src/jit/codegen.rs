@@ -329,8 +329,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             ip: resume_ip as u32,
             local_count: self.local_count as u32,
             kinds,
-            spilled: raw.len(),
         });
+        debug_assert_eq!(self.sites[site].spilled(), raw.len());
         let ctx = self.ctx();
         if !raw.is_empty() {
             let spill = self

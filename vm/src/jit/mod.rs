@@ -249,8 +249,13 @@ pub struct DeoptSite {
     pub ip: u32,
     pub local_count: u32,
     pub kinds: Vec<SlotKind>,
+}
+
+impl DeoptSite {
     /// Slots the site writes to the spill buffer.
-    pub spilled: usize,
+    fn spilled(&self) -> usize {
+        self.kinds.iter().map(|kind| kind.spilled()).sum()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -260,6 +265,17 @@ pub enum SlotKind {
     Constant(Ty, i64),
     /// Four raw slots: start, step, index, count.
     RangeIter,
+}
+
+impl SlotKind {
+    /// Raw slots a deopt writes for this one.
+    fn spilled(self) -> usize {
+        match self {
+            SlotKind::Value(_) => 1,
+            SlotKind::Constant(..) => 0,
+            SlotKind::RangeIter => 4,
+        }
+    }
 }
 
 /// A frame handed back to the interpreter: its function, where to resume, its locals followed
@@ -829,7 +845,7 @@ impl Jit {
             .map_err(|e| e.to_string())?;
         // No compiled code runs while compiling, so the buffer may move; code reads its
         // address from the context at each deopt.
-        let spill = self.sites.iter().map(|s| s.spilled).max().unwrap_or(0);
+        let spill = self.sites.iter().map(DeoptSite::spilled).max().unwrap_or(0);
         if spill > self.runtime.spill_buffer.len() {
             self.runtime.spill_buffer.resize(spill, 0);
         }
