@@ -295,6 +295,52 @@ fn call_depth_is_limited() {
     assert_eq!(blamed(source, &error), "down(n + 1)");
 }
 
+/// Compiled code tests the depth limit off its hot path when the limit is a multiple of 4
+/// (where its fuel check stops) and on it otherwise: at every limit, a recursion just short of
+/// it returns and one that reaches it fails, with the same error and span, as interpreted.
+#[test]
+fn compiled_recursion_stops_at_every_call_depth_limit_as_interpreted() {
+    let source = "fn down(n) {\n    if n == 0 { return 0 }\n    return down(n - 1) + 1\n}\n\nfn main(n) {\n    return down(n)\n}\n";
+    let engine = Engine::new(TestBackend::new());
+    let script = engine.compile("depth.sgl", source).unwrap();
+    for max_call_depth in [2, 3, 4, 5, 47, 48, 49, 50, 51, 512] {
+        // `main` is frame 1 and `down(n)` frame 2, so `down(0)` runs in frame n + 2.
+        for n in max_call_depth - 2..=max_call_depth {
+            let outcomes: Vec<Result<serde_json::Value, (String, Option<_>)>> =
+                [sglc::JitMode::Off, sglc::JitMode::Eager]
+                    .into_iter()
+                    .map(|jit| {
+                        let mut config = RunConfig::default();
+                        config.limits.max_call_depth = max_call_depth;
+                        config.jit.mode = jit;
+                        match engine.run(&script, "main", json!({ "n": n }), &config) {
+                            Ok(state) => Ok(state.return_value),
+                            Err(Error::Runtime(error)) => {
+                                Err((error.message.clone(), error.span()))
+                            }
+                            Err(other) => panic!("limit {max_call_depth}, {jit:?}: {other}"),
+                        }
+                    })
+                    .collect();
+            let case = format!("limit {max_call_depth}, n = {n}");
+            assert_eq!(outcomes[0], outcomes[1], "{case}");
+            match &outcomes[0] {
+                Ok(value) => {
+                    assert!(n + 2 <= max_call_depth, "{case}");
+                    assert_eq!(value, &json!(n), "{case}");
+                }
+                Err((message, _)) => {
+                    assert!(n + 2 > max_call_depth, "{case}");
+                    assert!(
+                        message.contains(&format!("call depth limit of {max_call_depth}")),
+                        "{case}: {message}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn limits_come_from_the_command_line() {
     let dir = std::env::temp_dir().join(format!("sglc-limits-{}", std::process::id()));

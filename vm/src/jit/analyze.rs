@@ -141,20 +141,11 @@ impl<'a> Analyzer<'a> {
         leaders[0] = true;
         leaders[entry] = true;
         for (ip, instr) in code.iter().enumerate() {
-            match *instr {
-                Instr::Jump(t) => {
-                    leaders[t as usize] = true;
-                    leaders[ip + 1] = true;
-                }
-                Instr::JumpIfFalse(t)
-                | Instr::JumpIfFalseOrPop(t)
-                | Instr::JumpIfTrueOrPop(t)
-                | Instr::ForIter { exit: t } => {
-                    leaders[t as usize] = true;
-                    leaders[ip + 1] = true;
-                }
-                Instr::Return => leaders[ip + 1] = true,
-                _ => {}
+            if let Some(target) = branch_target(*instr) {
+                leaders[target] = true;
+                leaders[ip + 1] = true;
+            } else if matches!(instr, Instr::Return) {
+                leaders[ip + 1] = true;
             }
         }
         let mut work = vec![(entry, frame)];
@@ -591,4 +582,30 @@ fn instr_name(instr: &Instr) -> String {
         }
         _ => format!("`{name}`"),
     }
+}
+
+/// Where a jump or branch of the unquickened bytecode may go, besides the next instruction.
+pub fn branch_target(instr: Instr) -> Option<usize> {
+    match instr {
+        Instr::Jump(t)
+        | Instr::JumpIfFalse(t)
+        | Instr::JumpIfFalseOrPop(t)
+        | Instr::JumpIfTrueOrPop(t)
+        | Instr::ForIter { exit: t } => Some(t as usize),
+        _ => None,
+    }
+}
+
+/// `headers[ip]`: a jump from `ip` or later goes to `ip` (a loop's header). Every other
+/// instruction is reached only from before it.
+pub fn loop_headers(code: &[Instr]) -> Vec<bool> {
+    let mut headers = vec![false; code.len() + 1];
+    for (ip, instr) in code.iter().enumerate() {
+        if let Some(target) = branch_target(*instr)
+            && target <= ip
+        {
+            headers[target] = true;
+        }
+    }
+    headers
 }

@@ -8,12 +8,14 @@
 //! comparison, the call depth limit) branches to a cold *deopt* block instead: it spills every
 //! live slot, reports them with the resume point, and returns; the interpreter then re-runs the
 //! instruction itself, so errors, their messages and their spans are the interpreter's own.
-//! A deopt block writes the slots into the context's spill buffer and calls
-//! `sglc_jit_deopt(ctx, site)`; constants are recorded in the site (`SlotKind::Constant`)
-//! rather than written, so the cold path keeps no hot-path constant alive in a register.
+//! A guard's deopt block writes the slots into the context's spill buffer and its site into
+//! the context's status, and calls nothing; a caller whose callee deopted writes its slots into
+//! a second buffer and calls `sglc_jit_deopt(ctx, site)`, which reports the callee's frame
+//! first (`Report`). Constants are recorded in the site (`SlotKind::Constant`) rather than
+//! written, so the cold path keeps no hot-path constant alive in a register.
 
 use super::analyze::{Frame, Local, Plan};
-use super::{CTX_FUEL, CTX_SPILL, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
+use super::{CTX_CHAIN_SPILL, CTX_FUEL, CTX_SPILL, CTX_STATUS, DeoptSite, SlotKind, Spec, Ty};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, Block, InstBuilder, InstructionData, MemFlagsData, Opcode, Value, ValueDef, types,
@@ -22,6 +24,17 @@ use cranelift_frontend::{FunctionBuilder, Variable};
 use cranelift_module::{FuncId, Module};
 use sglc_compiler::bytecode::{Constant, Instr, Program};
 use std::collections::HashMap;
+
+/// How a deopt block reports its frame.
+#[derive(Clone, Copy)]
+enum Report {
+    /// A guard failed: the first frame of a deopt. Its site goes in the context's status and
+    /// its slots in the spill buffer, pending (`JitCtx::take_pending_deopt`), with no call.
+    Guard,
+    /// The callee deopted: this frame is an outer one. Its slots go in the chain spill buffer
+    /// and `sglc_jit_deopt` reports it, after the callee's pending frame.
+    AfterCallee,
+}
 
 /// One slot of the frame a deopt reports, as read where the deopt branches off.
 enum DeoptRead {
@@ -196,22 +209,52 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
 
     /// Branches to a deopt block when `failed` is true; code continues in a new block.
     fn deopt_if(&mut self, failed: Value, frame: &Frame, resume_ip: usize, stack_len: usize) {
+        self.branch_to_deopt(failed, frame, resume_ip, stack_len, Report::Guard);
+    }
+
+    /// After a call of compiled code: deopts when the callee did (`status` is nonzero).
+    fn deopt_if_callee_deopted(
+        &mut self,
+        status: Value,
+        frame: &Frame,
+        resume_ip: usize,
+        stack_len: usize,
+    ) {
+        self.branch_to_deopt(status, frame, resume_ip, stack_len, Report::AfterCallee);
+    }
+
+    fn branch_to_deopt(
+        &mut self,
+        failed: Value,
+        frame: &Frame,
+        resume_ip: usize,
+        stack_len: usize,
+        report: Report,
+    ) {
         // Read where the branch leaves, so the deopt block sees constants as constants.
         let state = self.read_deopt_state(frame, stack_len);
         let fail = self.b.create_block();
         let cont = self.b.create_block();
         self.b.set_cold_block(fail);
         self.b.ins().brif(failed, fail, &[], cont, &[]);
+        self.b.seal_block(fail);
+        self.b.seal_block(cont);
         self.b.switch_to_block(fail);
-        self.emit_deopt_of(state, resume_ip);
+        self.emit_deopt_of(state, resume_ip, report);
         self.b.switch_to_block(cont);
     }
 
-    /// Spills the frame's locals and its first `stack_len` stack slots, reports them as a
-    /// frame to resume at `resume_ip`, and returns.
-    fn emit_deopt(&mut self, frame: &Frame, resume_ip: usize, stack_len: usize) {
-        let state = self.read_deopt_state(frame, stack_len);
-        self.emit_deopt_of(state, resume_ip);
+    /// Deopts where the divisor `value` is zero (the interpreter's error), unless it is a
+    /// nonzero constant.
+    fn deopt_if_float_zero(&mut self, value: Value, frame: &Frame, ip: usize, stack_len: usize) {
+        let nonzero = self
+            .constant_bits(value)
+            .is_some_and(|bits| f64::from_bits(bits as u64) != 0.0);
+        if !nonzero {
+            let zero = self.b.ins().f64const(0.0);
+            let by_zero = self.b.ins().fcmp(FloatCC::Equal, value, zero);
+            self.deopt_if(by_zero, frame, ip, stack_len);
+        }
     }
 
     /// The values of the frame's locals and first `stack_len` stack slots (no instructions
@@ -292,7 +335,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 
     /// Emits the spill of `state` and the report of a frame resuming at `resume_ip`.
-    fn emit_deopt_of(&mut self, state: Vec<DeoptRead>, resume_ip: usize) {
+    fn emit_deopt_of(&mut self, state: Vec<DeoptRead>, resume_ip: usize, report: Report) {
         let mut kinds = Vec::new();
         let mut raw: Vec<Value> = Vec::new();
         for read in state {
@@ -332,11 +375,15 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         });
         debug_assert_eq!(self.sites[site].spilled(), raw.len());
         let ctx = self.ctx();
+        let buffer = match report {
+            Report::Guard => CTX_SPILL,
+            Report::AfterCallee => CTX_CHAIN_SPILL,
+        };
         if !raw.is_empty() {
             let spill = self
                 .b
                 .ins()
-                .load(types::I64, MemFlagsData::trusted(), ctx, CTX_SPILL);
+                .load(types::I64, MemFlagsData::trusted(), ctx, buffer);
             for (i, v) in raw.iter().enumerate() {
                 self.b
                     .ins()
@@ -347,17 +394,26 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             .b
             .ins()
             .iconst(types::I64, super::deopt_site_packed(site, raw.len()));
-        self.b.ins().call(self.deopt, &[ctx, site]);
+        match report {
+            // The site in the status is the report: no call, whose clobbers and argument
+            // registers were a large part of the register allocator's work on a deopt block.
+            Report::Guard => {
+                self.b
+                    .ins()
+                    .store(MemFlagsData::trusted(), site, ctx, CTX_STATUS);
+            }
+            Report::AfterCallee => {
+                self.b.ins().call(self.deopt, &[ctx, site]);
+            }
+        }
         let zero = self.b.ins().iconst(types::I64, 0);
         self.b.ins().return_(&[zero]);
     }
 
-    /// Spends one unit of fuel. Out of it, a loop (`in_loop`) hands back to the interpreter,
-    /// resuming at `ip`; a function entry asks the runtime (`sglc_jit_refuel`) whether to hand
-    /// back (others wait, or a limit is reached) or to refuel and go on. Loops spend at their
-    /// back edge and functions that call at their entry, so no compiled code runs long
+    /// Spends one unit of fuel; the value is true when the tank is empty. Loops spend at
+    /// their back edge and functions that call at their entry, so no compiled code runs long
     /// without spending (a loop-free function that calls nothing runs a bounded time).
-    fn spend_fuel(&mut self, frame: &Frame, ip: usize, depth: usize, in_loop: bool) {
+    fn spend_fuel(&mut self) -> Value {
         let ctx = self.ctx();
         let fuel = self
             .b
@@ -367,28 +423,19 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b
             .ins()
             .store(MemFlagsData::trusted(), fuel, ctx, CTX_FUEL);
-        let empty = self
-            .b
+        self.b
             .ins()
-            .icmp_imm_s(IntCC::SignedLessThanOrEqual, fuel, 0);
-        let refuel = self.b.create_block();
-        let on = self.b.create_block();
-        self.b.set_cold_block(refuel);
-        self.b.ins().brif(empty, refuel, &[], on, &[]);
-        self.b.switch_to_block(refuel);
-        if in_loop {
-            // A loop hands back to the interpreter (which re-enters it compiled, through
-            // on-stack replacement, unless it must stop): a call here, to refuel and go on,
-            // would keep every value the loop uses live across it, and in this register
-            // pressure cranelift keeps some of them on the stack, in the hot path.
-            self.emit_deopt(frame, ip, depth);
-        } else {
-            let call = self.b.ins().call(self.refuel, &[ctx]);
-            let stop = self.b.inst_results(call)[0];
-            self.deopt_if(stop, frame, ip, depth);
-            self.b.ins().jump(on, &[]);
-        }
-        self.b.switch_to_block(on);
+            .icmp_imm_s(IntCC::SignedLessThanOrEqual, fuel, 0)
+    }
+
+    /// A loop's back edge spends fuel; out of it, the loop hands back to the interpreter,
+    /// resuming at `ip`, which re-enters it compiled (through on-stack replacement) unless it
+    /// must stop. A call here, to refuel and go on, would keep every value the loop uses live
+    /// across it, and in this register pressure cranelift keeps some of them on the stack, in
+    /// the hot path.
+    fn spend_loop_fuel(&mut self, frame: &Frame, ip: usize, depth: usize) {
+        let empty = self.spend_fuel();
+        self.deopt_if(empty, frame, ip, depth);
     }
 
     /// Emits the whole function.
@@ -402,6 +449,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let entry = self.b.create_block();
         self.b.append_block_params_for_function_params(entry);
         self.b.switch_to_block(entry);
+        self.b.seal_block(entry);
         let params: Vec<Value> = self.b.block_params(entry).to_vec();
         self.ctx = Some(params[0]);
         self.depth = Some(params[1]);
@@ -429,29 +477,78 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         if !self.plan.callees.is_empty()
             && let Some(frame) = self.plan.before[0].clone()
         {
-            // A function that calls may recurse: without a loop it could still run for ever.
-            // It spends fuel when entered at every fourth call depth: a test of a register on
-            // most calls, and a recursion still meets a check every few levels (a function
-            // with c call sites makes at most c^3 calls between two checks).
-            let depth = self.depth.expect("the entry block defines depth");
-            // The interpreter refuses a call at the depth limit. Every call this function
-            // makes is made at the depth it was entered with, so one test here stands for all
-            // of them: at the limit the interpreter runs the function from its start and
-            // raises its own error at the call.
+            self.emit_entry_checks(&frame, blocks[&0]);
+            self.depth_checked_at_entry = true;
+        } else {
+            self.b.ins().jump(blocks[&0], &[]);
+        }
+        self.emit_body(code, &blocks, config)
+    }
+
+    /// The entry checks of a function that calls, before its `body`: the call depth limit,
+    /// and fuel at every fourth call depth. Both hand back to the interpreter through one
+    /// deopt block, which resumes at the start with the arguments.
+    fn emit_entry_checks(&mut self, frame: &Frame, body: Block) {
+        // A function that calls may recurse: without a loop it could still run for ever. It
+        // spends fuel when entered at every fourth call depth: a test of a register on most
+        // calls, and a recursion still meets a check every few levels (a function with c call
+        // sites makes at most c^3 calls between two checks).
+        //
+        // The interpreter refuses a call at the depth limit. Every call this function makes
+        // is made at the depth it was entered with, so one test here stands for all of them:
+        // at the limit the interpreter runs the function from its start and raises its own
+        // error at the call. Compiled code is never entered deeper than the limit (the
+        // interpreter and every compiled caller refuse a call at it), so with a limit that is
+        // a multiple of 4 it can only be reached at a depth the fuel check already stops at,
+        // and the test goes there, off the path most calls take.
+        let depth = self.depth.expect("the entry block defines depth");
+        let state = self.read_deopt_state(frame, 0);
+        let deopt = self.b.create_block();
+        let slow = self.b.create_block();
+        let refuel = self.b.create_block();
+        for block in [deopt, slow, refuel] {
+            self.b.set_cold_block(block);
+        }
+        let max_depth = self.max_depth;
+        let limit_at_fuel_check = max_depth > 0 && max_depth % 4 == 0;
+        if !limit_at_fuel_check {
             let too_deep =
                 self.b
                     .ins()
-                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, depth, self.max_depth);
-            self.deopt_if(too_deep, &frame, 0, 0);
-            self.depth_checked_at_entry = true;
-            let low = self.b.ins().band_imm_u(depth, 3);
-            let check = self.b.create_block();
-            self.b.ins().brif(low, blocks[&0], &[], check, &[]);
-            self.b.switch_to_block(check);
-            self.spend_fuel(&frame, 0, 0, false);
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, depth, max_depth);
+            let on = self.b.create_block();
+            self.b.ins().brif(too_deep, deopt, &[], on, &[]);
+            self.b.seal_block(on);
+            self.b.switch_to_block(on);
         }
-        self.b.ins().jump(blocks[&0], &[]);
-        self.emit_body(code, &blocks, config)
+        let low = self.b.ins().band_imm_u(depth, 3);
+        self.b.ins().brif(low, body, &[], slow, &[]);
+        self.b.seal_block(slow);
+        self.b.switch_to_block(slow);
+        if limit_at_fuel_check {
+            let too_deep =
+                self.b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, depth, max_depth);
+            let on = self.b.create_block();
+            self.b.set_cold_block(on);
+            self.b.ins().brif(too_deep, deopt, &[], on, &[]);
+            self.b.seal_block(on);
+            self.b.switch_to_block(on);
+        }
+        let empty = self.spend_fuel();
+        self.b.ins().brif(empty, refuel, &[], body, &[]);
+        self.b.seal_block(refuel);
+        // Out of fuel: ask whether to hand back (others wait, or a limit is reached) or to
+        // refuel and go on.
+        self.b.switch_to_block(refuel);
+        let ctx = self.ctx();
+        let call = self.b.ins().call(self.refuel, &[ctx]);
+        let stop = self.b.inst_results(call)[0];
+        self.b.ins().brif(stop, deopt, &[], body, &[]);
+        self.b.seal_block(deopt);
+        self.b.switch_to_block(deopt);
+        self.emit_deopt_of(state, 0, Report::Guard);
     }
 
     /// The entry of an on-stack replacement: every slot loaded from the buffer at `slots`,
@@ -518,6 +615,11 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         config: cranelift_codegen::isa::TargetFrontendConfig,
     ) -> Result<(), String> {
         self.borrows = objects::borrowable(code, self.plan, &self.program.constants);
+        // A block is sealed once every jump to it is emitted, so reading a variable there
+        // looks it up in its predecessors instead of adding a block parameter to resolve when
+        // the function is done. Code is emitted in order, so that is on entering any block
+        // but a loop's header, which waits for its back edge.
+        let loop_headers = super::analyze::loop_headers(code);
         let mut open = false;
         for (ip, instr) in code.iter().enumerate() {
             if let Some(block) = blocks.get(&ip) {
@@ -525,6 +627,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     self.b.ins().jump(*block, &[]);
                 }
                 self.b.switch_to_block(*block);
+                if !loop_headers[ip] {
+                    self.b.seal_block(*block);
+                }
                 open = true;
             }
             if !open {
@@ -659,9 +764,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let a = self.get(top(1), ta);
                 let b = self.get(top(0), tb);
                 let (a, b) = (self.as_f64(a, ta), self.as_f64(b, tb));
-                let zero = self.b.ins().f64const(0.0);
-                let by_zero = self.b.ins().fcmp(FloatCC::Equal, b, zero);
-                self.deopt_if(by_zero, frame, ip, depth);
+                self.deopt_if_float_zero(b, frame, ip, depth);
                 let v = self.b.ins().fdiv(a, b);
                 self.set(top(1), Ty::Float, v);
             }
@@ -670,11 +773,14 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let a = self.get(top(1), ta);
                 let b = self.get(top(0), tb);
                 if ta == Ty::Int && tb == Ty::Int {
-                    // Zero divides by zero; -1 could trap on i64::MIN: both go to the interpreter.
-                    let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
-                    let minus_one = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
-                    let bad = self.b.ins().bor(zero, minus_one);
-                    self.deopt_if(bad, frame, ip, depth);
+                    // Zero divides by zero; -1 could trap on i64::MIN: both go to the interpreter
+                    // (no check for a constant divisor that is neither).
+                    if !self.constant_bits(b).is_some_and(|k| k != 0 && k != -1) {
+                        let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+                        let minus_one = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+                        let bad = self.b.ins().bor(zero, minus_one);
+                        self.deopt_if(bad, frame, ip, depth);
+                    }
                     // Both operands non-negative (the usual case, and a branch the CPU
                     // predicts): an unsigned remainder, shorter than the signed one and its
                     // sign fix-up, which matters when the result feeds the next iteration.
@@ -685,6 +791,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     let done = self.b.create_block();
                     self.b.append_block_param(done, types::I64);
                     self.b.ins().brif(negative, signed, &[], unsigned, &[]);
+                    self.b.seal_block(signed);
+                    self.b.seal_block(unsigned);
                     self.b.switch_to_block(unsigned);
                     let r = self.b.ins().urem(a, b);
                     self.b.ins().jump(done, &[r.into()]);
@@ -699,14 +807,13 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     let adjusted = self.b.ins().iadd(r, b);
                     let v = self.b.ins().select(fix, adjusted, r);
                     self.b.ins().jump(done, &[v.into()]);
+                    self.b.seal_block(done);
                     self.b.switch_to_block(done);
                     let v = self.b.block_params(done)[0];
                     self.set(top(1), Ty::Int, v);
                 } else {
                     let (x, y) = (self.as_f64(a, ta), self.as_f64(b, tb));
-                    let zero = self.b.ins().f64const(0.0);
-                    let by_zero = self.b.ins().fcmp(FloatCC::Equal, y, zero);
-                    self.deopt_if(by_zero, frame, ip, depth);
+                    self.deopt_if_float_zero(y, frame, ip, depth);
                     let q = self.b.ins().fdiv(x, y);
                     let q = self.b.ins().floor(q);
                     let yq = self.b.ins().fmul(y, q);
@@ -777,7 +884,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             Instr::Jump(target) => {
                 if (target as usize) <= ip {
                     // A loop: spend fuel, and hand back to the interpreter when it is gone.
-                    self.spend_fuel(frame, ip, depth, true);
+                    self.spend_loop_fuel(frame, ip, depth);
                 }
                 self.b.ins().jump(blocks[&(target as usize)], &[]);
                 return Ok(false);
@@ -889,7 +996,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                         .load(types::I64, MemFlagsData::trusted(), ctx, CTX_STATUS);
                 // The callee deopted and reported its frame: report this one, waiting for the
                 // callee's result after the call.
-                self.deopt_if(status, frame, ip + 1, depth - argc);
+                self.deopt_if_callee_deopted(status, frame, ip + 1, depth - argc);
                 let result_ty = self
                     .plan
                     .before
@@ -954,10 +1061,15 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         };
         if argc < 3 {
             // `range(n)`, `range(a, b)`: the step is 1, so the count is `max(0, stop - start)`.
-            let (d, overflow) = self.b.ins().ssub_overflow(stop, start);
-            self.deopt_if(overflow, frame, ip, depth);
-            let count = self.b.ins().smax(d, zero);
-            self.range_result(ip, frame, argc, [start, one, zero, count]);
+            if self.constant_bits(start) == Some(0) {
+                // `stop - 0` cannot overflow.
+                let count = self.b.ins().smax(stop, zero);
+                self.range_result(ip, frame, argc, [start, one, zero, count], None);
+            } else {
+                let (d, overflow) = self.b.ins().ssub_overflow(stop, start);
+                let count = self.b.ins().smax(d, zero);
+                self.range_result(ip, frame, argc, [start, one, zero, count], Some(overflow));
+            }
             return;
         }
         let step_zero = self.b.ins().icmp_imm_s(IntCC::Equal, step, 0);
@@ -991,20 +1103,31 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         };
         let positive = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, step, 0);
         let overflow = self.b.ins().select(positive, up_overflow, down_overflow);
-        self.deopt_if(overflow, frame, ip, depth);
         let count = self.b.ins().select(positive, up, down);
-        self.range_result(ip, frame, argc, [start, step, zero, count]);
+        self.range_result(ip, frame, argc, [start, step, zero, count], Some(overflow));
     }
 
     /// Checks a range's length against the collection limit (a longer one is the
-    /// interpreter's to refuse) and defines the range iterator's four variables.
-    fn range_result(&mut self, ip: usize, frame: &Frame, argc: usize, parts: [Value; 4]) {
+    /// interpreter's to refuse) and defines the range iterator's four variables. `overflow`:
+    /// where counting the items overflowed, which deopts at the same point (one deopt block
+    /// for both).
+    fn range_result(
+        &mut self,
+        ip: usize,
+        frame: &Frame,
+        argc: usize,
+        parts: [Value; 4],
+        overflow: Option<Value>,
+    ) {
         let depth = frame.stack.len();
-        let too_many = self
-            .b
-            .ins()
-            .icmp_imm_s(IntCC::SignedGreaterThan, parts[3], self.max_range);
-        self.deopt_if(too_many, frame, ip, depth);
+        let mut refused =
+            self.b
+                .ins()
+                .icmp_imm_s(IntCC::SignedGreaterThan, parts[3], self.max_range);
+        if let Some(overflow) = overflow {
+            refused = self.b.ins().bor(refused, overflow);
+        }
+        self.deopt_if(refused, frame, ip, depth);
         let slot = self.local_count + depth - argc;
         let reps = [
             Rep::RangeStart,

@@ -149,16 +149,22 @@ const MAX_ARGS: usize = 6;
 /// three fields at fixed offsets.
 #[repr(C)]
 pub struct JitCtx {
-    /// Nonzero once compiled code has deopted; every caller then deopts too.
+    /// Nonzero once compiled code has deopted; every caller then deopts too. A guard's deopt
+    /// writes its site here (`deopt_site_packed`, never 0 or 1) with its slots in
+    /// `spill_buffer`, pending; `take_pending_deopt` moves it to `deopts` and leaves 1.
     status: i64,
     /// Loop iterations compiled code may still run before it hands back to the interpreter,
     /// so a long loop cannot keep the batch's other programs from running.
     fuel: i64,
-    /// Where a deopt spills its slots before calling `sglc_jit_deopt`: `spill_buffer`'s
-    /// memory, as large as the largest site's spill (a store relative to the context is one
-    /// instruction; a stack slot of its own per site cost cranelift an address and a frame).
+    /// Where a guard's deopt spills its slots: `spill_buffer`'s memory, as large as the
+    /// largest site's spill (a store relative to the context is one instruction; a stack slot
+    /// of its own per site cost cranelift an address and a frame).
     spill: *mut i64,
+    /// Where a caller whose callee deopted spills its slots before calling `sglc_jit_deopt`:
+    /// apart from `spill`, which may still hold the callee's pending slots.
+    chain_spill: *mut i64,
     spill_buffer: Vec<i64>,
+    chain_spill_buffer: Vec<i64>,
     /// Frames reported by deopts, innermost first: (site, spilled slots).
     deopts: Vec<(usize, Vec<i64>)>,
     /// When out of fuel, compiled code asks `sglc_jit_refuel` whether to go on.
@@ -178,6 +184,18 @@ impl JitCtx {
         self.refuels = 0;
         self.deopts.clear();
     }
+
+    /// Moves a guard's pending deopt (its site in `status`, its slots in `spill_buffer`) to
+    /// `deopts`; the innermost frame of a deopt, so it comes first.
+    fn take_pending_deopt(&mut self) {
+        if self.status & DEOPT_SITE_TAG == 0 {
+            return;
+        }
+        let (site, count) = deopt_site_unpacked(self.status);
+        self.deopts
+            .push((site, self.spill_buffer[..count].to_vec()));
+        self.status = 1;
+    }
 }
 
 /// When compiled code must hand back to the interpreter: other programs wait, or a limit of
@@ -193,6 +211,7 @@ pub struct Turn {
 const CTX_STATUS: i32 = 0;
 const CTX_FUEL: i32 = 8;
 const CTX_SPILL: i32 = 16;
+const CTX_CHAIN_SPILL: i32 = 24;
 
 use crate::jit_options::FUEL;
 
@@ -220,9 +239,11 @@ extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
 extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64) {
     let (site, count) = deopt_site_unpacked(site);
     // SAFETY: compiled code passes the context it was given, having spilled `count` slots
-    // into its spill buffer, which `Jit::finish` made large enough for every site.
+    // into its chain spill buffer, which `Jit::finish` made large enough for every site.
     let ctx = unsafe { &mut *ctx };
-    let slots = ctx.spill_buffer[..count].to_vec();
+    // The callee's frame, if it was a guard that deopted, is inner to this one.
+    ctx.take_pending_deopt();
+    let slots = ctx.chain_spill_buffer[..count].to_vec();
     ctx.status = 1;
     ctx.deopts.push((site, slots));
 }
@@ -232,8 +253,12 @@ extern "C" fn sglc_jit_deopt(ctx: *mut JitCtx, site: i64) {
 /// blocks, and a deopt's argument that equalled, say, the `1` of `n - 1` kept that `1` in a
 /// register saved and restored by every call of the function.
 fn deopt_site_packed(site: usize, count: usize) -> i64 {
-    (1 << 62) | ((count as i64) << 32) | site as i64
+    DEOPT_SITE_TAG | ((count as i64) << 32) | site as i64
 }
+
+/// Marks a packed deopt site; also what tells a guard's pending deopt in `JitCtx::status`
+/// from the 1 of a deopt already reported.
+const DEOPT_SITE_TAG: i64 = 1 << 62;
 
 fn deopt_site_unpacked(packed: i64) -> (usize, usize) {
     (
@@ -434,7 +459,9 @@ impl Jit {
                 status: 0,
                 fuel: FUEL,
                 spill: std::ptr::null_mut(),
+                chain_spill: std::ptr::null_mut(),
                 spill_buffer: Vec::new(),
+                chain_spill_buffer: Vec::new(),
                 deopts: Vec::new(),
                 turn: Turn::default(),
                 refuels: 0,
@@ -713,6 +740,7 @@ impl Jit {
 
     /// The frames the last deopt reported, outermost first.
     fn deopt_frames(&mut self) -> JitCall {
+        self.runtime.take_pending_deopt();
         let frames = std::mem::take(&mut self.runtime.deopts)
             .into_iter()
             .rev()
@@ -848,8 +876,10 @@ impl Jit {
         let spill = self.sites.iter().map(DeoptSite::spilled).max().unwrap_or(0);
         if spill > self.runtime.spill_buffer.len() {
             self.runtime.spill_buffer.resize(spill, 0);
+            self.runtime.chain_spill_buffer.resize(spill, 0);
         }
         self.runtime.spill = self.runtime.spill_buffer.as_mut_ptr();
+        self.runtime.chain_spill = self.runtime.chain_spill_buffer.as_mut_ptr();
         for (spec, return_type, id) in defined {
             let pointer = self.module.get_finalized_function(id);
             self.compiled.insert(spec.clone(), (id, pointer));

@@ -460,6 +460,7 @@ impl FunctionCodegen<'_, '_> {
                 } else {
                     self.b.ins().brif(t, keep, &[], pop, &[]);
                 }
+                self.b.seal_block(pop);
                 self.b.switch_to_block(pop);
                 self.free(v);
                 self.b.ins().jump(blocks[&(ip + 1)], &[]);
@@ -516,6 +517,7 @@ impl FunctionCodegen<'_, '_> {
                 self.b
                     .ins()
                     .brif(done, finished, &[], blocks[&(ip + 1)], &[]);
+                self.b.seal_block(finished);
                 self.b.switch_to_block(finished);
                 self.free(iter);
                 self.b.ins().jump(blocks[&(exit as usize)], &[]);
