@@ -92,6 +92,8 @@ pub struct FunctionCodegen<'a, 'b> {
     pub osr_entry: Option<(usize, Frame)>,
     /// The call depth limit was tested once at the entry, for every call of the function.
     depth_checked_at_entry: bool,
+    /// Which locals the interpreter may read from each instruction on.
+    live: Option<super::analyze::Liveness>,
     local_count: usize,
     /// Boxes compiled code clones from (string constants, object globals), kept by the JIT.
     pinned: &'a mut Pinned,
@@ -136,6 +138,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             max_range: i64::MAX,
             osr_entry: None,
             depth_checked_at_entry: false,
+            live: None,
             local_count,
             pinned,
             helper_sigs: HashMap::new(),
@@ -232,7 +235,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         report: Report,
     ) {
         // Read where the branch leaves, so the deopt block sees constants as constants.
-        let state = self.read_deopt_state(frame, stack_len);
+        let state = self.read_deopt_state(frame, resume_ip, stack_len);
         let fail = self.b.create_block();
         let cont = self.b.create_block();
         self.b.set_cold_block(fail);
@@ -259,10 +262,23 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
 
     /// The values of the frame's locals and first `stack_len` stack slots (no instructions
     /// emitted: conversions and clones are the deopt block's work).
-    fn read_deopt_state(&mut self, frame: &Frame, stack_len: usize) -> Vec<DeoptRead> {
+    fn read_deopt_state(
+        &mut self,
+        frame: &Frame,
+        resume_ip: usize,
+        stack_len: usize,
+    ) -> Vec<DeoptRead> {
         let mut state = Vec::new();
         for (slot, local) in frame.locals.iter().enumerate() {
+            let live = self
+                .live
+                .as_ref()
+                .is_none_or(|live| live.at(resume_ip, slot));
             state.push(match *local {
+                // A scalar the interpreter will not read is not reported: keeping it for the
+                // deopt alone would keep it alive (in a register saved across calls, say) in
+                // the hot path. An object still goes to the interpreter, which owns it then.
+                Local::Known(ty) if !live && ty.is_scalar() => DeoptRead::Unknown,
                 Local::Known(ty) => DeoptRead::Value(self.get(slot, ty), ty, false),
                 // Not read again before it is written: any value will do.
                 Local::Unknown => DeoptRead::Unknown,
@@ -446,6 +462,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let spec = self.plan.spec.clone();
         let function = &self.program.functions[spec.function as usize];
         let code = &function.code;
+        self.live = Some(super::analyze::Liveness::of(code, self.local_count));
         let entry = self.b.create_block();
         self.b.append_block_params_for_function_params(entry);
         self.b.switch_to_block(entry);
@@ -502,7 +519,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         // a multiple of 4 it can only be reached at a depth the fuel check already stops at,
         // and the test goes there, off the path most calls take.
         let depth = self.depth.expect("the entry block defines depth");
-        let state = self.read_deopt_state(frame, 0);
+        let state = self.read_deopt_state(frame, 0, 0);
         let deopt = self.b.create_block();
         let slow = self.b.create_block();
         let refuel = self.b.create_block();
