@@ -63,6 +63,8 @@ enum Rep {
     RangeCount,
 }
 
+const REPS: usize = 6;
+
 fn rep(ty: Ty) -> Rep {
     if ty == Ty::Float { Rep::F64 } else { Rep::I64 }
 }
@@ -79,7 +81,9 @@ pub struct FunctionCodegen<'a, 'b> {
     /// `sglc_jit_refuel(ctx) -> stop`, called out of fuel.
     pub refuel: cranelift_codegen::ir::FuncRef,
     pub sites: &'a mut Vec<DeoptSite>,
-    vars: HashMap<(usize, Rep), Variable>,
+    /// `vars[slot][rep]`: a slot's variable in one representation, declared on first use
+    /// (indexed, not hashed: looking variables up was a few percent of compiling).
+    vars: Vec<[Option<Variable>; REPS]>,
     ctx: Option<Value>,
     /// Call frames in use, this one included: a parameter, so calls cost no memory traffic.
     depth: Option<Value>,
@@ -131,7 +135,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             deopt,
             refuel,
             sites,
-            vars: HashMap::new(),
+            vars: Vec::new(),
             ctx: None,
             depth: None,
             max_depth: i64::MAX,
@@ -148,8 +152,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 
     fn var(&mut self, slot: usize, rep: Rep) -> Variable {
-        if let Some(v) = self.vars.get(&(slot, rep)) {
-            return *v;
+        if let Some(v) = self.vars.get(slot).and_then(|reps| reps[rep as usize]) {
+            return v;
         }
         let ty = if rep == Rep::F64 {
             types::F64
@@ -157,7 +161,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             types::I64
         };
         let v = self.b.declare_var(ty);
-        self.vars.insert((slot, rep), v);
+        if self.vars.len() <= slot {
+            self.vars.resize(slot + 1, [None; REPS]);
+        }
+        self.vars[slot][rep as usize] = Some(v);
         v
     }
 
