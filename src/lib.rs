@@ -49,9 +49,13 @@ pub use sglc_http as http;
 pub use sglc_local as local;
 pub use sglc_vm::backend::{self, Backend, BackendError, Message};
 pub use sglc_vm::{
-    EventSink, GenDefaults, InputArgs, InputSource, JitMode, JitOptions, Limits, Natives,
+    EventSink, GenDefaults, InputArgs, InputSource, JitMode, JitOptions, JitTiers, Limits, Natives,
     NextInput, ProgramState, RunConfig, RuntimeError, StreamEvent, TestBackend, Value,
 };
+
+/// Which of the JIT's tiers compiles (for `Engine::jit_compile_times`).
+#[cfg(feature = "jit")]
+pub use sglc_vm::jit::Tier as JitTier;
 
 /// A compiled source file, ready to run any of its functions.
 #[derive(Clone, Debug)]
@@ -235,8 +239,10 @@ impl Engine {
         &self,
         script: &Script,
         rounds: usize,
+        tier: JitTier,
     ) -> Result<Vec<(String, u64, bool)>, Error> {
-        sglc_vm::jit::compile_times(&script.program, &self.natives, rounds).map_err(Error::Internal)
+        sglc_vm::jit::compile_times(&script.program, &self.natives, rounds, tier)
+            .map_err(Error::Internal)
     }
 
     /// The native table, for hosts that register functions over VM values directly.

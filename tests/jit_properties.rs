@@ -2,7 +2,7 @@
 //! message and location) interpreted and compiled.
 
 use proptest::prelude::*;
-use sglc::{Engine, JitMode, RunConfig, TestBackend};
+use sglc::{Engine, JitMode, JitTiers, RunConfig, TestBackend};
 
 /// An expression over the variables in scope: integer-only, or with floats mixed in.
 fn expr(vars: Vec<&'static str>, floats: bool) -> BoxedStrategy<String> {
@@ -76,12 +76,24 @@ fn program() -> impl Strategy<Value = String> {
 /// `main(args)` of `source` run with the JIT `mode`: its value, or its error (message and
 /// location).
 fn run(engine: &Engine, source: &str, mode: JitMode, args: serde_json::Value) -> String {
+    run_tiers(engine, source, mode, JitTiers::Tiered, args)
+}
+
+/// `run` with the JIT's `tiers`.
+fn run_tiers(
+    engine: &Engine,
+    source: &str,
+    mode: JitMode,
+    tiers: JitTiers,
+    args: serde_json::Value,
+) -> String {
     let script = match engine.compile("prop.sgl", source) {
         Ok(script) => script,
         Err(e) => return format!("compile: {}", e.render(false)),
     };
     let mut config = RunConfig::default();
     config.jit.mode = mode;
+    config.jit.tiers = tiers;
     match engine.run(&script, "main", args, &config) {
         Ok(state) => state.return_value.to_string(),
         Err(e) => format!("error: {e:?}"),
@@ -107,8 +119,10 @@ fn compiled_and_interpreted_agree() {
             let engine = Engine::new(TestBackend::new());
             let args = serde_json::json!({"a": a, "b": b});
             let interpreted = run(&engine, &source, JitMode::Off, args.clone());
-            let compiled = run(&engine, &source, JitMode::Eager, args);
-            prop_assert_eq!(&interpreted, &compiled, "{}", source);
+            for tiers in [JitTiers::Baseline, JitTiers::Optimized] {
+                let compiled = run_tiers(&engine, &source, JitMode::Eager, tiers, args.clone());
+                prop_assert_eq!(&interpreted, &compiled, "{} ({:?})", source, tiers);
+            }
             if let Ok(script) = engine.compile("prop.sgl", &source) {
                 let listing = engine.jit_listing(&script, Some("f"), &[]).unwrap();
                 if !listing.contains("not compiled") {
@@ -209,8 +223,10 @@ fn compiled_and_interpreted_agree_on_strings_lists_and_maps() {
             let engine = Engine::new(TestBackend::new());
             let args = serde_json::json!({"words": words, "k": k});
             let interpreted = run(&engine, &source, JitMode::Off, args.clone());
-            let compiled = run(&engine, &source, JitMode::Eager, args);
-            prop_assert_eq!(&interpreted, &compiled, "{}", source);
+            for tiers in [JitTiers::Baseline, JitTiers::Optimized] {
+                let compiled = run_tiers(&engine, &source, JitMode::Eager, tiers, args.clone());
+                prop_assert_eq!(&interpreted, &compiled, "{} ({:?})", source, tiers);
+            }
             if interpreted.starts_with("error") {
                 failing_programs.set(failing_programs.get() + 1);
             }

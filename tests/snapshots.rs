@@ -2,7 +2,7 @@
 //! and rendered diagnostics) and bytecode listings. Record new snapshots with
 //! `INSTA_UPDATE=always cargo test` and review them with `cargo insta review`.
 
-use sglc::{Engine, Error, JitMode, RunConfig, TestBackend};
+use sglc::{Engine, Error, JitMode, JitTiers, RunConfig, TestBackend};
 use std::path::Path;
 use std::time::Duration;
 
@@ -94,15 +94,19 @@ fn programs() {
 }
 
 /// Every program gives the same output, variables, return value and errors (spans and traces
-/// included) interpreted and with every function compiled at its first call.
+/// included) interpreted and with every function compiled at its first call, by either tier
+/// of the JIT or both (a tier-up midway).
 #[test]
 fn the_jit_changes_nothing() {
-    let with = |mode| {
+    let with = |mode, tiers| {
         let mut config = RunConfig::default();
         config.jit.mode = mode;
+        config.jit.tiers = tiers;
         config
     };
-    let (off, eager) = (with(JitMode::Off), with(JitMode::Eager));
+    let off = with(JitMode::Off, JitTiers::Tiered);
+    let compiled = [JitTiers::Baseline, JitTiers::Optimized, JitTiers::Tiered]
+        .map(|tiers| (tiers, with(JitMode::Eager, tiers)));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
     let mut paths = vec![root];
     let mut checked = 0;
@@ -110,12 +114,15 @@ fn the_jit_changes_nothing() {
         if path.is_dir() {
             paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
         } else if path.extension().is_some_and(|e| e == "sgl") {
-            assert_eq!(
-                run_program_with(&path, &off),
-                run_program_with(&path, &eager),
-                "{}",
-                path.display()
-            );
+            let interpreted = run_program_with(&path, &off);
+            for (tiers, config) in &compiled {
+                assert_eq!(
+                    interpreted,
+                    run_program_with(&path, config),
+                    "{} ({tiers:?})",
+                    path.display()
+                );
+            }
             checked += 1;
         }
     }

@@ -193,6 +193,14 @@ struct RunArgs {
     /// Calls plus loop iterations before a function is compiled with `--jit auto`.
     #[arg(long, value_name = "N")]
     jit_threshold: Option<u32>,
+    /// Which cranelift tiers compile: `tiered` (a fast baseline compile first, optimized
+    /// again when the code keeps running), `baseline` or `optimized` only.
+    #[arg(
+        long,
+        default_value = "tiered",
+        value_name = "tiered|baseline|optimized"
+    )]
+    jit_tiers: sglc::JitTiers,
     /// Print the result as JSON: variables, text, messages, meta (with --stream: one JSON
     /// event per line).
     #[arg(long)]
@@ -475,6 +483,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig> {
     }
     args.limits.apply(&mut config.limits);
     config.jit.mode = args.jit;
+    config.jit.tiers = args.jit_tiers;
     if let Some(threshold) = args.jit_threshold {
         config.jit.threshold = threshold;
     }

@@ -19,7 +19,7 @@ pub mod value;
 pub use backend::{Backend, BackendError, BackendInfo, TestBackend};
 pub use error::RuntimeError;
 pub use interp::{GenDefaults, Limits};
-pub use jit_options::{JitMode, JitOptions};
+pub use jit_options::{JitMode, JitOptions, JitTiers};
 pub use native::Natives;
 pub use scheduler::{
     InputArgs, InputSource, NextInput, ProgramResult, ProgramState, RunConfig, run_batch,

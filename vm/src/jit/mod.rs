@@ -171,6 +171,10 @@ pub struct JitCtx {
     turn: Turn,
     /// Times compiled code refuelled since it was entered.
     refuels: i64,
+    /// Some code of the baseline tier is compiled: running out of fuel asks for the optimizing
+    /// tier (`tier_up_due`) and hands back to the interpreter, which calls the new code.
+    baseline_code: bool,
+    tier_up_due: bool,
     /// What the runtime helpers call and check.
     host: Rc<runtime::Host>,
 }
@@ -220,9 +224,16 @@ use crate::jit_options::FUEL;
 extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
     // SAFETY: compiled code passes the context it was given.
     let ctx = unsafe { &mut *ctx };
-    ctx.refuels += 1;
+    if ctx.baseline_code {
+        // Code that runs this long is worth optimizing; the interpreter finishes the frames
+        // that are running and calls the optimized code for what they call.
+        ctx.tier_up_due = true;
+        return 1;
+    }
     let turn = ctx.turn;
-    let spent = (ctx.refuels as u64).saturating_mul(FUEL as u64);
+    // The first tank and each refill, all spent (`refuels` counts refills only, which
+    // `Jit::take_fuel_spent` adds to what is spent of the tank in use).
+    let spent = (ctx.refuels as u64 + 1).saturating_mul(FUEL as u64);
     if turn.share_time
         || turn.budget.is_some_and(|budget| spent >= budget)
         || turn
@@ -231,6 +242,7 @@ extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
     {
         return 1;
     }
+    ctx.refuels += 1;
     ctx.fuel = FUEL;
     0
 }
@@ -338,6 +350,14 @@ enum FunctionState {
 /// Compiled code is shared by every program instance of the batch.
 pub struct Jit {
     options: JitOptions,
+    /// The module compiles with the optimizing tier's settings; this is the baseline's.
+    baseline_isa: cranelift_codegen::isa::OwnedTargetIsa,
+    /// Specializations and loop entries whose code is the baseline tier's: compiled again,
+    /// optimized, at the next tier-up.
+    baseline_specs: Vec<Spec>,
+    baseline_osr: Vec<(FunctionId, u32)>,
+    /// Loop entries tiered up: compiled by the optimizing tier from now on.
+    optimized_osr: std::collections::HashSet<(FunctionId, u32)>,
     module: JITModule,
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
@@ -373,6 +393,58 @@ pub struct Jit {
     pub compiled_count: usize,
 }
 
+/// How hard cranelift works on a function (`JitTiers` picks which are used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// No IR optimiser and the single-pass register allocator: about half the compile time.
+    Baseline,
+    /// Cranelift's egraph optimiser and its backtracking register allocator.
+    Optimized,
+}
+
+/// Cranelift's target for this machine, with a tier's settings.
+fn target_isa(tier: Tier) -> Result<cranelift_codegen::isa::OwnedTargetIsa, String> {
+    let mut flags = settings::builder();
+    let mut set = |k: &str, v: &str| {
+        flags
+            .set(k, v)
+            .map_err(|e| format!("cranelift setting {k}: {e}"))
+    };
+    set("use_colocated_libcalls", "false")?;
+    set("is_pic", "false")?;
+    match tier {
+        Tier::Baseline => {
+            set("opt_level", "none")?;
+            set("regalloc_algorithm", "single_pass")?;
+        }
+        Tier::Optimized => set("opt_level", "speed")?,
+    }
+    // The IR verifier checks every function cranelift compiles: on in debug builds (and so
+    // in the tests), off in release builds, where it was a quarter of the compile time.
+    set(
+        "enable_verifier",
+        if cfg!(debug_assertions) {
+            "true"
+        } else {
+            "false"
+        },
+    )?;
+    cranelift_native::builder()
+        .map_err(|e| format!("this machine is not supported by cranelift: {e}"))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())
+}
+
+impl Tier {
+    /// A letter for the names of compiled functions.
+    fn code(self) -> char {
+        match self {
+            Tier::Baseline => 'b',
+            Tier::Optimized => 'o',
+        }
+    }
+}
+
 impl Jit {
     /// A JIT for `program`, whose helpers may call the natives and methods of `natives` marked
     /// safe for it, under the run's `limits`.
@@ -383,30 +455,8 @@ impl Jit {
         limits: &crate::interp::Limits,
     ) -> Result<Jit, String> {
         let max_depth = limits.max_call_depth;
-        let mut flags = settings::builder();
-        let set = |flags: &mut settings::Builder, k: &str, v: &str| {
-            flags
-                .set(k, v)
-                .map_err(|e| format!("cranelift setting {k}: {e}"))
-        };
-        set(&mut flags, "use_colocated_libcalls", "false")?;
-        set(&mut flags, "is_pic", "false")?;
-        set(&mut flags, "opt_level", "speed")?;
-        // The IR verifier checks every function cranelift compiles: on in debug builds (and so
-        // in the tests), off in release builds, where it was a quarter of the compile time.
-        set(
-            &mut flags,
-            "enable_verifier",
-            if cfg!(debug_assertions) {
-                "true"
-            } else {
-                "false"
-            },
-        )?;
-        let isa = cranelift_native::builder()
-            .map_err(|e| format!("this machine is not supported by cranelift: {e}"))?
-            .finish(settings::Flags::new(flags))
-            .map_err(|e| e.to_string())?;
+        let isa = target_isa(Tier::Optimized)?;
+        let baseline_isa = target_isa(Tier::Baseline)?;
         let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         builder.symbol("sglc_jit_deopt", sglc_jit_deopt as *const u8);
         builder.symbol("sglc_jit_refuel", sglc_jit_refuel as *const u8);
@@ -439,6 +489,10 @@ impl Jit {
             .map_err(|e| e.to_string())?;
         Ok(Jit {
             options,
+            baseline_isa,
+            baseline_specs: Vec::new(),
+            baseline_osr: Vec::new(),
+            optimized_osr: std::collections::HashSet::new(),
             ctx: module.make_context(),
             module,
             builder_ctx: FunctionBuilderContext::new(),
@@ -465,6 +519,8 @@ impl Jit {
                 deopts: Vec::new(),
                 turn: Turn::default(),
                 refuels: 0,
+                baseline_code: false,
+                tier_up_due: false,
                 host: Rc::new(host_tables(program, natives, limits)),
             },
             pinned: Vec::new(),
@@ -565,6 +621,9 @@ impl Jit {
         limits: &crate::interp::Limits,
         turn: Turn,
     ) -> JitCall {
+        if self.runtime.tier_up_due {
+            self.tier_up(program, globals);
+        }
         let failed = &self.osr_failed[function as usize];
         if !self.compiled_for(limits) || failed.contains(&ip) {
             return JitCall::Interpret;
@@ -656,6 +715,9 @@ impl Jit {
             JitMode::Auto => self.options.threshold,
             JitMode::Eager => 0,
         };
+        if self.runtime.tier_up_due {
+            self.tier_up(program, globals);
+        }
         let Some(state) = self.functions.get_mut(function as usize) else {
             return JitCall::Interpret;
         };
@@ -741,6 +803,10 @@ impl Jit {
     /// The frames the last deopt reported, outermost first.
     fn deopt_frames(&mut self) -> JitCall {
         self.runtime.take_pending_deopt();
+        if self.runtime.fuel <= 0 && self.runtime.baseline_code {
+            // A loop ran out of fuel: as at a function's refuel, time to optimize.
+            self.runtime.tier_up_due = true;
+        }
         let frames = std::mem::take(&mut self.runtime.deopts)
             .into_iter()
             .rev()
@@ -791,7 +857,8 @@ impl Jit {
             return Some(*pointer);
         }
         let started = std::time::Instant::now();
-        let result = self.compile_all(program, globals, spec);
+        let tier = self.first_tier();
+        let result = self.compile_all(program, globals, spec, tier);
         self.compile_nanos += started.elapsed().as_nanos() as u64;
         match result {
             Ok(pointer) => Some(pointer),
@@ -807,33 +874,40 @@ impl Jit {
         program: &Program,
         globals: &[Value],
         root: &Spec,
+        tier: Tier,
     ) -> Result<*const u8, String> {
         let mut analyzer = {
             let host = self.runtime.host.clone();
             analyze::Analyzer::new(program, globals, host)
         };
-        let defined = self.define_specs(program, globals, &mut analyzer, vec![root.clone()])?;
-        self.finish(defined)?;
+        let defined =
+            self.define_specs(program, globals, &mut analyzer, vec![root.clone()], tier)?;
+        self.finish(defined, tier)?;
         self.compiled
             .get(root)
             .map(|(_, p)| *p)
             .ok_or_else(|| "was not compiled".to_string())
     }
 
-    /// Analyses, declares and defines every specialization reachable from `roots` that is not
-    /// compiled yet; `finish` makes them callable.
+    /// Analyses, declares and defines at `tier` every specialization reachable from `roots`
+    /// that is not compiled yet (the roots themselves always, for a tier-up); `finish` makes
+    /// them callable.
     fn define_specs(
         &mut self,
         program: &Program,
         globals: &[Value],
         analyzer: &mut analyze::Analyzer,
         roots: Vec<Spec>,
+        tier: Tier,
     ) -> Result<Vec<(Spec, Ty, FuncId)>, String> {
         let mut plans: Vec<analyze::Plan> = Vec::new();
+        let recompiled: std::collections::HashSet<Spec> = roots.iter().cloned().collect();
         let mut pending = roots;
         let mut seen = std::collections::HashSet::new();
         while let Some(spec) = pending.pop() {
-            if !seen.insert(spec.clone()) || self.compiled.contains_key(&spec) {
+            if !seen.insert(spec.clone())
+                || (self.compiled.contains_key(&spec) && !recompiled.contains(&spec))
+            {
                 continue;
             }
             if spec.args.len() > MAX_ARGS {
@@ -846,16 +920,17 @@ impl Jit {
         let mut ids = HashMap::new();
         for plan in &plans {
             let name = format!(
-                "{}#{}_{}",
+                "{}#{}_{}_{}",
                 program.functions[plan.spec.function as usize].name,
                 plan.spec.function,
-                plan.spec.args.iter().map(|t| t.code()).collect::<String>()
+                plan.spec.args.iter().map(|t| t.code()).collect::<String>(),
+                tier.code()
             );
             let id = codegen::declare(&mut self.module, &name, plan.spec.args.len())?;
             ids.insert(plan.spec.clone(), id);
         }
         for plan in &plans {
-            self.define(program, globals, plan, ids[&plan.spec], &ids, None)?;
+            self.define(program, globals, plan, (ids[&plan.spec], tier), &ids, None)?;
         }
         Ok(plans
             .into_iter()
@@ -866,8 +941,8 @@ impl Jit {
             .collect())
     }
 
-    /// Finalizes what was defined and records it as compiled.
-    fn finish(&mut self, defined: Vec<(Spec, Ty, FuncId)>) -> Result<(), String> {
+    /// Finalizes what was defined at `tier` and records it as compiled.
+    fn finish(&mut self, defined: Vec<(Spec, Ty, FuncId)>, tier: Tier) -> Result<(), String> {
         self.module
             .finalize_definitions()
             .map_err(|e| e.to_string())?;
@@ -882,11 +957,74 @@ impl Jit {
         self.runtime.chain_spill = self.runtime.chain_spill_buffer.as_mut_ptr();
         for (spec, return_type, id) in defined {
             let pointer = self.module.get_finalized_function(id);
+            // A tier-up replaces the code the interpreter calls.
+            if let Some(FunctionState::Tried(tried)) =
+                self.functions.get_mut(spec.function as usize)
+            {
+                for (types, entry) in tried.iter_mut() {
+                    if *types == spec.args
+                        && let Some((old, _)) = entry
+                    {
+                        *old = pointer;
+                    }
+                }
+            }
+            if self.tiers_up(tier) {
+                self.baseline_specs.push(spec.clone());
+            }
             self.compiled.insert(spec.clone(), (id, pointer));
             self.return_types.insert(spec, return_type);
             self.compiled_count += 1;
         }
         Ok(())
+    }
+
+    /// The tier a function is compiled by first.
+    fn first_tier(&self) -> Tier {
+        match self.options.tiers {
+            crate::jit_options::JitTiers::Optimized => Tier::Optimized,
+            _ => Tier::Baseline,
+        }
+    }
+
+    /// Whether code compiled at `tier` is compiled again, optimized, once it has run a while.
+    fn tiers_up(&mut self, tier: Tier) -> bool {
+        let tiers_up =
+            tier == Tier::Baseline && self.options.tiers == crate::jit_options::JitTiers::Tiered;
+        self.runtime.baseline_code |= tiers_up;
+        tiers_up
+    }
+
+    /// Compiles every specialization of the baseline tier again with the optimizing tier;
+    /// loop entries of the baseline tier are compiled again when next entered. No compiled code
+    /// is running: the interpreter calls the new code from now on, and code of the baseline
+    /// tier that calls another function calls its baseline code, which is kept.
+    fn tier_up(&mut self, program: &Program, globals: &[Value]) {
+        self.runtime.tier_up_due = false;
+        self.runtime.baseline_code = false;
+        for key in std::mem::take(&mut self.baseline_osr) {
+            self.osr_compiled.remove(&key);
+            self.optimized_osr.insert(key);
+        }
+        let specs = std::mem::take(&mut self.baseline_specs);
+        if specs.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut analyzer = {
+            let host = self.runtime.host.clone();
+            analyze::Analyzer::new(program, globals, host)
+        };
+        let result = self
+            .define_specs(program, globals, &mut analyzer, specs, Tier::Optimized)
+            .and_then(|defined| self.finish(defined, Tier::Optimized));
+        self.compile_nanos += started.elapsed().as_nanos() as u64;
+        if result.is_err() {
+            // What compiled once compiles again (the same IR, other settings); should it not,
+            // the baseline code stays, as correct as the optimized code would be.
+            self.builder_ctx = FunctionBuilderContext::new();
+            self.module.clear_context(&mut self.ctx);
+        }
     }
 
     /// Compiles `function` entered at loop header `ip` with the slot types `frame`.
@@ -908,20 +1046,37 @@ impl Jit {
             args: Vec::new(),
         };
         let plan = analyzer.plan_from(&spec, ip, frame.clone())?;
-        let defined = self.define_specs(program, globals, &mut analyzer, plan.callees.clone())?;
+        let tier = if self.optimized_osr.contains(&(function, ip as u32)) {
+            Tier::Optimized
+        } else {
+            self.first_tier()
+        };
+        let defined =
+            self.define_specs(program, globals, &mut analyzer, plan.callees.clone(), tier)?;
         let name = format!(
-            "{}#{}_loop{ip}_{}",
+            "{}#{}_loop{ip}_{}_{}",
             program.functions[function as usize].name,
             function,
-            self.sites.len()
+            self.sites.len(),
+            tier.code()
         );
         let id = codegen::declare(&mut self.module, &name, 1)?;
         let ids: HashMap<Spec, FuncId> = defined
             .iter()
             .map(|(spec, _, id)| (spec.clone(), *id))
             .collect();
-        self.define(program, globals, &plan, id, &ids, Some((ip, frame.clone())))?;
-        self.finish(defined)?;
+        self.define(
+            program,
+            globals,
+            &plan,
+            (id, tier),
+            &ids,
+            Some((ip, frame.clone())),
+        )?;
+        self.finish(defined, tier)?;
+        if self.tiers_up(tier) {
+            self.baseline_osr.push((function, ip as u32));
+        }
         Ok((self.module.get_finalized_function(id), plan.return_type))
     }
 
@@ -930,7 +1085,7 @@ impl Jit {
         program: &Program,
         globals: &[Value],
         plan: &analyze::Plan,
-        id: FuncId,
+        (id, tier): (FuncId, Tier),
         ids: &HashMap<Spec, FuncId>,
         osr_entry: Option<(usize, analyze::Frame)>,
     ) -> Result<(), String> {
@@ -982,9 +1137,13 @@ impl Jit {
             .is_some()
             .then(|| self.ctx.func.display().to_string());
         self.ctx.set_disasm(ir.is_some());
-        self.module
-            .define_function(id, &mut self.ctx)
-            .map_err(|e| format!("cranelift rejected the function: {e:?}"))?;
+        match tier {
+            Tier::Optimized => self
+                .module
+                .define_function(id, &mut self.ctx)
+                .map_err(|e| format!("cranelift rejected the function: {e:?}"))?,
+            Tier::Baseline => self.define_baseline(id)?,
+        }
         if let (Some(clif), Some(ir)) = (&mut self.clif, ir) {
             let machine = self
                 .ctx
@@ -998,6 +1157,30 @@ impl Jit {
         }
         self.module.clear_context(&mut self.ctx);
         Ok(())
+    }
+}
+
+impl Jit {
+    /// Compiles the function in the context with the baseline tier's settings and defines
+    /// `id` as its code (the module's own compile uses the optimizing tier's).
+    fn define_baseline(&mut self, id: FuncId) -> Result<(), String> {
+        let mut control = cranelift_codegen::control::ControlPlane::default();
+        let alignment = self
+            .ctx
+            .compile(&*self.baseline_isa, &mut control)
+            .map_err(|e| format!("cranelift rejected the function: {:?}", e.inner))?
+            .buffer
+            .alignment as u64;
+        let code = self.ctx.compiled_code().ok_or("cranelift kept no code")?;
+        let relocs: Vec<cranelift_module::ModuleReloc> = code
+            .buffer
+            .relocs()
+            .iter()
+            .map(|reloc| cranelift_module::ModuleReloc::from_mach_reloc(reloc, &self.ctx.func, id))
+            .collect();
+        self.module
+            .define_function_bytes(id, alignment, code.code_buffer(), &relocs)
+            .map_err(|e| format!("cranelift rejected the function: {e:?}"))
     }
 }
 
@@ -1179,7 +1362,12 @@ pub fn listing(
 ) -> Result<String, String> {
     let globals = computed_globals(program, natives)?;
     let limits = crate::interp::Limits::default();
-    let mut jit = Jit::new(program, natives, JitOptions::default(), &limits)?;
+    // The code that ends up running: the optimizing tier's.
+    let options = JitOptions {
+        tiers: crate::jit_options::JitTiers::Optimized,
+        ..JitOptions::default()
+    };
+    let mut jit = Jit::new(program, natives, options, &limits)?;
     jit.record_clif();
     let all: Vec<FunctionId> = if functions.is_empty() {
         (0..program.functions.len() as FunctionId)
@@ -1206,7 +1394,15 @@ pub fn compile_times(
     program: &Program,
     natives: &crate::native::Natives,
     rounds: usize,
+    tier: Tier,
 ) -> Result<Vec<(String, u64, bool)>, String> {
+    let options = JitOptions {
+        tiers: match tier {
+            Tier::Baseline => crate::jit_options::JitTiers::Baseline,
+            Tier::Optimized => crate::jit_options::JitTiers::Optimized,
+        },
+        ..JitOptions::default()
+    };
     let globals = computed_globals(program, natives)?;
     // `samples[i]`: the times of function i (None where it was compiled already as the callee
     // of an earlier one, or is the init function).
@@ -1216,7 +1412,7 @@ pub fn compile_times(
     // compiles every function in a fresh JIT, reused across functions as a batch reuses it.
     for round in 0..=rounds.max(1) {
         let limits = crate::interp::Limits::default();
-        let mut jit = Jit::new(program, natives, JitOptions::default(), &limits)?;
+        let mut jit = Jit::new(program, natives, options, &limits)?;
         for (id, function) in program.functions.iter().enumerate() {
             if id as FunctionId == program.init {
                 continue;
@@ -1361,6 +1557,73 @@ mod tests {
         assert_eq!(jit.osr_compiled.len(), 1);
     }
 
+    #[test]
+    fn recursion_that_runs_out_of_fuel_in_baseline_code_continues_optimized() {
+        let program = compile(
+            "fn fib(n) {\n    if n < 2 { return n }\n    return fib(n - 1) + fib(n - 2)\n}\n",
+        );
+        let fib = program.function("fib").unwrap();
+        let limits = crate::interp::Limits::default();
+        let mut jit = Jit::new(
+            &program,
+            &crate::native::Natives::new(),
+            JitOptions {
+                mode: JitMode::Eager,
+                ..JitOptions::default()
+            },
+            &limits,
+        )
+        .unwrap();
+        let mut call = |jit: &mut Jit, n: i64| {
+            jit.call(
+                &program,
+                &[],
+                fib,
+                &[Value::Int(n)],
+                0,
+                &limits,
+                Turn::default(),
+            )
+        };
+        // Small enough to finish on its first tank: baseline code, awaiting a tier-up.
+        assert!(matches!(
+            call(&mut jit, 10),
+            JitCall::Returned(Value::Int(55))
+        ));
+        assert_eq!(jit.baseline_specs.len(), 1);
+        assert!(jit.runtime.baseline_code && !jit.runtime.tier_up_due);
+        // fib(27) spends fuel at every fourth call depth, 164,336 times: out of fuel, the
+        // baseline code hands the frames running back to the interpreter and asks for the
+        // optimizing tier.
+        match call(&mut jit, 27) {
+            JitCall::Deopt { frames, .. } => assert!(!frames.is_empty()),
+            _ => panic!("baseline code ran a whole tank without asking to tier up"),
+        }
+        assert!(jit.runtime.tier_up_due);
+        // The next call compiles fib again, optimized, and runs that to the end: no more
+        // baseline code, so running out of fuel just refuels.
+        let pointer = jit.compiled[&Spec {
+            function: fib,
+            args: vec![Ty::Int],
+        }]
+            .1;
+        assert!(matches!(
+            call(&mut jit, 27),
+            JitCall::Returned(Value::Int(196418))
+        ));
+        assert!(jit.baseline_specs.is_empty() && !jit.runtime.baseline_code);
+        assert_ne!(
+            jit.compiled[&Spec {
+                function: fib,
+                args: vec![Ty::Int],
+            }]
+                .1,
+            pointer,
+            "the interpreter calls the optimized code"
+        );
+        assert!(jit.runtime.refuels > 0, "the optimized code refuelled");
+    }
+
     /// The interpreter's iterator over a list, `next` items in.
     fn list_iter(items: Vec<Value>) -> Value {
         Value::Iterator(Rc::new(RefCell::new(Iter::List {
@@ -1395,14 +1658,22 @@ mod tests {
             JitCall::Returned(Value::Int(total)) => assert_eq!(total, 14),
             _ => panic!("the loop was not compiled"),
         }
-        // An item that is not an int: the guard hands the frame back at that item, with the
-        // sum so far and the item in its variable, for the interpreter to raise its error.
+        // An item that is not an int: the guard hands the frame back at that item, at the
+        // `+=` with the sum so far and the item on the stack, for the interpreter to raise its
+        // error. `total` itself is written before it is read again, so it is not handed back.
         match enter(vec![Value::Int(1), Value::str("a"), Value::Int(2)]) {
             JitCall::Deopt { frames, .. } => {
                 assert_eq!(frames.len(), 1);
-                let locals = &frames[0].values;
-                assert!(matches!(locals[1], Value::Int(1)), "total so far");
-                assert_eq!(locals[2].as_str(), Some("a"), "the item");
+                let values = &frames[0].values;
+                let locals = program.functions[main as usize].local_count as usize;
+                let stack = &values[locals..];
+                assert!(
+                    matches!(stack[stack.len() - 2], Value::Int(1)),
+                    "total so far"
+                );
+                assert_eq!(stack[stack.len() - 1].as_str(), Some("a"), "the item");
+                assert_eq!(values[2].as_str(), Some("a"), "the item's variable");
+                assert!(matches!(values[1], Value::None), "total is not read again");
             }
             _ => panic!("the guard did not hand back"),
         }
