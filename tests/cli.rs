@@ -341,9 +341,38 @@ fn bench_jit_smoke_run_agrees_with_the_interpreter() {
         "scoring strings",
         "compile latency",
         "fib::fib",
+        "to native code (baseline tier)",
     ] {
         assert!(table.contains(row), "no `{row}`:\n{table}");
     }
+}
+
+/// Each of `--jit-tiers` runs a program to the same result; another value is a clear error.
+#[test]
+fn jit_tiers_run_the_same_program_alike() {
+    for tiers in ["tiered", "baseline", "optimized"] {
+        let out = sglc(&[
+            "run",
+            "benches/programs/jit/fib.sgl",
+            "--backend",
+            "test",
+            "--jit",
+            "eager",
+            "--jit-tiers",
+            tiers,
+            "--args",
+            r#"{"n": 20}"#,
+        ]);
+        assert!(out.status.success(), "{tiers}: {}", stderr(&out));
+        assert!(stdout(&out).contains("6765"), "{tiers}: {}", stdout(&out));
+    }
+    let out = sglc(&["run", "examples/hello.sgl", "--jit-tiers", "fast"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--jit-tiers is tiered, baseline or optimized, not `fast`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// `sglc disasm f.sgl | head` closes the pipe early: the command ends quietly, not with a

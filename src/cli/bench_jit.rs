@@ -219,7 +219,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
         let jit_target = if program.numeric {
             speedup >= 10.0
         } else {
-            speedup >= 0.9
+            speedup >= 1.0
         };
         verdicts.push(format!(
             "{}: JIT {} the interpreter ({}x): {}{}",

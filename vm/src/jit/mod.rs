@@ -219,6 +219,16 @@ const CTX_CHAIN_SPILL: i32 = 24;
 
 use crate::jit_options::FUEL;
 
+/// Fuel spent by compiled code, while code of the baseline tier exists, after which that code
+/// is compiled again by the optimizing tier: about as long as compiling it takes (a quarter
+/// of a tank is some 100,000 calls or loop iterations, a few hundred microseconds). Code that
+/// runs a whole tank in one go tiers up when it runs out, whatever this says.
+const TIER_UP_WORK: u64 = FUEL as u64 / 4;
+
+/// Entries into compiled code, while code of the baseline tier exists, after which it is
+/// compiled again by the optimizing tier even if it spent little fuel.
+const TIER_UP_ENTRIES: u32 = 1000;
+
 /// Called by compiled code out of fuel: 1 to hand back to the interpreter (others wait, the
 /// deadline passed or the instruction budget is spent), else 0 with the tank refilled.
 extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
@@ -358,6 +368,9 @@ pub struct Jit {
     baseline_osr: Vec<(FunctionId, u32)>,
     /// Loop entries tiered up: compiled by the optimizing tier from now on.
     optimized_osr: std::collections::HashSet<(FunctionId, u32)>,
+    /// Work done and entries made since the last tier-up (`count_baseline_run`).
+    baseline_work: u64,
+    baseline_entries: u32,
     module: JITModule,
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
@@ -493,6 +506,8 @@ impl Jit {
             baseline_specs: Vec::new(),
             baseline_osr: Vec::new(),
             optimized_osr: std::collections::HashSet::new(),
+            baseline_work: 0,
+            baseline_entries: 0,
             ctx: module.make_context(),
             module,
             builder_ctx: FunctionBuilderContext::new(),
@@ -682,6 +697,7 @@ impl Jit {
             depth as i64,
             raw.as_ptr(),
         );
+        self.count_baseline_run();
         if self.runtime.status == 0 {
             // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
             return JitCall::Returned(unsafe { return_type.value_of(result) });
@@ -780,11 +796,30 @@ impl Jit {
                 &bits[..args.len()],
             )
         };
+        self.count_baseline_run();
         if self.runtime.status == 0 {
             // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
             return JitCall::Returned(unsafe { return_type.value_of(result) });
         }
         self.deopt_frames()
+    }
+
+    /// Counts a run of compiled code while code of the baseline tier exists: in many short
+    /// runs as in one long one, a tier-up is due once they have done `TIER_UP_WORK` (or been
+    /// entered `TIER_UP_ENTRIES` times, for code that spends no fuel: no loop, no call).
+    fn count_baseline_run(&mut self) {
+        if !self.runtime.baseline_code {
+            return;
+        }
+        let left = self.runtime.fuel.clamp(0, FUEL);
+        let spent = (self.runtime.refuels as u64)
+            .saturating_mul(FUEL as u64)
+            .saturating_add((FUEL - left) as u64);
+        self.baseline_work = self.baseline_work.saturating_add(spent);
+        self.baseline_entries += 1;
+        if self.baseline_work >= TIER_UP_WORK || self.baseline_entries >= TIER_UP_ENTRIES {
+            self.runtime.tier_up_due = true;
+        }
     }
 
     /// Fuel spent by the last run of compiled code (loop iterations and calls), which counts
@@ -1002,6 +1037,8 @@ impl Jit {
     fn tier_up(&mut self, program: &Program, globals: &[Value]) {
         self.runtime.tier_up_due = false;
         self.runtime.baseline_code = false;
+        self.baseline_work = 0;
+        self.baseline_entries = 0;
         for key in std::mem::take(&mut self.baseline_osr) {
             self.osr_compiled.remove(&key);
             self.optimized_osr.insert(key);
@@ -1558,7 +1595,7 @@ mod tests {
     }
 
     #[test]
-    fn recursion_that_runs_out_of_fuel_in_baseline_code_continues_optimized() {
+    fn baseline_code_that_keeps_running_is_compiled_again_optimized() {
         let program = compile(
             "fn fib(n) {\n    if n < 2 { return n }\n    return fib(n - 1) + fib(n - 2)\n}\n",
         );
@@ -1574,7 +1611,7 @@ mod tests {
             &limits,
         )
         .unwrap();
-        let mut call = |jit: &mut Jit, n: i64| {
+        let call = |jit: &mut Jit, n: i64| {
             jit.call(
                 &program,
                 &[],
@@ -1622,6 +1659,30 @@ mod tests {
             "the interpreter calls the optimized code"
         );
         assert!(jit.runtime.refuels > 0, "the optimized code refuelled");
+
+        // Many short runs of baseline code tier up too.
+        let mut jit = Jit::new(
+            &program,
+            &crate::native::Natives::new(),
+            JitOptions {
+                mode: JitMode::Eager,
+                ..JitOptions::default()
+            },
+            &limits,
+        )
+        .unwrap();
+        for _ in 0..TIER_UP_ENTRIES {
+            assert!(matches!(
+                call(&mut jit, 3),
+                JitCall::Returned(Value::Int(2))
+            ));
+        }
+        assert!(jit.runtime.tier_up_due && jit.baseline_specs.len() == 1);
+        assert!(matches!(
+            call(&mut jit, 3),
+            JitCall::Returned(Value::Int(2))
+        ));
+        assert!(jit.baseline_specs.is_empty() && !jit.runtime.baseline_code);
     }
 
     /// The interpreter's iterator over a list, `next` items in.
