@@ -368,6 +368,8 @@ pub struct Jit {
     baseline_osr: Vec<(FunctionId, u32)>,
     /// Loop entries tiered up: compiled by the optimizing tier from now on.
     optimized_osr: std::collections::HashSet<(FunctionId, u32)>,
+    /// Functions declared so far, which numbers their names.
+    declared: u64,
     /// Work done and entries made since the last tier-up (`count_baseline_run`).
     baseline_work: u64,
     baseline_entries: u32,
@@ -448,6 +450,14 @@ fn target_isa(tier: Tier) -> Result<cranelift_codegen::isa::OwnedTargetIsa, Stri
         .map_err(|e| e.to_string())
 }
 
+/// Whether `Jit::define_specs` compiles its roots again when they are compiled already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recompile {
+    Nothing,
+    /// A tier-up: the roots' code is replaced.
+    Roots,
+}
+
 impl Tier {
     /// A letter for the names of compiled functions.
     fn code(self) -> char {
@@ -506,6 +516,7 @@ impl Jit {
             baseline_specs: Vec::new(),
             baseline_osr: Vec::new(),
             optimized_osr: std::collections::HashSet::new(),
+            declared: 0,
             baseline_work: 0,
             baseline_entries: 0,
             ctx: module.make_context(),
@@ -915,8 +926,13 @@ impl Jit {
             let host = self.runtime.host.clone();
             analyze::Analyzer::new(program, globals, host)
         };
-        let defined =
-            self.define_specs(program, globals, &mut analyzer, vec![root.clone()], tier)?;
+        let defined = self.define_specs(
+            program,
+            globals,
+            &mut analyzer,
+            vec![root.clone()],
+            (tier, Recompile::Nothing),
+        )?;
         self.finish(defined, tier)?;
         self.compiled
             .get(root)
@@ -925,18 +941,21 @@ impl Jit {
     }
 
     /// Analyses, declares and defines at `tier` every specialization reachable from `roots`
-    /// that is not compiled yet (the roots themselves always, for a tier-up); `finish` makes
-    /// them callable.
+    /// that is not compiled yet (and the roots themselves when `Recompile::Roots`, for a
+    /// tier-up); `finish` makes them callable.
     fn define_specs(
         &mut self,
         program: &Program,
         globals: &[Value],
         analyzer: &mut analyze::Analyzer,
         roots: Vec<Spec>,
-        tier: Tier,
+        (tier, recompile): (Tier, Recompile),
     ) -> Result<Vec<(Spec, Ty, FuncId)>, String> {
         let mut plans: Vec<analyze::Plan> = Vec::new();
-        let recompiled: std::collections::HashSet<Spec> = roots.iter().cloned().collect();
+        let recompiled: std::collections::HashSet<Spec> = match recompile {
+            Recompile::Roots => roots.iter().cloned().collect(),
+            Recompile::Nothing => std::collections::HashSet::new(),
+        };
         let mut pending = roots;
         let mut seen = std::collections::HashSet::new();
         while let Some(spec) = pending.pop() {
@@ -954,12 +973,16 @@ impl Jit {
         }
         let mut ids = HashMap::new();
         for plan in &plans {
+            // Numbered: a batch that failed halfway may have defined a function under a name
+            // without recording it, and a name is defined once per module.
+            self.declared += 1;
             let name = format!(
-                "{}#{}_{}_{}",
+                "{}#{}_{}_{}{}",
                 program.functions[plan.spec.function as usize].name,
                 plan.spec.function,
                 plan.spec.args.iter().map(|t| t.code()).collect::<String>(),
-                tier.code()
+                tier.code(),
+                self.declared
             );
             let id = codegen::declare(&mut self.module, &name, plan.spec.args.len())?;
             ids.insert(plan.spec.clone(), id);
@@ -1053,7 +1076,13 @@ impl Jit {
             analyze::Analyzer::new(program, globals, host)
         };
         let result = self
-            .define_specs(program, globals, &mut analyzer, specs, Tier::Optimized)
+            .define_specs(
+                program,
+                globals,
+                &mut analyzer,
+                specs,
+                (Tier::Optimized, Recompile::Roots),
+            )
             .and_then(|defined| self.finish(defined, Tier::Optimized));
         self.compile_nanos += started.elapsed().as_nanos() as u64;
         if result.is_err() {
@@ -1088,14 +1117,20 @@ impl Jit {
         } else {
             self.first_tier()
         };
-        let defined =
-            self.define_specs(program, globals, &mut analyzer, plan.callees.clone(), tier)?;
+        let defined = self.define_specs(
+            program,
+            globals,
+            &mut analyzer,
+            plan.callees.clone(),
+            (tier, Recompile::Nothing),
+        )?;
+        self.declared += 1;
         let name = format!(
-            "{}#{}_loop{ip}_{}_{}",
+            "{}#{}_loop{ip}_{}{}",
             program.functions[function as usize].name,
             function,
-            self.sites.len(),
-            tier.code()
+            tier.code(),
+            self.declared
         );
         let id = codegen::declare(&mut self.module, &name, 1)?;
         let ids: HashMap<Spec, FuncId> = defined
@@ -1683,6 +1718,54 @@ mod tests {
             JitCall::Returned(Value::Int(2))
         ));
         assert!(jit.baseline_specs.is_empty() && !jit.runtime.baseline_code);
+    }
+
+    /// A loop compiled after a function it calls reuses that function's code, compiling it
+    /// once. (Compiling it again under the same name was refused by cranelift, and the loop
+    /// stayed interpreted; names are numbered now, so the count is what tells.)
+    #[test]
+    fn a_loop_calls_the_code_its_callee_already_has() {
+        let program = compile(
+            "fn double(x) {\n    return x * 2\n}\n\nfn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += double(i)\n    }\n    return total\n}\n",
+        );
+        let (main, header, _) = loop_setup(&program);
+        let limits = crate::interp::Limits::default();
+        let options = JitOptions {
+            mode: JitMode::Eager,
+            ..JitOptions::default()
+        };
+        let mut jit = Jit::new(&program, &crate::native::Natives::new(), options, &limits).unwrap();
+        let double = program.function("double").unwrap();
+        let called = jit.call(
+            &program,
+            &[],
+            double,
+            &[Value::Int(4)],
+            1,
+            &limits,
+            Turn::default(),
+        );
+        assert!(matches!(called, JitCall::Returned(Value::Int(8))));
+        let values = [
+            Value::Int(10),
+            Value::Int(0),
+            Value::None,
+            range_iter(0, 10, 0),
+        ];
+        match jit.osr(
+            &program,
+            &[],
+            main,
+            header,
+            &values,
+            1,
+            &limits,
+            Turn::default(),
+        ) {
+            JitCall::Returned(Value::Int(total)) => assert_eq!(total, 90),
+            _ => panic!("the loop was not compiled: {:?}", jit.rejected),
+        }
+        assert_eq!(jit.compiled_count, 1, "`double` was compiled once");
     }
 
     /// The interpreter's iterator over a list, `next` items in.
