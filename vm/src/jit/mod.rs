@@ -169,8 +169,10 @@ pub struct JitCtx {
     deopts: Vec<(usize, Vec<i64>)>,
     /// When out of fuel, compiled code asks `sglc_jit_refuel` whether to go on.
     turn: Turn,
-    /// Times compiled code refuelled since it was entered.
+    /// Times compiled code refuelled since it was entered (with `FUEL` each).
     refuels: i64,
+    /// The fuel compiled code was entered with.
+    tank: i64,
     /// Some code of the baseline tier is compiled: running out of fuel asks for the optimizing
     /// tier (`tier_up_due`) and hands back to the interpreter, which calls the new code.
     baseline_code: bool,
@@ -183,10 +185,25 @@ impl JitCtx {
     /// Readies the context for a new entry into compiled code.
     fn start(&mut self, turn: Turn) {
         self.status = 0;
-        self.fuel = FUEL;
+        // Baseline code gets a smaller first tank, so a loop running it hands back (and the
+        // next entry tiers it up) about when a tier-up is due.
+        self.tank = if self.baseline_code {
+            TIER_UP_WORK as i64
+        } else {
+            FUEL
+        };
+        self.fuel = self.tank;
         self.turn = turn;
         self.refuels = 0;
         self.deopts.clear();
+    }
+
+    /// Fuel spent since the entry: the first tank's use and every refill.
+    fn spent(&self) -> u64 {
+        let left = self.fuel.clamp(0, self.tank);
+        (self.refuels as u64)
+            .saturating_mul(FUEL as u64)
+            .saturating_add((self.tank - left) as u64)
     }
 
     /// Moves a guard's pending deopt (its site in `status`, its slots in `spill_buffer`) to
@@ -220,9 +237,9 @@ const CTX_CHAIN_SPILL: i32 = 24;
 use crate::jit_options::FUEL;
 
 /// Fuel spent by compiled code, while code of the baseline tier exists, after which that code
-/// is compiled again by the optimizing tier: about as long as compiling it takes (a quarter
-/// of a tank is some 100,000 calls or loop iterations, a few hundred microseconds). Code that
-/// runs a whole tank in one go tiers up when it runs out, whatever this says.
+/// is compiled again by the optimizing tier: about as long as compiling it takes (25,000 loop
+/// iterations, or some 100,000 calls, a few hundred microseconds). It is also the first tank
+/// of baseline code, so a long run of it hands back to be tiered up then.
 const TIER_UP_WORK: u64 = FUEL as u64 / 4;
 
 /// Entries into compiled code, while code of the baseline tier exists, after which it is
@@ -241,9 +258,8 @@ extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
         return 1;
     }
     let turn = ctx.turn;
-    // The first tank and each refill, all spent (`refuels` counts refills only, which
-    // `Jit::take_fuel_spent` adds to what is spent of the tank in use).
-    let spent = (ctx.refuels as u64 + 1).saturating_mul(FUEL as u64);
+    // The tank empties: it and each refill, all spent.
+    let spent = ctx.spent();
     if turn.share_time
         || turn.budget.is_some_and(|budget| spent >= budget)
         || turn
@@ -538,6 +554,7 @@ impl Jit {
             runtime: JitCtx {
                 status: 0,
                 fuel: FUEL,
+                tank: FUEL,
                 spill: std::ptr::null_mut(),
                 chain_spill: std::ptr::null_mut(),
                 spill_buffer: Vec::new(),
@@ -822,11 +839,7 @@ impl Jit {
         if !self.runtime.baseline_code {
             return;
         }
-        let left = self.runtime.fuel.clamp(0, FUEL);
-        let spent = (self.runtime.refuels as u64)
-            .saturating_mul(FUEL as u64)
-            .saturating_add((FUEL - left) as u64);
-        self.baseline_work = self.baseline_work.saturating_add(spent);
+        self.baseline_work = self.baseline_work.saturating_add(self.runtime.spent());
         self.baseline_entries += 1;
         if self.baseline_work >= TIER_UP_WORK || self.baseline_entries >= TIER_UP_ENTRIES {
             self.runtime.tier_up_due = true;
@@ -837,11 +850,8 @@ impl Jit {
     /// against the program's instruction budget.
     /// Reading it starts the count again.
     pub fn take_fuel_spent(&mut self) -> u64 {
-        let left = self.runtime.fuel.clamp(0, FUEL);
-        let spent = (self.runtime.refuels as u64)
-            .saturating_mul(FUEL as u64)
-            .saturating_add((FUEL - left) as u64);
-        self.runtime.fuel = FUEL;
+        let spent = self.runtime.spent();
+        self.runtime.fuel = self.runtime.tank;
         self.runtime.refuels = 0;
         spent
     }
