@@ -1639,6 +1639,15 @@ mod tests {
         assert_eq!(jit.osr_compiled.len(), 1);
     }
 
+    /// A JIT that compiles every function at its first call, with the default tiers.
+    fn eager_jit(program: &Program, limits: &crate::interp::Limits) -> Jit {
+        let options = JitOptions {
+            mode: JitMode::Eager,
+            ..JitOptions::default()
+        };
+        Jit::new(program, &crate::native::Natives::new(), options, limits).unwrap()
+    }
+
     #[test]
     fn baseline_code_that_keeps_running_is_compiled_again_optimized() {
         let program = compile(
@@ -1646,16 +1655,7 @@ mod tests {
         );
         let fib = program.function("fib").unwrap();
         let limits = crate::interp::Limits::default();
-        let mut jit = Jit::new(
-            &program,
-            &crate::native::Natives::new(),
-            JitOptions {
-                mode: JitMode::Eager,
-                ..JitOptions::default()
-            },
-            &limits,
-        )
-        .unwrap();
+        let mut jit = eager_jit(&program, &limits);
         let call = |jit: &mut Jit, n: i64| {
             jit.call(
                 &program,
@@ -1706,16 +1706,7 @@ mod tests {
         assert!(jit.runtime.refuels > 0, "the optimized code refuelled");
 
         // Many short runs of baseline code tier up too.
-        let mut jit = Jit::new(
-            &program,
-            &crate::native::Natives::new(),
-            JitOptions {
-                mode: JitMode::Eager,
-                ..JitOptions::default()
-            },
-            &limits,
-        )
-        .unwrap();
+        let mut jit = eager_jit(&program, &limits);
         for _ in 0..TIER_UP_ENTRIES {
             assert!(matches!(
                 call(&mut jit, 3),
@@ -1740,11 +1731,7 @@ mod tests {
         );
         let (main, header, _) = loop_setup(&program);
         let limits = crate::interp::Limits::default();
-        let options = JitOptions {
-            mode: JitMode::Eager,
-            ..JitOptions::default()
-        };
-        let mut jit = Jit::new(&program, &crate::native::Natives::new(), options, &limits).unwrap();
+        let mut jit = eager_jit(&program, &limits);
         let double = program.function("double").unwrap();
         let called = jit.call(
             &program,
