@@ -672,6 +672,12 @@ impl Jit {
             return JitCall::Interpret;
         }
         let local_count = program.functions[function as usize].local_count as usize;
+        // A loop whose iterator is spent leaves at once: nothing to gain now, and its items no
+        // longer tell their type (an empty rest of a list would pass for a range of ints and
+        // fail against a loop variable holding a string, ruling the loop out for good).
+        if values.iter().skip(local_count).any(spent_iterator) {
+            return JitCall::Interpret;
+        }
         let Some((frame, mut raw, objects)) = osr_frame(values, local_count) else {
             Rc::make_mut(&mut self.osr_failed[function as usize]).push(ip);
             return JitCall::Interpret;
@@ -1387,6 +1393,18 @@ fn osr_frame(
     Some((analyze::Frame { locals, stack }, raw, objects))
 }
 
+/// A `for` loop's iterator with no items left.
+fn spent_iterator(value: &Value) -> bool {
+    let Value::Iterator(iter) = value else {
+        return false;
+    };
+    match &*iter.borrow() {
+        Iter::List { list, next } => *next >= list.borrow().len(),
+        Iter::Chars { chars, next } => *next >= chars.len(),
+        Iter::Range { index, count, .. } => index >= count,
+    }
+}
+
 /// The rest of a list iterator as (start, step, count) when its items are ints in an
 /// arithmetic run (what `range()` made).
 fn int_run(iter: &Iter) -> Option<(i64, i64, i64)> {
@@ -1763,6 +1781,49 @@ mod tests {
             _ => panic!("the loop was not compiled: {:?}", jit.rejected),
         }
         assert_eq!(jit.compiled_count, 1, "`double` was compiled once");
+    }
+
+    /// A loop met when its iterator is spent is left to the interpreter this time, and not
+    /// ruled out: an empty rest of a list of strings once passed for a range of ints, failed
+    /// against the string in the loop variable, and the loop was never compiled after.
+    #[test]
+    fn a_loop_met_with_its_iterator_spent_is_compiled_later() {
+        let program = compile(
+            "fn main(words) {\n    let n = 0\n    for w in words {\n        if w == \"ab\" { n += 1 }\n    }\n    return n\n}\n",
+        );
+        let (main, header, mut jit) = loop_setup(&program);
+        let limits = crate::interp::Limits::default();
+        let words = || vec![Value::str("ab"), Value::str("cde")];
+        let mut enter = |jit: &mut Jit, next: usize| {
+            let iter = Value::Iterator(Rc::new(RefCell::new(Iter::List {
+                list: Rc::new(RefCell::new(words())),
+                next,
+            })));
+            let values = [Value::None, Value::Int(0), Value::str("cde"), iter];
+            jit.osr(
+                &program,
+                &[],
+                main,
+                header,
+                &values,
+                1,
+                &limits,
+                Turn::default(),
+            )
+        };
+        assert!(matches!(enter(&mut jit, 2), JitCall::Interpret));
+        assert!(
+            jit.osr_failed[main as usize].is_empty(),
+            "the loop is not ruled out"
+        );
+        assert!(jit.osr_compiled.is_empty());
+        // The same loop with items left: compiled, and run to its end.
+        assert!(
+            matches!(enter(&mut jit, 0), JitCall::Returned(Value::Int(1))),
+            "{:?}",
+            jit.rejected
+        );
+        assert_eq!(jit.osr_compiled.len(), 1);
     }
 
     /// The interpreter's iterator over a list, `next` items in.
