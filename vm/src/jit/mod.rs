@@ -1794,7 +1794,7 @@ mod tests {
         let (main, header, mut jit) = loop_setup(&program);
         let limits = crate::interp::Limits::default();
         let words = || vec![Value::str("ab"), Value::str("cde")];
-        let mut enter = |jit: &mut Jit, next: usize| {
+        let enter = |jit: &mut Jit, next: usize| {
             let iter = Value::Iterator(Rc::new(RefCell::new(Iter::List {
                 list: Rc::new(RefCell::new(words())),
                 next,
