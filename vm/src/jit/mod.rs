@@ -1043,7 +1043,7 @@ impl Jit {
                     }
                 }
             }
-            if self.tiers_up(tier) {
+            if self.record_compiled_tier(tier) {
                 self.baseline_specs.push(spec.clone());
             }
             self.compiled.insert(spec.clone(), (id, pointer));
@@ -1061,8 +1061,9 @@ impl Jit {
         }
     }
 
-    /// Whether code compiled at `tier` is compiled again, optimized, once it has run a while.
-    fn tiers_up(&mut self, tier: Tier) -> bool {
+    /// Records that code of `tier` was just compiled; true when it is to be compiled again,
+    /// optimized, once it has run a while (baseline code under `JitTiers::Tiered`).
+    fn record_compiled_tier(&mut self, tier: Tier) -> bool {
         let tiers_up =
             tier == Tier::Baseline && self.options.tiers == crate::jit_options::JitTiers::Tiered;
         self.runtime.baseline_code |= tiers_up;
@@ -1162,7 +1163,7 @@ impl Jit {
             Some((ip, frame.clone())),
         )?;
         self.finish(defined, tier)?;
-        if self.tiers_up(tier) {
+        if self.record_compiled_tier(tier) {
             self.baseline_osr.push((function, ip as u32));
         }
         Ok((self.module.get_finalized_function(id), plan.return_type))
@@ -1596,13 +1597,37 @@ mod tests {
         compiled.program.expect("the test program compiles")
     }
 
-    /// The interpreter's iterator over what `range(start, stop)` returns, `next` items in.
-    fn range_iter(start: i64, stop: i64, next: usize) -> Value {
-        let items = (start..stop).map(Value::Int).collect();
+    /// The interpreter's iterator over a list of `items`, `next` items in.
+    fn list_iter_at(items: Vec<Value>, next: usize) -> Value {
         Value::Iterator(Rc::new(RefCell::new(Iter::List {
             list: Rc::new(RefCell::new(items)),
             next,
         })))
+    }
+
+    /// The interpreter's iterator over what `range(start, stop)` returns, `next` items in.
+    fn range_iter(start: i64, stop: i64, next: usize) -> Value {
+        list_iter_at((start..stop).map(Value::Int).collect(), next)
+    }
+
+    /// Enters the loop at `header` of `function` through on-stack replacement with the
+    /// interpreter's slots `values`, at call depth 1 and the default limits.
+    fn enter_loop(
+        jit: &mut Jit,
+        program: &Program,
+        (function, header): (FunctionId, u32),
+        values: &[Value],
+    ) -> JitCall {
+        jit.osr(
+            program,
+            &[],
+            function,
+            header,
+            values,
+            1,
+            &crate::interp::Limits::default(),
+            Turn::default(),
+        )
     }
 
     /// `main`, its `for` loop's header, and a JIT.
@@ -1641,16 +1666,7 @@ mod tests {
         ];
         let locals = program.functions[main as usize].local_count as usize;
         assert_eq!(values.len(), locals + 1, "locals, then the iterator");
-        match jit.osr(
-            &program,
-            &[],
-            main,
-            header,
-            &values,
-            1,
-            &crate::interp::Limits::default(),
-            Turn::default(),
-        ) {
+        match enter_loop(&mut jit, &program, (main, header), &values) {
             JitCall::Returned(Value::Int(total)) => assert_eq!(total, 45),
             _ => panic!("the loop was not compiled"),
         }
@@ -1767,16 +1783,7 @@ mod tests {
             Value::None,
             range_iter(0, 10, 0),
         ];
-        match jit.osr(
-            &program,
-            &[],
-            main,
-            header,
-            &values,
-            1,
-            &limits,
-            Turn::default(),
-        ) {
+        match enter_loop(&mut jit, &program, (main, header), &values) {
             JitCall::Returned(Value::Int(total)) => assert_eq!(total, 90),
             _ => panic!("the loop was not compiled: {:?}", jit.rejected),
         }
@@ -1792,24 +1799,15 @@ mod tests {
             "fn main(words) {\n    let n = 0\n    for w in words {\n        if w == \"ab\" { n += 1 }\n    }\n    return n\n}\n",
         );
         let (main, header, mut jit) = loop_setup(&program);
-        let limits = crate::interp::Limits::default();
-        let words = || vec![Value::str("ab"), Value::str("cde")];
         let enter = |jit: &mut Jit, next: usize| {
-            let iter = Value::Iterator(Rc::new(RefCell::new(Iter::List {
-                list: Rc::new(RefCell::new(words())),
-                next,
-            })));
-            let values = [Value::None, Value::Int(0), Value::str("cde"), iter];
-            jit.osr(
-                &program,
-                &[],
-                main,
-                header,
-                &values,
-                1,
-                &limits,
-                Turn::default(),
-            )
+            let words = vec![Value::str("ab"), Value::str("cde")];
+            let values = [
+                Value::None,
+                Value::Int(0),
+                Value::str("cde"),
+                list_iter_at(words, next),
+            ];
+            enter_loop(jit, &program, (main, header), &values)
         };
         assert!(matches!(enter(&mut jit, 2), JitCall::Interpret));
         assert!(
@@ -1826,34 +1824,21 @@ mod tests {
         assert_eq!(jit.osr_compiled.len(), 1);
     }
 
-    /// The interpreter's iterator over a list, `next` items in.
-    fn list_iter(items: Vec<Value>) -> Value {
-        Value::Iterator(Rc::new(RefCell::new(Iter::List {
-            list: Rc::new(RefCell::new(items)),
-            next: 0,
-        })))
-    }
-
     #[test]
     fn a_loop_over_list_items_takes_them_for_numbers_behind_a_guard() {
         let program = compile(
             "fn main(xs) {\n    let total = 0\n    for x in xs {\n        total += x\n    }\n    return total\n}\n",
         );
         let (main, header, mut jit) = loop_setup(&program);
-        let limits = crate::interp::Limits::default();
         // Enters the loop with `total = 0` and the iterator over `items`, none taken yet.
         let mut enter = |items: Vec<Value>| {
-            let values = [Value::None, Value::Int(0), Value::None, list_iter(items)];
-            jit.osr(
-                &program,
-                &[],
-                main,
-                header,
-                &values,
-                1,
-                &limits,
-                Turn::default(),
-            )
+            let values = [
+                Value::None,
+                Value::Int(0),
+                Value::None,
+                list_iter_at(items, 0),
+            ];
+            enter_loop(&mut jit, &program, (main, header), &values)
         };
         // Not an arithmetic run, so not entered as a range: an iterator over objects.
         match enter(vec![Value::Int(1), Value::Int(4), Value::Int(9)]) {
