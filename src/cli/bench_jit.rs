@@ -73,30 +73,49 @@ pub struct BenchJitArgs {
     /// Only measure compile latency (no program runs): for profiling the compiler.
     #[arg(long)]
     latency_only: bool,
+    /// Only the programs whose names contain this (fib, nested_loop, integrate, sieve,
+    /// strings, scoring), in the table and in the latency report.
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
 }
 
-/// Best-of-`runs` wall time of `main(n)` in this mode (compile time included), and the result.
-fn time_sgl(program: &Program, n: i64, mode: JitMode, runs: usize) -> Result<(f64, String)> {
+impl BenchJitArgs {
+    fn programs(&self) -> impl Iterator<Item = &'static Program> + '_ {
+        PROGRAMS.iter().filter(|p| {
+            self.only
+                .as_deref()
+                .is_none_or(|only| p.name.contains(only))
+        })
+    }
+}
+
+/// Best-of-`runs` wall times of `main(n)` interpreted and JIT-compiled (compile time
+/// included), and their results. The two alternate run by run, so a machine that slows down
+/// for a while slows both alike.
+fn time_sgl(program: &Program, n: i64, runs: usize) -> Result<[(f64, String); 2]> {
     let engine = Engine::new(TestBackend::new());
     let script = engine
         .compile(program.name, program.sgl)
         .map_err(|e| anyhow::anyhow!(e.render(false)))?;
-    let mut config = RunConfig::default();
-    config.jit.mode = mode;
-    let mut best = f64::INFINITY;
-    let mut result = String::new();
+    let mut timings = [JitMode::Off, JitMode::Eager].map(|mode| {
+        let mut config = RunConfig::default();
+        config.jit.mode = mode;
+        (config, f64::INFINITY, String::new())
+    });
     for _ in 0..runs {
-        let started = Instant::now();
-        let state = engine
-            .run(&script, "main", serde_json::json!({ "n": n }), &config)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", program.name))?;
-        best = best.min(started.elapsed().as_secs_f64());
-        result = match state.return_value {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        };
+        for (config, best, result) in &mut timings {
+            let started = Instant::now();
+            let state = engine
+                .run(&script, "main", serde_json::json!({ "n": n }), config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", program.name))?;
+            *best = best.min(started.elapsed().as_secs_f64());
+            *result = match state.return_value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+        }
     }
-    Ok((best, result))
+    Ok(timings.map(|(_, best, result)| (best, result)))
 }
 
 fn time_python(
@@ -154,10 +173,12 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("sglc-bench-jit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("runner.py"), PY_RUNNER)?;
-    for program in PROGRAMS {
+    for program in args.programs() {
         std::fs::write(dir.join(format!("{}.py", program.name)), program.py)?;
     }
-    outln!("sglc bench jit: best of {runs} run(s); JIT times include compiling");
+    outln!(
+        "sglc bench jit: best of {runs} run(s), interpreter and JIT runs alternating; JIT times include compiling"
+    );
     outln!();
     outln!(
         "{:<20} {:>11} {:>11} {:>9} {:>11} {:>13} {:>11}",
@@ -172,14 +193,13 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
     let mut exit = ExitCode::SUCCESS;
     let mut version = String::new();
     let mut verdicts = Vec::new();
-    for program in PROGRAMS {
+    for program in args.programs() {
         let n = if args.quick {
             program.quick_n
         } else {
             program.n
         };
-        let (interpreted, expected) = time_sgl(program, n, JitMode::Off, runs)?;
-        let (compiled, result) = time_sgl(program, n, JitMode::Eager, runs)?;
+        let [(interpreted, expected), (compiled, result)] = time_sgl(program, n, runs)?;
         if result != expected {
             eprintln!(
                 "{}: the JIT gave {result}, the interpreter {expected}",
@@ -271,7 +291,7 @@ fn report_compile_latency(args: &BenchJitArgs) -> Result<()> {
     let engine = Engine::new(TestBackend::new());
     let mut baseline = Vec::new();
     let mut optimized = Vec::new();
-    for program in PROGRAMS {
+    for program in args.programs() {
         let script = engine
             .compile(program.name, program.sgl)
             .map_err(|e| anyhow::anyhow!(e.render(false)))?;

@@ -26,6 +26,8 @@ use sglc_compiler::bytecode::{FunctionId, Program};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The static type of a slot in compiled code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,14 +171,16 @@ pub struct JitCtx {
     deopts: Vec<(usize, Vec<i64>)>,
     /// When out of fuel, compiled code asks `sglc_jit_refuel` whether to go on.
     turn: Turn,
-    /// Times compiled code refuelled since it was entered (with `FUEL` each).
-    refuels: i64,
-    /// The fuel compiled code was entered with.
+    /// Fuel of the tanks emptied since compiled code was entered (each refill adds one).
+    spent_before: u64,
+    /// The fuel compiled code was entered with, and each refill's.
     tank: i64,
     /// Some code of the baseline tier is compiled: running out of fuel asks for the optimizing
     /// tier (`tier_up_due`) and hands back to the interpreter, which calls the new code.
     baseline_code: bool,
     tier_up_due: bool,
+    /// While a tier-up compiles on its own thread: set by that thread when it is done.
+    tier_up_done: Option<Arc<AtomicBool>>,
     /// What the runtime helpers call and check.
     host: Rc<runtime::Host>,
 }
@@ -185,25 +189,33 @@ impl JitCtx {
     /// Readies the context for a new entry into compiled code.
     fn start(&mut self, turn: Turn) {
         self.status = 0;
-        // Baseline code gets a smaller first tank, so a loop running it hands back (and the
-        // next entry tiers it up) about when a tier-up is due.
-        self.tank = if self.baseline_code {
+        // Baseline code gets smaller tanks, so a loop running it hands back (and the next
+        // entry tiers it up) about when a tier-up is due, or soon after its optimized code
+        // is ready.
+        self.tank = if self.baseline_code || self.tier_up_done.is_some() {
             TIER_UP_WORK as i64
         } else {
             FUEL
         };
         self.fuel = self.tank;
         self.turn = turn;
-        self.refuels = 0;
+        self.spent_before = 0;
         self.deopts.clear();
     }
 
-    /// Fuel spent since the entry: the first tank's use and every refill.
+    /// Fuel spent since the entry: every tank emptied and the current one's use.
     fn spent(&self) -> u64 {
         let left = self.fuel.clamp(0, self.tank);
-        (self.refuels as u64)
-            .saturating_mul(FUEL as u64)
-            .saturating_add((self.tank - left) as u64)
+        self.spent_before.saturating_add((self.tank - left) as u64)
+    }
+
+    /// Whether handing back to the interpreter now lets it run better code: the baseline
+    /// tier's code is due a tier-up and none is compiling, or the one compiling is done.
+    fn tier_up_ready(&self) -> bool {
+        match &self.tier_up_done {
+            Some(done) => done.load(Ordering::Acquire),
+            None => self.baseline_code,
+        }
     }
 
     /// Moves a guard's pending deopt (its site in `status`, its slots in `spill_buffer`) to
@@ -251,9 +263,10 @@ const TIER_UP_ENTRIES: u32 = 1000;
 extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
     // SAFETY: compiled code passes the context it was given.
     let ctx = unsafe { &mut *ctx };
-    if ctx.baseline_code {
-        // Code that runs this long is worth optimizing; the interpreter finishes the frames
-        // that are running and calls the optimized code for what they call.
+    if ctx.tier_up_ready() {
+        // Code that runs this long is worth optimizing (or its optimized code is ready); the
+        // interpreter finishes the frames that are running and calls the optimized code for
+        // what they call.
         ctx.tier_up_due = true;
         return 1;
     }
@@ -268,8 +281,8 @@ extern "C" fn sglc_jit_refuel(ctx: *mut JitCtx) -> i64 {
     {
         return 1;
     }
-    ctx.refuels += 1;
-    ctx.fuel = FUEL;
+    ctx.spent_before = ctx.spent_before.saturating_add(ctx.tank as u64);
+    ctx.fuel = ctx.tank;
     0
 }
 
@@ -378,10 +391,17 @@ pub struct Jit {
     options: JitOptions,
     /// The module compiles with the optimizing tier's settings; this is the baseline's.
     baseline_isa: cranelift_codegen::isa::OwnedTargetIsa,
+    /// The optimizing tier's settings, for tier-ups compiled on a thread of their own.
+    optimized_isa: cranelift_codegen::isa::OwnedTargetIsa,
     /// Specializations and loop entries whose code is the baseline tier's: compiled again,
     /// optimized, at the next tier-up.
     baseline_specs: Vec<Spec>,
-    baseline_osr: Vec<(FunctionId, u32)>,
+    baseline_osr: Vec<BaselineLoop>,
+    /// The IR of code of the baseline tier that is to tier up, by its id: a tier-up compiles
+    /// it again with the optimizing tier's settings, without building it again.
+    baseline_ir: HashMap<FuncId, cranelift_codegen::ir::Function>,
+    /// The tier-up compiling on its own thread, if any.
+    tier_up_job: Option<TierUpJob>,
     /// Loop entries tiered up: compiled by the optimizing tier from now on.
     optimized_osr: std::collections::HashSet<(FunctionId, u32)>,
     /// Functions declared so far, which numbers their names.
@@ -422,6 +442,66 @@ pub struct Jit {
     /// Nanoseconds spent compiling, and specializations compiled.
     pub compile_nanos: u64,
     pub compiled_count: usize,
+}
+
+/// A loop entry compiled by the baseline tier (`Jit::osr`): its function and header, the slot
+/// types it was entered with, and its code's id.
+struct BaselineLoop {
+    key: (FunctionId, u32),
+    frame: analyze::Frame,
+    id: FuncId,
+}
+
+/// A tier-up compiling on a thread of its own (`Jit::start_tier_up`), while the baseline
+/// tier's code goes on running: what it compiles again, by the ids of their optimized code.
+struct TierUpJob {
+    specs: Vec<(Spec, Ty, FuncId)>,
+    loops: Vec<(BaselineLoop, FuncId)>,
+    worker: std::thread::JoinHandle<Result<Vec<MachineCode>, String>>,
+}
+
+/// A function's machine code, compiled apart from the module and defined in it later.
+struct MachineCode {
+    id: FuncId,
+    alignment: u64,
+    bytes: Vec<u8>,
+    relocs: Vec<cranelift_module::ModuleReloc>,
+}
+
+impl MachineCode {
+    /// The code of `ctx`'s function, compiled with `isa`, to be defined as `id`.
+    fn compile(
+        ctx: &mut cranelift_codegen::Context,
+        isa: &dyn cranelift_codegen::isa::TargetIsa,
+        id: FuncId,
+    ) -> Result<MachineCode, String> {
+        let mut control = cranelift_codegen::control::ControlPlane::default();
+        let alignment = ctx
+            .compile(isa, &mut control)
+            .map_err(|e| format!("cranelift rejected the function: {:?}", e.inner))?
+            .buffer
+            .alignment as u64;
+        let code = ctx.compiled_code().ok_or("cranelift kept no code")?;
+        let relocs = code
+            .buffer
+            .relocs()
+            .iter()
+            .map(|reloc| cranelift_module::ModuleReloc::from_mach_reloc(reloc, &ctx.func, id))
+            .collect();
+        Ok(MachineCode {
+            id,
+            alignment,
+            bytes: code.code_buffer().to_vec(),
+            relocs,
+        })
+    }
+
+    fn define_in(self, module: &mut JITModule) -> Result<(), String> {
+        module
+            .define_function_bytes(self.id, self.alignment, &self.bytes, &self.relocs)
+            .map(|_| ())
+            .map_err(|e| format!("cranelift rejected the function: {e:?}"))
+    }
 }
 
 /// How hard cranelift works on a function (`JitTiers` picks which are used).
@@ -466,14 +546,6 @@ fn target_isa(tier: Tier) -> Result<cranelift_codegen::isa::OwnedTargetIsa, Stri
         .map_err(|e| e.to_string())
 }
 
-/// Whether `Jit::define_specs` compiles its roots again when they are compiled already.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Recompile {
-    Nothing,
-    /// A tier-up: the roots' code is replaced.
-    Roots,
-}
-
 impl Tier {
     /// A letter for the names of compiled functions.
     fn code(self) -> char {
@@ -494,9 +566,12 @@ impl Jit {
         limits: &crate::interp::Limits,
     ) -> Result<Jit, String> {
         let max_depth = limits.max_call_depth;
-        let isa = target_isa(Tier::Optimized)?;
+        let optimized_isa = target_isa(Tier::Optimized)?;
         let baseline_isa = target_isa(Tier::Baseline)?;
-        let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        let mut builder = JITBuilder::with_isa(
+            optimized_isa.clone(),
+            cranelift_module::default_libcall_names(),
+        );
         builder.symbol("sglc_jit_deopt", sglc_jit_deopt as *const u8);
         builder.symbol("sglc_jit_refuel", sglc_jit_refuel as *const u8);
         // Runtime helpers are called through their addresses (`codegen::Helper`).
@@ -529,8 +604,11 @@ impl Jit {
         Ok(Jit {
             options,
             baseline_isa,
+            optimized_isa,
             baseline_specs: Vec::new(),
             baseline_osr: Vec::new(),
+            baseline_ir: HashMap::new(),
+            tier_up_job: None,
             optimized_osr: std::collections::HashSet::new(),
             declared: 0,
             baseline_work: 0,
@@ -561,9 +639,10 @@ impl Jit {
                 chain_spill_buffer: Vec::new(),
                 deopts: Vec::new(),
                 turn: Turn::default(),
-                refuels: 0,
+                spent_before: 0,
                 baseline_code: false,
                 tier_up_due: false,
+                tier_up_done: None,
                 host: Rc::new(host_tables(program, natives, limits)),
             },
             pinned: Vec::new(),
@@ -664,8 +743,8 @@ impl Jit {
         limits: &crate::interp::Limits,
         turn: Turn,
     ) -> JitCall {
-        if self.runtime.tier_up_due {
-            self.tier_up(program, globals);
+        if self.runtime.tier_up_due || self.tier_up_job.is_some() {
+            self.advance_tier_up();
         }
         let failed = &self.osr_failed[function as usize];
         if !self.compiled_for(limits) || failed.contains(&ip) {
@@ -765,8 +844,8 @@ impl Jit {
             JitMode::Auto => self.options.threshold,
             JitMode::Eager => 0,
         };
-        if self.runtime.tier_up_due {
-            self.tier_up(program, globals);
+        if self.runtime.tier_up_due || self.tier_up_job.is_some() {
+            self.advance_tier_up();
         }
         let Some(state) = self.functions.get_mut(function as usize) else {
             return JitCall::Interpret;
@@ -852,13 +931,24 @@ impl Jit {
         }
     }
 
+    /// Waits for the tier-up compiling on its thread, if any, to be done (tests only: the
+    /// program's thread never waits for it).
+    #[cfg(test)]
+    fn wait_for_tier_up_thread(&self) {
+        if let Some(job) = &self.tier_up_job {
+            while !job.worker.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
     /// Fuel spent by the last run of compiled code (loop iterations and calls), which counts
     /// against the program's instruction budget.
     /// Reading it starts the count again.
     pub fn take_fuel_spent(&mut self) -> u64 {
         let spent = self.runtime.spent();
         self.runtime.fuel = self.runtime.tank;
-        self.runtime.refuels = 0;
+        self.runtime.spent_before = 0;
         spent
     }
 
@@ -942,13 +1032,8 @@ impl Jit {
             let host = self.runtime.host.clone();
             analyze::Analyzer::new(program, globals, host)
         };
-        let defined = self.define_specs(
-            program,
-            globals,
-            &mut analyzer,
-            vec![root.clone()],
-            (tier, Recompile::Nothing),
-        )?;
+        let defined =
+            self.define_specs(program, globals, &mut analyzer, vec![root.clone()], tier)?;
         self.finish(defined, tier)?;
         self.compiled
             .get(root)
@@ -957,27 +1042,20 @@ impl Jit {
     }
 
     /// Analyses, declares and defines at `tier` every specialization reachable from `roots`
-    /// that is not compiled yet (and the roots themselves when `Recompile::Roots`, for a
-    /// tier-up); `finish` makes them callable.
+    /// that is not compiled yet; `finish` makes them callable.
     fn define_specs(
         &mut self,
         program: &Program,
         globals: &[Value],
         analyzer: &mut analyze::Analyzer,
         roots: Vec<Spec>,
-        (tier, recompile): (Tier, Recompile),
+        tier: Tier,
     ) -> Result<Vec<(Spec, Ty, FuncId)>, String> {
         let mut plans: Vec<analyze::Plan> = Vec::new();
-        let recompiled: std::collections::HashSet<Spec> = match recompile {
-            Recompile::Roots => roots.iter().cloned().collect(),
-            Recompile::Nothing => std::collections::HashSet::new(),
-        };
         let mut pending = roots;
         let mut seen = std::collections::HashSet::new();
         while let Some(spec) = pending.pop() {
-            if !seen.insert(spec.clone())
-                || (self.compiled.contains_key(&spec) && !recompiled.contains(&spec))
-            {
+            if !seen.insert(spec.clone()) || self.compiled.contains_key(&spec) {
                 continue;
             }
             if spec.args.len() > MAX_ARGS {
@@ -1070,46 +1148,168 @@ impl Jit {
         tiers_up
     }
 
-    /// Compiles every specialization of the baseline tier again with the optimizing tier;
-    /// loop entries of the baseline tier are compiled again when next entered. No compiled code
-    /// is running: the interpreter calls the new code from now on, and code of the baseline
-    /// tier that calls another function calls its baseline code, which is kept.
-    fn tier_up(&mut self, program: &Program, globals: &[Value]) {
+    /// Moves tiering up along: installs the optimized code of a tier-up whose thread is done,
+    /// and starts the next one when one is due.
+    fn advance_tier_up(&mut self) {
+        if let Some(job) = &self.tier_up_job {
+            if !job.worker.is_finished() {
+                return;
+            }
+            if let Some(job) = self.tier_up_job.take() {
+                let compiled = job
+                    .worker
+                    .join()
+                    .unwrap_or_else(|_| Err("the compiling thread panicked".to_string()));
+                self.install_tier_up(job.specs, job.loops, compiled);
+            }
+        }
+        if self.runtime.tier_up_due {
+            self.start_tier_up();
+        }
+    }
+
+    /// Compiles every specialization and loop entry of the baseline tier again with the
+    /// optimizing tier, from the IR kept from their first compile. The compiling runs on a
+    /// thread of its own while the baseline code goes on running (`advance_tier_up` installs
+    /// the result), so a tier-up costs the program's thread next to nothing. Code of the
+    /// baseline tier that calls another function calls its baseline code, which is kept.
+    fn start_tier_up(&mut self) {
         self.runtime.tier_up_due = false;
         self.runtime.baseline_code = false;
         self.baseline_work = 0;
         self.baseline_entries = 0;
-        for key in std::mem::take(&mut self.baseline_osr) {
-            self.osr_compiled.remove(&key);
-            self.optimized_osr.insert(key);
-        }
         let specs = std::mem::take(&mut self.baseline_specs);
-        if specs.is_empty() {
+        let loops = std::mem::take(&mut self.baseline_osr);
+        let started = std::time::Instant::now();
+        // Each function to compile again gets an id of its own; calls between them are
+        // renamed to the new ids, so optimized code calls optimized code.
+        let mut renamed: HashMap<FuncId, FuncId> = HashMap::new();
+        let mut functions = Vec::new();
+        let mut job_specs = Vec::new();
+        let mut job_loops = Vec::new();
+        for spec in specs {
+            let Some(&(old, _)) = self.compiled.get(&spec) else {
+                continue;
+            };
+            if let Some(new) = self.declare_tier_up(old, &mut functions) {
+                renamed.insert(old, new);
+                job_specs.push((spec.clone(), self.return_types[&spec], new));
+            }
+        }
+        for entry in loops {
+            if let Some(new) = self.declare_tier_up(entry.id, &mut functions) {
+                job_loops.push((entry, new));
+            }
+        }
+        if functions.is_empty() {
             return;
         }
-        let started = std::time::Instant::now();
-        let mut analyzer = {
-            let host = self.runtime.host.clone();
-            analyze::Analyzer::new(program, globals, host)
-        };
-        let result = self
-            .define_specs(
-                program,
-                globals,
-                &mut analyzer,
-                specs,
-                (Tier::Optimized, Recompile::Roots),
-            )
-            .and_then(|defined| self.finish(defined, Tier::Optimized));
-        self.compile_nanos += started.elapsed().as_nanos() as u64;
-        if result.is_err() {
-            // What compiled once compiles again (the same IR, other settings); should it not,
-            // the baseline code stays, as correct as the optimized code would be.
-            self.builder_ctx = FunctionBuilderContext::new();
-            self.module.clear_context(&mut self.ctx);
+        for (_, function) in &mut functions {
+            let callees: Vec<_> = function
+                .params
+                .user_named_funcs()
+                .iter()
+                .filter_map(|(at, name)| {
+                    let new = renamed.get(&FuncId::from_u32(name.index))?;
+                    (name.namespace == 0).then_some((at, *new))
+                })
+                .collect();
+            for (at, new) in callees {
+                function.params.reset_user_func_name(
+                    at,
+                    cranelift_codegen::ir::UserExternalName::new(0, new.as_u32()),
+                );
+            }
         }
+        let isa = self.optimized_isa.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let compile_all = {
+            let done = done.clone();
+            move || {
+                let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    functions
+                        .into_iter()
+                        .map(|(id, function)| {
+                            let mut ctx = cranelift_codegen::Context::for_function(function);
+                            MachineCode::compile(&mut ctx, &*isa, id)
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                }))
+                .unwrap_or_else(|_| Err("cranelift panicked".to_string()));
+                done.store(true, Ordering::Release);
+                compiled
+            }
+        };
+        if let Ok(worker) = std::thread::Builder::new()
+            .name("sglc-jit".into())
+            .spawn(compile_all)
+        {
+            self.runtime.tier_up_done = Some(done);
+            self.tier_up_job = Some(TierUpJob {
+                specs: job_specs,
+                loops: job_loops,
+                worker,
+            });
+        }
+        // (No thread to be had: the baseline code stays, as correct as optimized code.)
+        self.compile_nanos += started.elapsed().as_nanos() as u64;
     }
 
+    /// Declares the optimized twin of baseline code `baseline` and queues its IR in
+    /// `functions`; `None` when its IR was not kept or the declaration fails (it stays
+    /// baseline code, as correct as the optimized code would be).
+    fn declare_tier_up(
+        &mut self,
+        baseline: FuncId,
+        functions: &mut Vec<(FuncId, cranelift_codegen::ir::Function)>,
+    ) -> Option<FuncId> {
+        let function = self.baseline_ir.remove(&baseline)?;
+        let declaration = self.module.declarations().get_function_decl(baseline);
+        let (name, signature) = (
+            declaration.name.clone().unwrap_or_default(),
+            declaration.signature.clone(),
+        );
+        self.declared += 1;
+        let name = format!("{name}^{}{}", Tier::Optimized.code(), self.declared);
+        let id = self
+            .module
+            .declare_function(&name, cranelift_module::Linkage::Local, &signature)
+            .ok()?;
+        functions.push((id, function));
+        Some(id)
+    }
+
+    /// Defines what a tier-up compiled and makes the interpreter call it; what failed to
+    /// compile stays baseline code.
+    fn install_tier_up(
+        &mut self,
+        specs: Vec<(Spec, Ty, FuncId)>,
+        loops: Vec<(BaselineLoop, FuncId)>,
+        compiled: Result<Vec<MachineCode>, String>,
+    ) {
+        self.runtime.tier_up_done = None;
+        let Ok(compiled) = compiled else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let defined = compiled
+            .into_iter()
+            .try_for_each(|code| code.define_in(&mut self.module));
+        if defined.is_ok() && self.finish(specs, Tier::Optimized).is_ok() {
+            for (entry, id) in loops {
+                let pointer = self.module.get_finalized_function(id);
+                if let Some(entries) = self.osr_compiled.get_mut(&entry.key) {
+                    for (frame, (code, _)) in entries.iter_mut() {
+                        if *frame == entry.frame {
+                            *code = pointer;
+                        }
+                    }
+                }
+                self.optimized_osr.insert(entry.key);
+            }
+        }
+        self.compile_nanos += started.elapsed().as_nanos() as u64;
+    }
     /// Compiles `function` entered at loop header `ip` with the slot types `frame`.
     fn compile_osr(
         &mut self,
@@ -1134,13 +1334,8 @@ impl Jit {
         } else {
             self.first_tier()
         };
-        let defined = self.define_specs(
-            program,
-            globals,
-            &mut analyzer,
-            plan.callees.clone(),
-            (tier, Recompile::Nothing),
-        )?;
+        let defined =
+            self.define_specs(program, globals, &mut analyzer, plan.callees.clone(), tier)?;
         self.declared += 1;
         let name = format!(
             "{}#{}_loop{ip}_{}{}",
@@ -1164,7 +1359,11 @@ impl Jit {
         )?;
         self.finish(defined, tier)?;
         if self.record_compiled_tier(tier) {
-            self.baseline_osr.push((function, ip as u32));
+            self.baseline_osr.push(BaselineLoop {
+                key: (function, ip as u32),
+                frame: frame.clone(),
+                id,
+            });
         }
         Ok((self.module.get_finalized_function(id), plan.return_type))
     }
@@ -1231,7 +1430,13 @@ impl Jit {
                 .module
                 .define_function(id, &mut self.ctx)
                 .map_err(|e| format!("cranelift rejected the function: {e:?}"))?,
-            Tier::Baseline => self.define_baseline(id)?,
+            Tier::Baseline => {
+                if self.options.tiers == crate::jit_options::JitTiers::Tiered {
+                    // Kept for the tier-up (compiling mutates the context's function).
+                    self.baseline_ir.insert(id, self.ctx.func.clone());
+                }
+                self.define_baseline(id)?
+            }
         }
         if let (Some(clif), Some(ir)) = (&mut self.clif, ir) {
             let machine = self
@@ -1253,23 +1458,7 @@ impl Jit {
     /// Compiles the function in the context with the baseline tier's settings and defines
     /// `id` as its code (the module's own compile uses the optimizing tier's).
     fn define_baseline(&mut self, id: FuncId) -> Result<(), String> {
-        let mut control = cranelift_codegen::control::ControlPlane::default();
-        let alignment = self
-            .ctx
-            .compile(&*self.baseline_isa, &mut control)
-            .map_err(|e| format!("cranelift rejected the function: {:?}", e.inner))?
-            .buffer
-            .alignment as u64;
-        let code = self.ctx.compiled_code().ok_or("cranelift kept no code")?;
-        let relocs: Vec<cranelift_module::ModuleReloc> = code
-            .buffer
-            .relocs()
-            .iter()
-            .map(|reloc| cranelift_module::ModuleReloc::from_mach_reloc(reloc, &self.ctx.func, id))
-            .collect();
-        self.module
-            .define_function_bytes(id, alignment, code.code_buffer(), &relocs)
-            .map_err(|e| format!("cranelift rejected the function: {e:?}"))
+        MachineCode::compile(&mut self.ctx, &*self.baseline_isa, id)?.define_in(&mut self.module)
     }
 }
 
@@ -1716,28 +1905,37 @@ mod tests {
             _ => panic!("baseline code ran a whole tank without asking to tier up"),
         }
         assert!(jit.runtime.tier_up_due);
-        // The next call compiles fib again, optimized, and runs that to the end: no more
-        // baseline code, so running out of fuel just refuels.
-        let pointer = jit.compiled[&Spec {
-            function: fib,
-            args: vec![Ty::Int],
-        }]
-            .1;
-        assert!(matches!(
-            call(&mut jit, 27),
-            JitCall::Returned(Value::Int(196418))
-        ));
-        assert!(jit.baseline_specs.is_empty() && !jit.runtime.baseline_code);
-        assert_ne!(
+        let compiled_fib = |jit: &Jit| {
             jit.compiled[&Spec {
                 function: fib,
                 args: vec![Ty::Int],
             }]
-                .1,
-            pointer,
+                .1
+        };
+        let baseline_pointer = compiled_fib(&jit);
+        // The next call starts compiling fib again, optimized, on a thread of its own, and
+        // calls the baseline code meanwhile.
+        assert!(matches!(
+            call(&mut jit, 10),
+            JitCall::Returned(Value::Int(55))
+        ));
+        assert!(jit.tier_up_job.is_some() && jit.runtime.tier_up_done.is_some());
+        assert!(jit.baseline_specs.is_empty() && !jit.runtime.baseline_code);
+        // Once the thread is done, the next call installs the optimized code and runs it to
+        // the end: no more baseline code, so running out of fuel just refuels.
+        jit.wait_for_tier_up_thread();
+        assert!(jit.runtime.tier_up_ready(), "the thread said it is done");
+        assert!(matches!(
+            call(&mut jit, 27),
+            JitCall::Returned(Value::Int(196418))
+        ));
+        assert!(jit.tier_up_job.is_none() && jit.runtime.tier_up_done.is_none());
+        assert_ne!(
+            compiled_fib(&jit),
+            baseline_pointer,
             "the interpreter calls the optimized code"
         );
-        assert!(jit.runtime.refuels > 0, "the optimized code refuelled");
+        assert!(jit.runtime.spent_before > 0, "the optimized code refuelled");
 
         // Many short runs of baseline code tier up too.
         let mut jit = eager_jit(&program, &limits);
@@ -1748,11 +1946,62 @@ mod tests {
             ));
         }
         assert!(jit.runtime.tier_up_due && jit.baseline_specs.len() == 1);
+        let baseline_pointer = compiled_fib(&jit);
         assert!(matches!(
             call(&mut jit, 3),
             JitCall::Returned(Value::Int(2))
         ));
         assert!(jit.baseline_specs.is_empty() && !jit.runtime.baseline_code);
+        jit.wait_for_tier_up_thread();
+        assert!(matches!(
+            call(&mut jit, 3),
+            JitCall::Returned(Value::Int(2))
+        ));
+        assert_ne!(compiled_fib(&jit), baseline_pointer);
+    }
+
+    /// A loop compiled by the baseline tier is compiled again, optimized, on the tier-up's
+    /// thread, and its next entry runs the optimized code.
+    #[test]
+    fn a_baseline_loop_tiers_up_on_the_compiling_thread() {
+        let program = compile(
+            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
+        );
+        let (main, header, mut jit) = loop_setup(&program);
+        // n = 10, total = 0, i = 0, the iterator `next` items in.
+        let entry = |jit: &mut Jit, next: usize| {
+            let values = [
+                Value::Int(10),
+                Value::Int(0),
+                Value::Int(0),
+                range_iter(0, 10, next),
+            ];
+            enter_loop(jit, &program, (main, header), &values)
+        };
+        assert!(matches!(
+            entry(&mut jit, 0),
+            JitCall::Returned(Value::Int(45))
+        ));
+        let pointer = |jit: &Jit| jit.osr_compiled[&(main, header)][0].1.0;
+        let baseline_pointer = pointer(&jit);
+        assert_eq!(jit.baseline_osr.len(), 1);
+        jit.runtime.tier_up_due = true;
+        assert!(matches!(
+            entry(&mut jit, 0),
+            JitCall::Returned(Value::Int(45))
+        ));
+        assert!(jit.baseline_osr.is_empty() && jit.tier_up_job.is_some());
+        jit.wait_for_tier_up_thread();
+        assert!(matches!(
+            entry(&mut jit, 5),
+            JitCall::Returned(Value::Int(35))
+        ));
+        assert_ne!(
+            pointer(&jit),
+            baseline_pointer,
+            "the loop runs its optimized code"
+        );
+        assert!(jit.optimized_osr.contains(&(main, header)));
     }
 
     /// A loop compiled after a function it calls reuses that function's code, compiling it
