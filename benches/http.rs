@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The same allocator as the `sglc` binary, so the figure is what users get.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sglc::allocator::Allocator = sglc::allocator::Allocator;
 
 const SERVE_ENV: &str = "SGLC_BENCH_FAKE_SERVER";
 

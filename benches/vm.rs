@@ -8,7 +8,7 @@ use serde_json::json;
 use sglc::{Engine, RunConfig, Script, TestBackend};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sglc::allocator::Allocator = sglc::allocator::Allocator;
 
 /// Programs per benchmark iteration: enough for the scheduler to batch as it does in real runs.
 const PROGRAMS: usize = 1_000;

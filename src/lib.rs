@@ -40,6 +40,8 @@
 use sglc_compiler::render::render_diagnostics;
 use std::sync::Arc;
 
+pub mod allocator;
+
 pub use sglc_compiler::{Diagnostic, Program, Severity, bytecode};
 /// Server backends (OpenAI-compatible, SGLang), with the `http` feature.
 #[cfg(feature = "http")]

@@ -4,10 +4,9 @@ mod cli;
 
 use clap::Parser;
 
-/// The VM allocates many small, short-lived objects (values, states, requests); mimalloc's
-/// thread-local free lists serve them at a fraction of glibc malloc's cost (`sglc bench vm`).
+/// mimalloc (see `sglc::allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sglc::allocator::Allocator = sglc::allocator::Allocator;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -44,19 +44,18 @@ const PROGRAMS: &[Program] = &[
     program!("scoring", "scoring strings", 20_000, 500, false),
 ];
 
-/// Times CPython on `main(n)`: best of `runs`, in seconds, and the result.
+/// Runs `main(n)` under CPython once per line read from stdin, printing each run's time in
+/// seconds and its result: the benchmark drives it run by run, between its own runs.
 const PY_RUNNER: &str = r#"
 import importlib, json, sys, time
 sys.setrecursionlimit(100000)
 module = importlib.import_module(sys.argv[1])
-n, runs = int(sys.argv[2]), int(sys.argv[3])
-best = None
-for _ in range(runs):
+n = int(sys.argv[2])
+for _ in sys.stdin:
     t = time.perf_counter()
     result = module.main(n)
     elapsed = time.perf_counter() - t
-    best = elapsed if best is None else min(best, elapsed)
-print(json.dumps({"seconds": best, "result": result, "version": sys.version.split()[0]}))
+    print(json.dumps({"seconds": elapsed, "result": result, "version": sys.version.split()[0]}), flush=True)
 "#;
 
 #[derive(Args, Debug)]
@@ -89,10 +88,21 @@ impl BenchJitArgs {
     }
 }
 
-/// Best-of-`runs` wall times of `main(n)` interpreted and JIT-compiled (compile time
-/// included), and their results. The two alternate run by run, so a machine that slows down
-/// for a while slows both alike.
-fn time_sgl(program: &Program, n: i64, runs: usize) -> Result<[(f64, String); 2]> {
+/// A best time and the result of that program's run.
+type Timing = (f64, String);
+
+/// The interpreter's and the JIT's timings, and CPython's with its version.
+type Timings = ([Timing; 2], Option<(Timing, String)>);
+
+/// Best-of-`runs` wall times of `main(n)` interpreted, JIT-compiled (compile time included)
+/// and, given a runner, under CPython, with their results (and CPython's version). The three take turns run by run, so
+/// a machine that slows down for a while slows all alike.
+fn time_program(
+    program: &Program,
+    n: i64,
+    runs: usize,
+    mut python: Option<PythonRunner>,
+) -> Result<Timings> {
     let engine = Engine::new(TestBackend::new());
     let script = engine
         .compile(program.name, program.sgl)
@@ -102,6 +112,7 @@ fn time_sgl(program: &Program, n: i64, runs: usize) -> Result<[(f64, String); 2]
         config.jit.mode = mode;
         (config, f64::INFINITY, String::new())
     });
+    let mut python_best: Option<Timing> = None;
     for _ in 0..runs {
         for (config, best, result) in &mut timings {
             let started = Instant::now();
@@ -114,39 +125,84 @@ fn time_sgl(program: &Program, n: i64, runs: usize) -> Result<[(f64, String); 2]
                 other => other.to_string(),
             };
         }
+        if let Some(runner) = &mut python {
+            let (seconds, result) = runner.run_once()?;
+            if python_best.as_ref().is_none_or(|(best, _)| seconds < *best) {
+                python_best = Some((seconds, result));
+            }
+        }
     }
-    Ok(timings.map(|(_, best, result)| (best, result)))
+    let version = python.as_ref().map(|runner| runner.version.clone());
+    Ok((
+        timings.map(|(_, best, result)| (best, result)),
+        python_best.zip(version),
+    ))
 }
 
-fn time_python(
-    dir: &std::path::Path,
-    program: &Program,
-    n: i64,
-    runs: usize,
-) -> Result<(f64, String, String)> {
-    let output = std::process::Command::new("python3")
-        .arg(dir.join("runner.py"))
-        .args([program.name, &n.to_string(), &runs.to_string()])
-        .current_dir(dir)
-        .output()
-        .context("cannot run python3 (use --no-python to skip the comparison)")?;
-    if !output.status.success() {
-        bail!(
-            "python3 failed on {}: {}",
-            program.name,
-            String::from_utf8_lossy(&output.stderr)
-        );
+/// CPython running one program's Python twin (`PY_RUNNER`), one run per request.
+struct PythonRunner {
+    name: &'static str,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    version: String,
+}
+
+impl PythonRunner {
+    fn start(dir: &std::path::Path, program: &Program, n: i64) -> Result<PythonRunner> {
+        let mut child = std::process::Command::new("python3")
+            .arg(dir.join("runner.py"))
+            .args([program.name, &n.to_string()])
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot run python3 (use --no-python to skip the comparison)")?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("python3 started without pipes");
+        };
+        Ok(PythonRunner {
+            name: program.name,
+            child,
+            stdin,
+            stdout: std::io::BufReader::new(stdout),
+            version: String::new(),
+        })
     }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let result = match &report["result"] {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    Ok((
-        report["seconds"].as_f64().unwrap_or(f64::NAN),
-        result,
-        report["version"].as_str().unwrap_or("?").to_string(),
-    ))
+
+    /// One run: its time in seconds and its result.
+    fn run_once(&mut self) -> Result<(f64, String)> {
+        use std::io::{BufRead, Read, Write};
+        let mut line = String::new();
+        let answered = writeln!(self.stdin, "run")
+            .and_then(|()| self.stdin.flush())
+            .and_then(|()| self.stdout.read_line(&mut line));
+        if !matches!(answered, Ok(1..)) {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = self.child.stderr.take() {
+                let _ = self.child.kill();
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            bail!("python3 failed on {}: {}", self.name, stderr.trim_end());
+        }
+        let report: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("python3 on {} printed {line:?}", self.name))?;
+        self.version = report["version"].as_str().unwrap_or("?").to_string();
+        let result = match &report["result"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Ok((report["seconds"].as_f64().unwrap_or(f64::NAN), result))
+    }
+}
+
+impl Drop for PythonRunner {
+    fn drop(&mut self) {
+        // End of input ends the runner; a kill in case it is stuck.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn verdict(met: bool, quick: bool) -> &'static str {
@@ -177,7 +233,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
         std::fs::write(dir.join(format!("{}.py", program.name)), program.py)?;
     }
     outln!(
-        "sglc bench jit: best of {runs} run(s), interpreter and JIT runs alternating; JIT times include compiling"
+        "sglc bench jit: best of {runs} run(s), interpreter, JIT and CPython taking turns; JIT times include compiling"
     );
     outln!();
     outln!(
@@ -199,7 +255,13 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
         } else {
             program.n
         };
-        let [(interpreted, expected), (compiled, result)] = time_sgl(program, n, runs)?;
+        let runner = if args.no_python {
+            None
+        } else {
+            Some(PythonRunner::start(&dir, program, n)?)
+        };
+        let ([(interpreted, expected), (compiled, result)], python) =
+            time_program(program, n, runs, runner)?;
         if result != expected {
             eprintln!(
                 "{}: the JIT gave {result}, the interpreter {expected}",
@@ -207,10 +269,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
             );
             exit = ExitCode::FAILURE;
         }
-        let python = if args.no_python {
-            None
-        } else {
-            let (seconds, py_result, py_version) = time_python(&dir, program, n, runs)?;
+        let python = python.map(|((seconds, py_result), py_version)| {
             if py_result != expected {
                 eprintln!(
                     "{}: CPython gave {py_result}, sglc {expected}",
@@ -219,8 +278,8 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
                 exit = ExitCode::FAILURE;
             }
             version = py_version;
-            Some(seconds)
-        };
+            seconds
+        });
         let speedup = interpreted / compiled;
         let ms = |s: f64| format!("{:.1} ms", s * 1e3);
         let ratio = |to: f64, digits: usize| {
