@@ -95,7 +95,10 @@ mod tests {
                 );
                 block.write_bytes(7, size);
                 let grown = Allocator.realloc(block, layout, size * 5);
-                assert!((grown as usize).is_multiple_of(align), "{size}/{align} grown");
+                assert!(
+                    (grown as usize).is_multiple_of(align),
+                    "{size}/{align} grown"
+                );
                 assert_eq!(*grown, 7);
                 Allocator.dealloc(grown, Layout::from_size_align(size * 5, align).unwrap());
                 let zeroed = Allocator.alloc_zeroed(layout);

@@ -252,9 +252,10 @@ pub enum Instr {
     StoreIndex,
     /// `[obj, lo?, hi?] -> [obj[lo:hi]]`: the bounds present are on the stack.
     Slice { lo: bool, hi: bool },
-    /// `[v] -> [str(v)]`, for f-string parts.
+    /// `[v] -> [str(v)]`: an f-string that is one `{expr}` and nothing else.
     FormatValue,
-    /// `[s_1, ..., s_n] -> [s_1 + ... + s_n]`, all strings.
+    /// `[v_1, ..., v_n] -> [str(v_1) + ... + str(v_n)]`: an f-string's text and values, each
+    /// shown as `str()` shows it (formatted here, with no string made for each value).
     BuildString(u32),
 
     /// `[a_1, ..., a_argc] -> [result]`: calls a function of this program.

@@ -893,6 +893,8 @@ impl<'a> Lowerer<'a> {
                 f.emit(Instr::Const(c), span);
             }
             ExprKind::FString(parts) => {
+                // `BuildString` shows each value as `str()` does; a lone `{expr}` has none.
+                let lone_value = parts.len() == 1 && matches!(parts[0], FStringPart::Expr(_));
                 for part in parts {
                     match part {
                         FStringPart::Text(t) => {
@@ -902,11 +904,13 @@ impl<'a> Lowerer<'a> {
                         FStringPart::Expr(e) => {
                             self.check_not_state(f, e, "in an f-string");
                             self.lower_expr(f, e);
-                            f.emit(Instr::FormatValue, e.span);
+                            if lone_value {
+                                f.emit(Instr::FormatValue, e.span);
+                            }
                         }
                     }
                 }
-                if parts.len() != 1 || !matches!(parts[0], FStringPart::Expr(_)) {
+                if !lone_value {
                     f.emit(Instr::BuildString(parts.len() as u32), span);
                 }
             }

@@ -1204,10 +1204,11 @@ impl Instance {
             Instr::BuildString(n) => {
                 // Read in place, sized once: no vector of parts, no second copy.
                 let at = self.stack.len() - n as usize;
-                let parts = &self.stack[at..];
-                let len = parts.iter().map(|p| p.as_str().map_or(0, str::len)).sum();
-                env.limits.fits_string(len).or_else(fail)?;
-                let s = Str::concat(len, parts.iter().map(|p| p.as_str().unwrap_or_default()));
+                let s = match Value::concat_display(&self.stack[at..], env.limits.max_string_bytes)
+                {
+                    Ok(s) => s,
+                    Err(len) => return env.limits.fits_string(len).or_else(fail),
+                };
                 self.stack.truncate(at);
                 self.stack.push(Value::Str(s));
             }

@@ -43,6 +43,15 @@ pub enum Value {
 // Two words: the interpreter moves values in registers (see `Str`).
 const _: () = assert!(std::mem::size_of::<Value>() == 16);
 
+/// `texts` in one string, or `Err` with its length when longer than `max_bytes`.
+fn concat_within(texts: &[&str], max_bytes: usize) -> Result<Str, usize> {
+    let len = texts.iter().map(|t| t.len()).sum();
+    if len > max_bytes {
+        return Err(len);
+    }
+    Ok(Str::concat(len, texts.iter().copied()))
+}
+
 pub enum Iter {
     List {
         list: List,
@@ -237,6 +246,33 @@ impl Value {
             Value::Int(n) => Str::from(itoa::Buffer::new().format(*n)),
             _ => Str::from(self.repr()),
         }
+    }
+
+    /// The parts of an f-string, each shown as `display_str` shows it, in one string sized
+    /// and written once: with only strings and ints, the usual parts, the ints are formatted
+    /// on the stack, with no string of their own. `Err` with the length when it would be
+    /// longer than `max_bytes`.
+    pub fn concat_display<P: std::borrow::Borrow<Value>>(
+        parts: &[P],
+        max_bytes: usize,
+    ) -> Result<Str, usize> {
+        const ON_STACK: usize = 8;
+        let plain = |p: &P| matches!(p.borrow(), Value::Str(_) | Value::Int(_));
+        if parts.len() <= ON_STACK && parts.iter().all(plain) {
+            let mut digits = [itoa::Buffer::new(); ON_STACK];
+            let mut texts = [""; ON_STACK];
+            for ((part, text), digits) in parts.iter().zip(&mut texts).zip(&mut digits) {
+                *text = match part.borrow() {
+                    Value::Str(s) => s.as_str(),
+                    Value::Int(n) => digits.format(*n),
+                    _ => "",
+                };
+            }
+            return concat_within(&texts[..parts.len()], max_bytes);
+        }
+        let shown: Vec<Str> = parts.iter().map(|p| p.borrow().display_str()).collect();
+        let texts: Vec<&str> = shown.iter().map(|s| s.as_str()).collect();
+        concat_within(&texts, max_bytes)
     }
 
     pub fn to_display(&self) -> String {

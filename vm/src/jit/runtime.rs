@@ -18,7 +18,7 @@
 use super::JitCtx;
 use crate::interp::{self, Limits};
 use crate::native::{MethodFn, NativeCtx, NativeFn};
-use crate::value::{Str, Value};
+use crate::value::Value;
 
 /// Arguments cloned out of their slots; most calls have few, kept off the heap.
 type Args = smallvec::SmallVec<[Value; 4]>;
@@ -473,7 +473,7 @@ pub(crate) unsafe extern "C" fn format_scalar(kind: i64, bits: i64) -> i64 {
     into_slot(Value::Str(value.display_str()))
 }
 
-/// An f-string from `count` string slots.
+/// An f-string from `count` slots (`BuildString`: each shown as `str()` shows it).
 pub(crate) unsafe extern "C" fn build_string(
     ctx: *mut JitCtx,
     slots: *const i64,
@@ -483,12 +483,12 @@ pub(crate) unsafe extern "C" fn build_string(
     let none = Value::None;
     // SAFETY: compiled code passes `count` live slots.
     let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
-    let part = |s: &i64| unsafe { value(*s, &none) }.as_str().unwrap_or_default();
-    let len = slots.iter().map(|s| part(s).len()).sum();
-    if limits.fits_string(len).is_err() {
-        return FAIL;
+    let parts: smallvec::SmallVec<[&Value; 8]> =
+        slots.iter().map(|s| unsafe { value(*s, &none) }).collect();
+    match Value::concat_display(&parts, limits.max_string_bytes) {
+        Ok(s) => into_slot(Value::Str(s)),
+        Err(_) => FAIL,
     }
-    into_slot(Value::Str(Str::concat(len, slots.iter().map(part))))
 }
 
 /// `for`'s iterator over a value.
