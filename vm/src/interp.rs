@@ -1515,8 +1515,7 @@ impl Instance {
     ) -> usize {
         let f = &program.functions[function as usize];
         let base = self.stack.len() - argc as usize;
-        self.stack
-            .resize(base + f.local_count as usize, Value::None);
+        grow_with_nones(&mut self.stack, base + f.local_count as usize);
         self.frames.push(Frame {
             function,
             ip: 0,
@@ -2209,6 +2208,16 @@ pub(crate) fn arith(
 
 /// `+`; a string or list it makes is checked against the size limits before it is built, so
 /// numbers pay nothing for the limits.
+/// Grows the stack to `len` with `none`s: a frame's locals past its arguments. (`resize`
+/// clones one `none` per slot through `Value::clone`; kept out of line, as `resize` was, so
+/// the interpreter's loop keeps its registers.)
+#[inline(never)]
+fn grow_with_nones(stack: &mut Vec<Value>, len: usize) {
+    if stack.len() < len {
+        stack.resize_with(len, || Value::None);
+    }
+}
+
 pub fn binary_add(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
     match (a, b) {
         (Value::Str(x), Value::Str(y)) => {
