@@ -345,6 +345,20 @@ fn bench_jit_smoke_run_agrees_with_the_interpreter() {
     ] {
         assert!(table.contains(row), "no `{row}`:\n{table}");
     }
+    // `--only` keeps the programs whose names match, in the table and the latency report.
+    let out = sglc(&["bench", "jit", "--quick", "--no-python", "--only", "fib"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.contains("fib(30)") && table.contains("fib::main"),
+        "{table}"
+    );
+    for other in ["nested int loop", "scoring", "sieve::sieve"] {
+        assert!(
+            !table.contains(other),
+            "`{other}` with --only fib:\n{table}"
+        );
+    }
 }
 
 /// Each of `--jit-tiers` runs a program to the same result; another value is a clear error.
