@@ -669,7 +669,7 @@ fn install_map_methods(n: &mut Natives) {
         let k = key(args)?;
         Ok(map_of(recv)
             .borrow()
-            .get(&k)
+            .get(k.as_str())
             .cloned()
             .unwrap_or_else(|| args.get(1).cloned().unwrap_or_default()))
     });
@@ -698,7 +698,7 @@ fn install_map_methods(n: &mut Natives) {
     });
     n.register_method("map", "pop", |_, recv, args, _| {
         let k = key(args)?;
-        match map_of(recv).borrow_mut().shift_remove(&k) {
+        match map_of(recv).borrow_mut().shift_remove(k.as_str()) {
             Some(v) => Ok(v),
             None => args
                 .get(1)

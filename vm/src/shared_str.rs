@@ -79,6 +79,7 @@ impl Str {
         Str(header)
     }
 
+    #[inline]
     pub fn as_str(&self) -> &str {
         // SAFETY: the pointer is live while `self` is (counted reference); the header records
         // how many bytes follow it, all copied from `&str`s.
@@ -149,6 +150,7 @@ impl std::ops::Deref for Str {
 }
 
 impl std::borrow::Borrow<str> for Str {
+    #[inline]
     fn borrow(&self) -> &str {
         self.as_str()
     }
@@ -161,6 +163,7 @@ impl AsRef<str> for Str {
 }
 
 impl PartialEq for Str {
+    #[inline]
     fn eq(&self, other: &Str) -> bool {
         self.0 == other.0 || self.as_str() == other.as_str()
     }
@@ -182,6 +185,7 @@ impl Ord for Str {
 
 /// Hashes as the `str` it holds, so maps keyed by `Str` are looked up by `&str`.
 impl std::hash::Hash for Str {
+    #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.as_str().hash(state)
     }

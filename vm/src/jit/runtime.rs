@@ -427,7 +427,7 @@ pub(crate) unsafe extern "C" fn store_index(
         }
         (Value::Map(map), Value::Str(k)) => {
             let mut map = map.borrow_mut();
-            if !map.contains_key(k) && map.len() >= limits.max_collection_len {
+            if !map.contains_key(k.as_str()) && map.len() >= limits.max_collection_len {
                 return FAIL;
             }
             map.insert(k.clone(), item.clone());
