@@ -2216,8 +2216,6 @@ pub(crate) fn arith(
     }
 }
 
-/// `+`; a string or list it makes is checked against the size limits before it is built, so
-/// numbers pay nothing for the limits.
 /// Grows the stack to `len` with `none`s: a frame's locals past its arguments. (`resize`
 /// clones one `none` per slot through `Value::clone`; kept out of line, as `resize` was, so
 /// the interpreter's loop keeps its registers.)
@@ -2228,6 +2226,8 @@ fn grow_with_nones(stack: &mut Vec<Value>, len: usize) {
     }
 }
 
+/// `+`; a string or list it makes is checked against the size limits before it is built, so
+/// numbers pay nothing for the limits.
 pub fn binary_add(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String> {
     match (a, b) {
         (Value::Str(x), Value::Str(y)) => {

@@ -97,7 +97,7 @@ struct SpareBoxes {
     count: std::cell::Cell<usize>,
 }
 
-/// Spare boxes kept at most (a quarter of a page's worth of values each: 16 KiB).
+/// Spare boxes kept at most per thread (16 KiB of them).
 const MAX_SPARE_BOXES: usize = 1024;
 
 thread_local! {
