@@ -95,8 +95,8 @@ type Timing = (f64, String);
 type Timings = ([Timing; 2], Option<(Timing, String)>);
 
 /// Best-of-`runs` wall times of `main(n)` interpreted, JIT-compiled (compile time included)
-/// and, given a runner, under CPython, with their results (and CPython's version). The three take turns run by run, so
-/// a machine that slows down for a while slows all alike.
+/// and, given a runner, under CPython, with their results (and CPython's version). The three
+/// take turns run by run, so a machine that slows down for a while slows all alike.
 fn time_program(
     program: &Program,
     n: i64,
@@ -120,10 +120,7 @@ fn time_program(
                 .run(&script, "main", serde_json::json!({ "n": n }), config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", program.name))?;
             *best = best.min(started.elapsed().as_secs_f64());
-            *result = match state.return_value {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
+            *result = result_text(state.return_value);
         }
         if let Some(runner) = &mut python {
             let (seconds, result) = runner.run_once()?;
@@ -137,6 +134,14 @@ fn time_program(
         timings.map(|(_, best, result)| (best, result)),
         python_best.zip(version),
     ))
+}
+
+/// A result as the table compares it: a string as it is, anything else as JSON.
+fn result_text(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    }
 }
 
 /// CPython running one program's Python twin (`PY_RUNNER`), one run per request.
@@ -186,14 +191,11 @@ impl PythonRunner {
             }
             bail!("python3 failed on {}: {}", self.name, stderr.trim_end());
         }
-        let report: serde_json::Value = serde_json::from_str(&line)
+        let mut report: serde_json::Value = serde_json::from_str(&line)
             .with_context(|| format!("python3 on {} printed {line:?}", self.name))?;
         self.version = report["version"].as_str().unwrap_or("?").to_string();
-        let result = match &report["result"] {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        Ok((report["seconds"].as_f64().unwrap_or(f64::NAN), result))
+        let seconds = report["seconds"].as_f64().unwrap_or(f64::NAN);
+        Ok((seconds, result_text(report["result"].take())))
     }
 }
 

@@ -1209,10 +1209,9 @@ impl Jit {
                 .params
                 .user_named_funcs()
                 .iter()
-                .filter_map(|(at, name)| {
-                    let new = renamed.get(&FuncId::from_u32(name.index))?;
-                    (name.namespace == 0).then_some((at, *new))
-                })
+                // Namespace 0 holds functions (cranelift-module's convention), 1 data.
+                .filter(|(_, name)| name.namespace == 0)
+                .filter_map(|(at, name)| Some((at, *renamed.get(&FuncId::from_u32(name.index))?)))
                 .collect();
             for (at, new) in callees {
                 function.params.reset_user_func_name(
