@@ -194,6 +194,26 @@ fn runtime_errors_render_with_source_and_trace() {
     assert!(err.contains("called from `main`"), "{err}");
 }
 
+/// Lines printed before a runtime error are shown, and kept in `--json`'s error.
+#[test]
+fn output_printed_before_a_runtime_error_is_kept() {
+    let program = "tests/programs/jit/deopt_errors.sgl";
+    let out = sglc(&["run", program, "--backend", "test"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "3000000000000000\n");
+    assert!(
+        stderr(&out).contains("integer overflow"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sglc(&["run", program, "--backend", "test", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        json["error"]["output"],
+        serde_json::json!(["3000000000000000"])
+    );
+}
+
 #[test]
 fn help_shows_examples() {
     let out = sglc(&["--help"]);

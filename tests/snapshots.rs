@@ -76,6 +76,9 @@ fn run_program_with(path: &Path, config: &RunConfig) -> String {
             out.push_str(&format!("== return ==\n{}\n", state.return_value));
         }
         Err(Error::Runtime(error)) => {
+            if !error.output.is_empty() {
+                out.push_str(&format!("== output ==\n{}\n", error.output.join("\n")));
+            }
             out.push_str(&format!(
                 "== runtime error ==\n{}",
                 script.render(&[error.to_diagnostic()], false)

@@ -595,6 +595,12 @@ fn run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
             if args.json && !args.stream {
                 outln!("{}", serde_json::json!({ "error": error }));
             }
+            if !args.json {
+                // What it printed before failing is part of the run.
+                for line in &error.output {
+                    outln!("{line}");
+                }
+            }
             eprint!(
                 "{}",
                 script.render(&[error.to_diagnostic()], color_stderr())

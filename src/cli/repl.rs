@@ -311,9 +311,13 @@ impl Session {
                 }
                 Ok((!shown.is_empty()).then(|| shown.join("\n")))
             }
-            Err(Error::Runtime(error)) => Err(Failure {
-                rendered: script.render(&[error.to_diagnostic()], self.color),
-            }),
+            Err(Error::Runtime(error)) => {
+                // What it printed before failing, then the error.
+                let printed: String = error.output.iter().map(|l| format!("{l}\n")).collect();
+                Err(Failure {
+                    rendered: printed + &script.render(&[error.to_diagnostic()], self.color),
+                })
+            }
             Err(other) => Err(Failure {
                 rendered: format!("error: {other}\n"),
             }),
@@ -443,6 +447,9 @@ impl Session {
             }
             Err(Error::Runtime(error)) => {
                 outln!();
+                for line in &error.output {
+                    outln!("{line}");
+                }
                 eprint!("{}", script.render(&[error.to_diagnostic()], self.color));
                 Ok(())
             }

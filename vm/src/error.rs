@@ -18,6 +18,9 @@ pub struct RuntimeError {
     pub trace: Vec<TraceFrame>,
     /// A short hint on how to fix it, when there is one.
     pub help: Option<String>,
+    /// Lines the program printed before it failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
 }
 
 impl RuntimeError {
@@ -26,6 +29,7 @@ impl RuntimeError {
             message: message.into(),
             trace: Vec::new(),
             help: None,
+            output: Vec::new(),
         }
     }
 
@@ -95,6 +99,7 @@ mod tests {
             message: "boom".to_string(),
             trace,
             help: None,
+            output: Vec::new(),
         };
         let labels: Vec<String> = error
             .to_diagnostic()

@@ -491,6 +491,7 @@ impl Instance {
             message,
             trace,
             help,
+            output: Vec::new(),
         }
     }
 
@@ -2436,5 +2437,6 @@ pub fn state_failure(program: &Program, state: &StateRef) -> Option<RuntimeError
         message: error.message.clone(),
         trace,
         help: None,
+        output: Vec::new(),
     })
 }

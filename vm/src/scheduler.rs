@@ -339,7 +339,12 @@ pub async fn run_batch(
                 Some(Halt::Error(error)) => Some(Err(error)),
             };
             if let Some(result) = outcome {
-                let slot = slots[id].take().expect("slot is live");
+                let mut slot = slots[id].take().expect("slot is live");
+                // What it printed before failing is kept with the error.
+                let result = result.map_err(|mut error| {
+                    error.output = std::mem::take(&mut slot.instance.output);
+                    error
+                });
                 free.push(id);
                 active -= 1;
                 finish(config, slot.index, result, &mut on_done);
@@ -381,11 +386,12 @@ pub async fn run_batch(
                 deadlines.pop_front();
                 continue;
             };
-            let Some(error) = slot.instance.check_deadline(program, &config.limits) else {
+            let Some(mut error) = slot.instance.check_deadline(program, &config.limits) else {
                 break;
             };
             deadlines.pop_front();
-            let slot = slots[id].take().expect("slot is live");
+            let mut slot = slots[id].take().expect("slot is live");
+            error.output = std::mem::take(&mut slot.instance.output);
             slot.instance.cancel();
             runnable.retain(|&r| r != id);
             free.push(id);

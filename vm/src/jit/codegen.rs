@@ -109,6 +109,75 @@ pub struct FunctionCodegen<'a, 'b> {
     /// Stack slots that hold a borrowed box just now: freeing one does nothing, and a deopt
     /// clones it so the interpreter gets a value of its own.
     borrowed: std::collections::HashSet<usize>,
+    /// What the code knows of int values: their lower bounds (`Bounds`).
+    bounds: Bounds,
+}
+
+/// Lower bounds of int values known where code is being emitted, from the comparisons that
+/// branched there: after `if n < 2 { return n }`, `n - 1` and `n - 2` cannot overflow, and
+/// their checks go. A bound holds from the branch's target to the end of its basic block, and
+/// only where that target has no other way in; a value is an SSA value, so no later store can
+/// change it.
+#[derive(Default)]
+struct Bounds {
+    /// The bounds in the basic block being emitted.
+    known: HashMap<Value, i64>,
+    /// `compared[v]`: the bool `v` is `x cc k` for an int `x` and a constant `k`.
+    compared: HashMap<Value, (Value, IntCC, i64)>,
+    /// Bounds for the start of a basic block, by its first instruction, from the branch
+    /// that is its only way in.
+    at_block: HashMap<usize, HashMap<Value, i64>>,
+    /// `single_entry[ip]`: one edge (a branch or falling through) leads to `ip`.
+    single_entry: Vec<bool>,
+}
+
+impl Bounds {
+    /// The bounds a branch on `condition` gives its two targets: where it is true, where false.
+    fn of_branch(&self, condition: Value) -> [Option<(Value, i64)>; 2] {
+        let Some(&(x, cc, k)) = self.compared.get(&condition) else {
+            return [None, None];
+        };
+        let at_least = |m: Option<i64>| m.map(|m| (x, m));
+        match cc {
+            IntCC::SignedGreaterThan => [at_least(k.checked_add(1)), None],
+            IntCC::SignedGreaterThanOrEqual => [at_least(Some(k)), None],
+            IntCC::SignedLessThan => [None, at_least(Some(k))],
+            IntCC::SignedLessThanOrEqual => [None, at_least(k.checked_add(1))],
+            _ => [None, None],
+        }
+    }
+
+    /// Passes what is known now, plus `bound`, to the block starting at `target` when the
+    /// branch is its only way in.
+    fn pass_to(&mut self, target: usize, bound: Option<(Value, i64)>) {
+        if !self.single_entry.get(target).copied().unwrap_or(false) {
+            return;
+        }
+        let mut known = self.known.clone();
+        if let Some((x, m)) = bound {
+            let m = known.get(&x).map_or(m, |&old| old.max(m));
+            known.insert(x, m);
+        }
+        self.at_block.insert(target, known);
+    }
+}
+
+/// `single_entry[ip]` for reachable code (`reachable[ip]`): whether exactly one edge leads
+/// to `ip` (a branch to it, or the instruction before falling through).
+fn single_entry(code: &[Instr], reachable: impl Fn(usize) -> bool) -> Vec<bool> {
+    let mut edges = vec![0u32; code.len() + 1];
+    for (ip, instr) in code.iter().enumerate() {
+        if !reachable(ip) {
+            continue;
+        }
+        if let Some(target) = super::analyze::branch_target(*instr) {
+            edges[target] += 1;
+        }
+        if !matches!(instr, Instr::Jump(_) | Instr::Return) {
+            edges[ip + 1] += 1;
+        }
+    }
+    edges.into_iter().map(|n| n == 1).collect()
 }
 
 impl<'a, 'b> FunctionCodegen<'a, 'b> {
@@ -148,6 +217,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             helper_sigs: HashMap::new(),
             borrows: Vec::new(),
             borrowed: std::collections::HashSet::new(),
+            bounds: Bounds::default(),
         }
     }
 
@@ -347,6 +417,18 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             k
         };
         let sum = self.b.ins().iadd_imm_s(x, k);
+        // The SSA builder may have read `x` as a block parameter it later found redundant.
+        let x_resolved = self.b.func.dfg.resolve_aliases(x);
+        if let Some(low) = self.bounds.known.get(&x_resolved).copied()
+            && let Some(sum_low) = low.checked_add(k)
+        {
+            // A negative k cannot take `x` below i64::MIN; a positive one may still overflow
+            // above, which its check tests (after it, the sum is at least `low + k`).
+            self.bounds.known.insert(sum, sum_low);
+            if k < 0 {
+                return Some((sum, None));
+            }
+        }
         // Adding a positive k overflowed exactly when the sum wrapped below `x`; a negative k,
         // when it wrapped above.
         let overflow = match k.cmp(&0) {
@@ -429,8 +511,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 self.b.ins().call(self.deopt, &[ctx, site]);
             }
         }
+        // The site, never zero, says "deopted": a constant of this block alone, where a
+        // shared `1` would be kept in a register (or on the stack) across the hot path.
         let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.ins().return_(&[zero]);
+        self.b.ins().return_(&[zero, site]);
     }
 
     /// Spends one unit of fuel; the value is true when the tank is empty. Loops spend at
@@ -644,12 +728,21 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         // the function is done. Code is emitted in order, so that is on entering any block
         // but a loop's header, which waits for its back edge.
         let loop_headers = super::analyze::loop_headers(code);
+        self.bounds.single_entry = single_entry(code, |ip| {
+            self.plan.before.get(ip).is_some_and(Option::is_some)
+        });
+        // On-stack replacement enters at the loop header too, with any values.
+        if let Some((entry_ip, _)) = self.osr_entry {
+            self.bounds.single_entry[entry_ip] = false;
+        }
         let mut open = false;
         for (ip, instr) in code.iter().enumerate() {
             if let Some(block) = blocks.get(&ip) {
                 if open {
+                    self.bounds.pass_to(ip, None);
                     self.b.ins().jump(*block, &[]);
                 }
+                self.bounds.known = self.bounds.at_block.remove(&ip).unwrap_or_default();
                 self.b.switch_to_block(*block);
                 if !loop_headers[ip] {
                     self.b.seal_block(*block);
@@ -881,6 +974,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let (ta, tb) = (ty_at(1), ty_at(0));
                 let a = self.get(top(1), ta);
                 let b = self.get(top(0), tb);
+                let mut compared = None;
                 let v = if ta == Ty::Int && tb == Ty::Int {
                     let cc = match instr {
                         Instr::Lt => IntCC::SignedLessThan,
@@ -888,6 +982,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                         Instr::Gt => IntCC::SignedGreaterThan,
                         _ => IntCC::SignedGreaterThanOrEqual,
                     };
+                    let a = self.b.func.dfg.resolve_aliases(a);
+                    compared = self.constant_bits(b).map(|k| (a, cc, k));
                     self.b.ins().icmp(cc, a, b)
                 } else {
                     let (x, y) = (self.as_f64(a, ta), self.as_f64(b, tb));
@@ -903,6 +999,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     self.b.ins().fcmp(cc, x, y)
                 };
                 let v = self.b.ins().uextend(types::I64, v);
+                if let Some(compared) = compared {
+                    self.bounds.compared.insert(v, compared);
+                }
                 self.set(top(1), Ty::Bool, v);
             }
             Instr::Jump(target) => {
@@ -916,6 +1015,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             Instr::JumpIfFalse(target) => {
                 let ty = ty_at(0);
                 let a = self.get(top(0), ty);
+                let [when_true, when_false] = self.bounds.of_branch(a);
+                self.bounds.pass_to(ip + 1, when_true);
+                self.bounds.pass_to(target as usize, when_false);
                 let t = self.truthy(a, ty);
                 self.b
                     .ins()
@@ -1013,11 +1115,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     .get(&callee)
                     .ok_or("a callee was not declared")?;
                 let call = self.b.ins().call(fref, &args);
-                let result = self.b.inst_results(call)[0];
-                let status =
-                    self.b
-                        .ins()
-                        .load(types::I64, MemFlagsData::trusted(), ctx, CTX_STATUS);
+                let (result, status) = (self.b.inst_results(call)[0], self.b.inst_results(call)[1]);
                 // The callee deopted and reported its frame: report this one, waiting for the
                 // callee's result after the call.
                 self.deopt_if_callee_deopted(status, frame, ip + 1, depth - argc);
@@ -1035,7 +1133,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let ty = ty_at(0);
                 let v = self.get(top(0), ty);
                 let bits = self.as_bits(v, ty);
-                self.b.ins().return_(&[bits]);
+                let returned = self.b.ins().iconst(types::I64, 0);
+                self.b.ins().return_(&[bits, returned]);
                 return Ok(false);
             }
             other => return Err(format!("cannot compile {other:?}")),
@@ -1166,13 +1265,15 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 }
 
-/// The signature of compiled functions: `(ctx, depth, args as i64 bits...) -> result bits`,
-/// where `depth` counts the call frames in use with this one.
+/// The signature of compiled functions: `(ctx, depth, args as i64 bits...) -> (result bits,
+/// deopted)`, where `depth` counts the call frames in use with this one and `deopted` is
+/// nonzero when the function deopted instead of returning (`super::Returned`).
 pub fn signature(module: &dyn Module, argc: usize) -> cranelift_codegen::ir::Signature {
     let mut sig = module.make_signature();
     for _ in 0..argc + 2 {
         sig.params.push(AbiParam::new(types::I64));
     }
+    sig.returns.push(AbiParam::new(types::I64));
     sig.returns.push(AbiParam::new(types::I64));
     sig
 }

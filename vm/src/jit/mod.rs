@@ -13,6 +13,7 @@
 
 mod analyze;
 mod codegen;
+mod inline;
 pub mod runtime;
 
 pub use crate::jit_options::{JitMode, JitOptions};
@@ -242,6 +243,17 @@ pub struct Turn {
 }
 
 const CTX_STATUS: i32 = 0;
+
+/// What compiled code returns: its result's bits, and whether it deopted instead (then the
+/// context's status says where, and `value` means nothing). Compiled callers test `deopted`,
+/// a register, rather than load the status after every call; the interpreter reads the
+/// status. Two `i64`s, returned in two registers by the C calling convention, as cranelift
+/// returns its two results (`codegen::signature`).
+#[repr(C)]
+struct Returned {
+    value: i64,
+    deopted: i64,
+}
 const CTX_FUEL: i32 = 8;
 const CTX_SPILL: i32 = 16;
 const CTX_CHAIN_SPILL: i32 = 24;
@@ -400,6 +412,8 @@ pub struct Jit {
     /// The IR of code of the baseline tier that is to tier up, by its id: a tier-up compiles
     /// it again with the optimizing tier's settings, without building it again.
     baseline_ir: HashMap<FuncId, cranelift_codegen::ir::Function>,
+    /// The IR of small optimized code, for the optimizing tier to inline into its callers.
+    inline_bodies: inline::InlineBodies,
     /// The tier-up compiling on its own thread, if any.
     tier_up_job: Option<TierUpJob>,
     /// Loop entries tiered up: compiled by the optimizing tier from now on.
@@ -442,6 +456,8 @@ pub struct Jit {
     /// Nanoseconds spent compiling, and specializations compiled.
     pub compile_nanos: u64,
     pub compiled_count: usize,
+    /// Calls the optimizing tier inlined (`inline`), in code installed.
+    pub inlined_calls: usize,
 }
 
 /// A loop entry compiled by the baseline tier (`Jit::osr`): its function and header, the slot
@@ -457,6 +473,8 @@ struct BaselineLoop {
 struct TierUpJob {
     specs: Vec<(Spec, Ty, FuncId)>,
     loops: Vec<(BaselineLoop, FuncId)>,
+    /// The IR of the small functions among `specs`, for later code to inline.
+    bodies: Vec<(u32, Arc<cranelift_codegen::ir::Function>)>,
     worker: std::thread::JoinHandle<Result<Vec<MachineCode>, String>>,
 }
 
@@ -466,6 +484,8 @@ struct MachineCode {
     alignment: u64,
     bytes: Vec<u8>,
     relocs: Vec<cranelift_module::ModuleReloc>,
+    /// Calls inlined into it.
+    inlined_calls: usize,
 }
 
 impl MachineCode {
@@ -493,6 +513,7 @@ impl MachineCode {
             alignment,
             bytes: code.code_buffer().to_vec(),
             relocs,
+            inlined_calls: 0,
         })
     }
 
@@ -608,6 +629,8 @@ impl Jit {
             baseline_specs: Vec::new(),
             baseline_osr: Vec::new(),
             baseline_ir: HashMap::new(),
+            inline_bodies: HashMap::new(),
+            inlined_calls: 0,
             tier_up_job: None,
             optimized_osr: std::collections::HashSet::new(),
             declared: 0,
@@ -801,7 +824,7 @@ impl Jit {
             raw[at] = Ty::bits_of(&values[value]);
         }
         self.runtime.start(turn);
-        type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> i64;
+        type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> Returned;
         // SAFETY: `pointer` is a finalized on-stack replacement entry of this module, with the
         // signature `(ctx, depth, slots) -> i64`; `raw` holds the slots in the layout
         // `osr_frame` describes, which is the one the entry was compiled for.
@@ -809,7 +832,8 @@ impl Jit {
             &mut self.runtime,
             depth as i64,
             raw.as_ptr(),
-        );
+        )
+        .value;
         self.count_baseline_run();
         if self.runtime.status == 0 {
             // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
@@ -1081,7 +1105,9 @@ impl Jit {
             let id = codegen::declare(&mut self.module, &name, plan.spec.args.len())?;
             ids.insert(plan.spec.clone(), id);
         }
-        for plan in &plans {
+        // Callees first (plans are found callers first), so the optimizing tier has their
+        // bodies to inline.
+        for plan in plans.iter().rev() {
             self.define(program, globals, plan, (ids[&plan.spec], tier), &ids, None)?;
         }
         Ok(plans
@@ -1160,7 +1186,7 @@ impl Jit {
                     .worker
                     .join()
                     .unwrap_or_else(|_| Err("the compiling thread panicked".to_string()));
-                self.install_tier_up(job.specs, job.loops, compiled);
+                self.install_tier_up(job.specs, job.loops, job.bodies, compiled);
             }
         }
         if self.runtime.tier_up_due {
@@ -1220,6 +1246,17 @@ impl Jit {
                 );
             }
         }
+        // The small ones among them can be inlined, as can optimized code of earlier
+        // tier-ups; they join `inline_bodies` once installed.
+        let new_bodies: Vec<(u32, Arc<cranelift_codegen::ir::Function>)> = functions
+            .iter()
+            .filter(|(id, function)| {
+                job_specs.iter().any(|(_, _, new)| new == id) && inline::is_small(function)
+            })
+            .map(|(id, function)| (id.as_u32(), Arc::new(function.clone())))
+            .collect();
+        let mut bodies = self.inline_bodies.clone();
+        bodies.extend(new_bodies.iter().cloned());
         let isa = self.optimized_isa.clone();
         let done = Arc::new(AtomicBool::new(false));
         let compile_all = {
@@ -1230,7 +1267,10 @@ impl Jit {
                         .into_iter()
                         .map(|(id, function)| {
                             let mut ctx = cranelift_codegen::Context::for_function(function);
-                            MachineCode::compile(&mut ctx, &*isa, id)
+                            let inlined = inline::inline_calls(&mut ctx, &bodies)?;
+                            let mut code = MachineCode::compile(&mut ctx, &*isa, id)?;
+                            code.inlined_calls = inlined;
+                            Ok(code)
                         })
                         .collect::<Result<Vec<_>, String>>()
                 }))
@@ -1247,6 +1287,7 @@ impl Jit {
             self.tier_up_job = Some(TierUpJob {
                 specs: job_specs,
                 loops: job_loops,
+                bodies: new_bodies,
                 worker,
             });
         }
@@ -1284,6 +1325,7 @@ impl Jit {
         &mut self,
         specs: Vec<(Spec, Ty, FuncId)>,
         loops: Vec<(BaselineLoop, FuncId)>,
+        bodies: Vec<(u32, Arc<cranelift_codegen::ir::Function>)>,
         compiled: Result<Vec<MachineCode>, String>,
     ) {
         self.runtime.tier_up_done = None;
@@ -1291,10 +1333,13 @@ impl Jit {
             return;
         };
         let started = std::time::Instant::now();
+        let inlined: usize = compiled.iter().map(|code| code.inlined_calls).sum();
         let defined = compiled
             .into_iter()
             .try_for_each(|code| code.define_in(&mut self.module));
         if defined.is_ok() && self.finish(specs, Tier::Optimized).is_ok() {
+            self.inline_bodies.extend(bodies);
+            self.inlined_calls += inlined;
             for (entry, id) in loops {
                 let pointer = self.module.get_finalized_function(id);
                 if let Some(entries) = self.osr_compiled.get_mut(&entry.key) {
@@ -1378,11 +1423,8 @@ impl Jit {
     ) -> Result<(), String> {
         self.module.clear_context(&mut self.ctx);
         // An on-stack replacement entry takes one argument: the buffer of slots.
-        let argc = if osr_entry.is_some() {
-            1
-        } else {
-            plan.spec.args.len()
-        };
+        let is_osr = osr_entry.is_some();
+        let argc = if is_osr { 1 } else { plan.spec.args.len() };
         self.ctx.func.signature = codegen::signature(&self.module, argc);
         let mut callee_refs = HashMap::new();
         for callee in &plan.callees {
@@ -1418,6 +1460,15 @@ impl Jit {
             self.builder_ctx = FunctionBuilderContext::new();
             self.module.clear_context(&mut self.ctx);
             return Err(reason);
+        }
+        if tier == Tier::Optimized {
+            // Recorded before its own calls are inlined, so an inlined body never holds
+            // another one.
+            if !is_osr && inline::is_small(&self.ctx.func) {
+                self.inline_bodies
+                    .insert(id.as_u32(), Arc::new(self.ctx.func.clone()));
+            }
+            self.inlined_calls += inline::inline_calls(&mut self.ctx, &self.inline_bodies)?;
         }
         let ir = self
             .clif
@@ -1746,14 +1797,27 @@ fn describe(program: &Program, spec: &Spec) -> String {
 /// # Safety
 /// `pointer` must be a finalized function with signature `(ctx, i64 x args.len()) -> i64`.
 unsafe fn invoke(pointer: *const u8, ctx: &mut JitCtx, depth: i64, args: &[i64]) -> i64 {
+    unsafe { invoke_returning(pointer, ctx, depth, args) }.value
+}
+
+/// `invoke` with both results (`Returned`).
+///
+/// # Safety
+/// As `invoke`.
+unsafe fn invoke_returning(
+    pointer: *const u8,
+    ctx: &mut JitCtx,
+    depth: i64,
+    args: &[i64],
+) -> Returned {
     type C = *mut JitCtx;
-    type F0 = extern "C" fn(C, i64) -> i64;
-    type F1 = extern "C" fn(C, i64, i64) -> i64;
-    type F2 = extern "C" fn(C, i64, i64, i64) -> i64;
-    type F3 = extern "C" fn(C, i64, i64, i64, i64) -> i64;
-    type F4 = extern "C" fn(C, i64, i64, i64, i64, i64) -> i64;
-    type F5 = extern "C" fn(C, i64, i64, i64, i64, i64, i64) -> i64;
-    type F6 = extern "C" fn(C, i64, i64, i64, i64, i64, i64, i64) -> i64;
+    type F0 = extern "C" fn(C, i64) -> Returned;
+    type F1 = extern "C" fn(C, i64, i64) -> Returned;
+    type F2 = extern "C" fn(C, i64, i64, i64) -> Returned;
+    type F3 = extern "C" fn(C, i64, i64, i64, i64) -> Returned;
+    type F4 = extern "C" fn(C, i64, i64, i64, i64, i64) -> Returned;
+    type F5 = extern "C" fn(C, i64, i64, i64, i64, i64, i64) -> Returned;
+    type F6 = extern "C" fn(C, i64, i64, i64, i64, i64, i64, i64) -> Returned;
     let ctx = ctx as C;
     let d = depth;
     // SAFETY: the caller guarantees the signature matches the argument count.
@@ -1768,7 +1832,10 @@ unsafe fn invoke(pointer: *const u8, ctx: &mut JitCtx, depth: i64, args: &[i64])
             [a, b, c, e, f, g] => {
                 std::mem::transmute::<*const u8, F6>(pointer)(ctx, d, a, b, c, e, f, g)
             }
-            _ => 0,
+            _ => Returned {
+                value: 0,
+                deopted: 1,
+            },
         }
     }
 }
@@ -1935,6 +2002,10 @@ mod tests {
             "the interpreter calls the optimized code"
         );
         assert!(jit.runtime.spent_before > 0, "the optimized code refuelled");
+        assert_eq!(
+            jit.inlined_calls, 2,
+            "the tier-up inlined fib's two calls of itself, one level deep"
+        );
 
         // Many short runs of baseline code tier up too.
         let mut jit = eager_jit(&program, &limits);
@@ -1961,6 +2032,63 @@ mod tests {
 
     /// A loop compiled by the baseline tier is compiled again, optimized, on the tier-up's
     /// thread, and its next entry runs the optimized code.
+    /// Where an inlined callee deopts, the frames reported are those a real call would
+    /// have reported: the callee's, then its caller's waiting for the callee's result.
+    #[test]
+    fn an_inlined_callee_deopts_as_a_called_one() {
+        let program = compile(
+            "fn triple(x) {\n    return x * 3\n}\n\nfn grow(n, x) {\n    if n < 1 { return x }\n    return grow(n - 1, triple(x))\n}\n",
+        );
+        let (grow, triple) = (
+            program.function("grow").unwrap(),
+            program.function("triple").unwrap(),
+        );
+        let limits = crate::interp::Limits::default();
+        let options = JitOptions {
+            mode: JitMode::Eager,
+            tiers: crate::jit_options::JitTiers::Optimized,
+            ..JitOptions::default()
+        };
+        let mut jit = Jit::new(&program, &crate::native::Natives::new(), options, &limits).unwrap();
+        let mut call = |n: i64| {
+            jit.call(
+                &program,
+                &[],
+                grow,
+                &[Value::Int(n), Value::Int(1)],
+                0,
+                &limits,
+                Turn::default(),
+            )
+        };
+        assert!(matches!(call(5), JitCall::Returned(Value::Int(243))));
+        // 3^40 overflows: in the copy of `triple` inlined into a copy of `grow`.
+        let JitCall::Deopt { frames, .. } = call(60) else {
+            panic!("an overflow in the inlined triple did not deopt");
+        };
+        let innermost = frames.last().unwrap();
+        assert_eq!(innermost.function, triple);
+        // `x` is not read again (none); the multiplication's operands are on the stack.
+        assert!(
+            matches!(innermost.values[..], [Value::None, Value::Int(x), Value::Int(3)] if x == 3i64.pow(39)),
+            "triple's frame holds the x that overflows: {:?}",
+            innermost.values
+        );
+        // grow(60), ..., grow(21), waiting for grow's result, then grow(21) waiting for
+        // triple's with n - 1 on its stack.
+        assert_eq!(frames.len(), 40 + 1);
+        let caller = &frames[frames.len() - 2];
+        assert_eq!(caller.function, grow);
+        assert!(matches!(caller.values[..], [_, _, Value::Int(20)]));
+        assert!(
+            frames[..39]
+                .iter()
+                .all(|frame| frame.function == grow && frame.ip == frames[0].ip)
+        );
+        // grow inlines triple and itself (a call of a function that inlines nothing more).
+        assert!(jit.inlined_calls >= 2, "inlined {}", jit.inlined_calls);
+    }
+
     #[test]
     fn a_baseline_loop_tiers_up_on_the_compiling_thread() {
         let program = compile(
