@@ -84,7 +84,9 @@ pub struct FunctionCodegen<'a, 'b> {
     /// `vars[slot][rep]`: a slot's variable in one representation, declared on first use
     /// (indexed, not hashed: looking variables up was a few percent of compiling).
     vars: Vec<[Option<Variable>; REPS]>,
-    ctx: Option<Value>,
+    /// Where the JIT's context is (`Jit::runtime`, boxed: it never moves while code of the
+    /// JIT exists).
+    pub ctx_address: i64,
     /// Call frames in use, this one included: a parameter, so calls cost no memory traffic.
     depth: Option<Value>,
     /// The interpreter's call depth limit.
@@ -205,7 +207,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             refuel,
             sites,
             vars: Vec::new(),
-            ctx: None,
+            ctx_address: 0,
             depth: None,
             max_depth: i64::MAX,
             max_range: i64::MAX,
@@ -248,8 +250,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.def_var(v, value);
     }
 
-    fn ctx(&self) -> Value {
-        self.ctx.expect("the entry block defines ctx")
+    /// The JIT's context: its address, a constant where it is used (`Jit::runtime`), so no
+    /// register carries it through the code, across calls or into callees.
+    fn ctx(&mut self) -> Value {
+        self.b.ins().iconst(types::I64, self.ctx_address)
     }
 
     fn as_f64(&mut self, value: Value, ty: Ty) -> Value {
@@ -289,39 +293,60 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
 
     /// Branches to a deopt block when `failed` is true; code continues in a new block.
     fn deopt_if(&mut self, failed: Value, frame: &Frame, resume_ip: usize, stack_len: usize) {
-        self.branch_to_deopt(failed, frame, resume_ip, stack_len, Report::Guard);
+        self.branch_to_deopt(failed, frame, resume_ip, stack_len, (Report::Guard, None));
     }
 
-    /// After a call of compiled code: deopts when the callee did (`status` is nonzero).
+    /// After a call of compiled code: deopts when the callee did (`deopted` is nonzero);
+    /// returns the call's `result` as the code after the check has it. It is passed to that
+    /// code as a block argument, so that where the callee is inlined, its returns can jump
+    /// straight there (`inline::thread_deopt_checks`).
     fn deopt_if_callee_deopted(
         &mut self,
-        status: Value,
+        (result, deopted): (Value, Value),
         frame: &Frame,
         resume_ip: usize,
         stack_len: usize,
-    ) {
-        self.branch_to_deopt(status, frame, resume_ip, stack_len, Report::AfterCallee);
+    ) -> Value {
+        let after = self.branch_to_deopt(
+            deopted,
+            frame,
+            resume_ip,
+            stack_len,
+            (Report::AfterCallee, Some(result)),
+        );
+        after.expect("the result is passed on")
     }
 
+    /// Branches to a deopt block when `failed`; code goes on in a new block, which receives
+    /// `carried` as its parameter (returned) when there is one.
     fn branch_to_deopt(
         &mut self,
         failed: Value,
         frame: &Frame,
         resume_ip: usize,
         stack_len: usize,
-        report: Report,
-    ) {
+        (report, carried): (Report, Option<Value>),
+    ) -> Option<Value> {
         // Read where the branch leaves, so the deopt block sees constants as constants.
         let state = self.read_deopt_state(frame, resume_ip, stack_len);
         let fail = self.b.create_block();
         let cont = self.b.create_block();
         self.b.set_cold_block(fail);
-        self.b.ins().brif(failed, fail, &[], cont, &[]);
+        match carried {
+            Some(value) => {
+                self.b.append_block_param(cont, types::I64);
+                self.b.ins().brif(failed, fail, &[], cont, &[value.into()]);
+            }
+            None => {
+                self.b.ins().brif(failed, fail, &[], cont, &[]);
+            }
+        }
         self.b.seal_block(fail);
         self.b.seal_block(cont);
         self.b.switch_to_block(fail);
         self.emit_deopt_of(state, resume_ip, report);
         self.b.switch_to_block(cont);
+        carried.map(|_| self.b.block_params(cont)[0])
     }
 
     /// Deopts where the divisor `value` is zero (the interpreter's error), unless it is a
@@ -559,15 +584,14 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.switch_to_block(entry);
         self.b.seal_block(entry);
         let params: Vec<Value> = self.b.block_params(entry).to_vec();
-        self.ctx = Some(params[0]);
-        self.depth = Some(params[1]);
+        self.depth = Some(params[0]);
         if let Some((entry_ip, frame)) = self.osr_entry.clone() {
-            return self.emit_osr(code, params[2], entry_ip, &frame, config);
+            return self.emit_osr(code, params[1], entry_ip, &frame, config);
         }
         for slot in 0..self.local_count {
             match spec.args.get(slot) {
                 Some(ty) => {
-                    let v = self.bits_as(params[slot + 2], *ty);
+                    let v = self.bits_as(params[slot + 1], *ty);
                     self.set(slot, *ty, v);
                 }
                 None => {
@@ -1089,7 +1113,6 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let argc = argc as usize;
                 // The interpreter refuses a call at the depth limit: let it, with its error
                 // (tested at the entry of a whole function; here in a loop entered by OSR).
-                let ctx = self.ctx();
                 let depth_now = self.depth.expect("the entry block defines depth");
                 if !self.depth_checked_at_entry {
                     let too_deep = self.b.ins().icmp_imm_s(
@@ -1101,7 +1124,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 }
                 let arg_types: Vec<Ty> = (0..argc).rev().map(ty_at).collect();
                 let callee_depth = self.b.ins().iadd_imm_s(depth_now, 1);
-                let mut args = vec![ctx, callee_depth];
+                let mut args = vec![callee_depth];
                 for (i, ty) in arg_types.iter().enumerate() {
                     let v = self.get(top(argc - 1 - i), *ty);
                     args.push(self.as_bits(v, *ty));
@@ -1118,7 +1141,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 let (result, status) = (self.b.inst_results(call)[0], self.b.inst_results(call)[1]);
                 // The callee deopted and reported its frame: report this one, waiting for the
                 // callee's result after the call.
-                self.deopt_if_callee_deopted(status, frame, ip + 1, depth - argc);
+                let result =
+                    self.deopt_if_callee_deopted((result, status), frame, ip + 1, depth - argc);
                 let result_ty = self
                     .plan
                     .before
@@ -1265,12 +1289,13 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 }
 
-/// The signature of compiled functions: `(ctx, depth, args as i64 bits...) -> (result bits,
+/// The signature of compiled functions: `(depth, args as i64 bits...) -> (result bits,
 /// deopted)`, where `depth` counts the call frames in use with this one and `deopted` is
-/// nonzero when the function deopted instead of returning (`super::Returned`).
+/// nonzero when the function deopted instead of returning (`super::Returned`). The context
+/// is not an argument: its address is a constant of the code (`FunctionCodegen::ctx`).
 pub fn signature(module: &dyn Module, argc: usize) -> cranelift_codegen::ir::Signature {
     let mut sig = module.make_signature();
-    for _ in 0..argc + 2 {
+    for _ in 0..argc + 1 {
         sig.params.push(AbiParam::new(types::I64));
     }
     sig.returns.push(AbiParam::new(types::I64));

@@ -12,7 +12,10 @@
 //! deopt, only the cost of a call.
 
 use cranelift_codegen::inline::{Inline, InlineCommand};
-use cranelift_codegen::ir::{ExternalName, FuncRef, Function, Inst, Opcode, Value};
+use cranelift_codegen::ir::{
+    Block, BlockArg, BlockCall, ExternalName, FuncRef, Function, Inst, InstructionData, Opcode,
+    Value, ValueDef,
+};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +70,123 @@ pub fn inline_calls(
     Ok(inlined)
 }
 
+/// Makes the returns of inlined callees jump past the caller's deopt check.
+///
+/// After a call, compiled code branches on the callee's `deopted` result (`codegen`'s
+/// `deopt_if_callee_deopted`); inlined, that result is a parameter of the block the
+/// callee's returns jump to, and every return passes a constant: 0 where it returns, a deopt
+/// site where it deopts. A jump that passes a constant to a block that only branches on it is
+/// sent to the branch's target instead, with the arguments that target takes. Cranelift's
+/// optimiser does not thread jumps; without this, every inlined call ends in materialising a
+/// 0, a jump, a test and a branch.
+pub fn thread_deopt_checks(function: &mut Function) {
+    // Uses of every value, so a block whose parameters are read anywhere but in its own
+    // branch (which a threaded jump would bypass) is left alone.
+    let mut uses: HashMap<Value, usize> = HashMap::new();
+    let mut jumps: Vec<(Inst, Block)> = Vec::new();
+    for block in function.layout.blocks() {
+        for inst in function.layout.block_insts(block) {
+            for value in function.dfg.inst_values(inst) {
+                *uses.entry(function.dfg.resolve_aliases(value)).or_default() += 1;
+            }
+            if let InstructionData::Jump { destination, .. } = function.dfg.insts[inst] {
+                jumps.push((inst, destination.block(&function.dfg.value_lists)));
+            }
+        }
+    }
+    for (jump, target) in jumps {
+        let Some(threaded) = thread_one(function, &uses, jump, target) else {
+            continue;
+        };
+        function.dfg.insts[jump] = InstructionData::Jump {
+            opcode: Opcode::Jump,
+            destination: threaded,
+        };
+    }
+}
+
+/// The destination `jump` (to `block`) can take instead: the target of `block`'s branch for
+/// the constant the jump passes it.
+fn thread_one(
+    function: &mut Function,
+    uses: &HashMap<Value, usize>,
+    jump: Inst,
+    block: Block,
+) -> Option<BlockCall> {
+    let layout = &function.layout;
+    let dfg = &function.dfg;
+    let branch = layout.first_inst(block)?;
+    if layout.last_inst(block) != Some(branch) {
+        return None;
+    }
+    let InstructionData::Brif {
+        arg: condition,
+        blocks: targets,
+        ..
+    } = dfg.insts[branch]
+    else {
+        return None;
+    };
+    let params = dfg.block_params(block);
+    let condition = dfg.resolve_aliases(condition);
+    let at = params.iter().position(|p| *p == condition)?;
+    // Every use of a parameter must be in the branch: the block is bypassed.
+    let in_branch = dfg
+        .inst_values(branch)
+        .map(|v| dfg.resolve_aliases(v))
+        .fold(HashMap::new(), |mut counts: HashMap<Value, usize>, v| {
+            *counts.entry(v).or_default() += 1;
+            counts
+        });
+    if params
+        .iter()
+        .any(|p| uses.get(p).copied().unwrap_or(0) != in_branch.get(p).copied().unwrap_or(0))
+    {
+        return None;
+    }
+    let InstructionData::Jump { destination, .. } = dfg.insts[jump] else {
+        return None;
+    };
+    let passed: Vec<Value> = destination
+        .args(&dfg.value_lists)
+        .map(|arg| arg.as_value())
+        .collect::<Option<_>>()?;
+    let flag = dfg.resolve_aliases(*passed.get(at)?);
+    let ValueDef::Result(def, _) = dfg.value_def(flag) else {
+        return None;
+    };
+    let InstructionData::UnaryImm {
+        opcode: Opcode::Iconst,
+        imm,
+    } = dfg.insts[def]
+    else {
+        return None;
+    };
+    let taken = if imm.bits() != 0 {
+        targets[0]
+    } else {
+        targets[1]
+    };
+    let target = taken.block(&dfg.value_lists);
+    if target == block {
+        return None;
+    }
+    let args: Vec<BlockArg> = taken
+        .args(&dfg.value_lists)
+        .map(|arg| {
+            let value = arg.as_value()?;
+            let value = dfg.resolve_aliases(value);
+            Some(BlockArg::Value(
+                params
+                    .iter()
+                    .position(|p| *p == value)
+                    .map_or(value, |i| passed[i]),
+            ))
+        })
+        .collect::<Option<_>>()?;
+    Some(BlockCall::new(target, args, &mut function.dfg.value_lists))
+}
+
 /// Tells cranelift which calls to inline, and with which body.
 struct Inliner<'a> {
     bodies: &'a InlineBodies,
@@ -108,5 +228,87 @@ impl Inline for Inliner<'_> {
             callee: Cow::Borrowed(body.as_ref()),
             visit_callee: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, UserFuncName, types};
+    use cranelift_codegen::isa::CallConv;
+    use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+
+    /// `f(x, c)`: where `c` is nonzero, a "callee" that deopts (passes 7) and one that
+    /// returns `x + 1` (passes 0) both jump to `check(result, flag)`, which branches to
+    /// `deopted` or `after(result)`.
+    fn inlined_shape() -> (Function, [Block; 4]) {
+        let mut signature = Signature::new(CallConv::SystemV);
+        signature.params = vec![AbiParam::new(types::I64); 2];
+        signature.returns = vec![AbiParam::new(types::I64)];
+        let mut function = Function::with_name_signature(UserFuncName::user(0, 0), signature);
+        let mut builder_ctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut function, &mut builder_ctx);
+        let [entry, returns, deopts, check, deopted, after] = [(); 6].map(|_| b.create_block());
+        b.append_block_params_for_function_params(entry);
+        b.append_block_param(check, types::I64);
+        b.append_block_param(check, types::I64);
+        b.append_block_param(after, types::I64);
+        b.switch_to_block(entry);
+        let [x, c] = [b.block_params(entry)[0], b.block_params(entry)[1]];
+        b.ins().brif(c, deopts, &[], returns, &[]);
+        b.switch_to_block(returns);
+        let sum = b.ins().iadd_imm_s(x, 1);
+        let zero = b.ins().iconst(types::I64, 0);
+        b.ins().jump(check, &[sum.into(), zero.into()]);
+        b.switch_to_block(deopts);
+        let site = b.ins().iconst(types::I64, 7);
+        let nothing = b.ins().iconst(types::I64, 0);
+        b.ins().jump(check, &[nothing.into(), site.into()]);
+        b.switch_to_block(check);
+        let [result, flag] = [b.block_params(check)[0], b.block_params(check)[1]];
+        b.ins().brif(flag, deopted, &[], after, &[result.into()]);
+        b.switch_to_block(deopted);
+        let minus = b.ins().iconst(types::I64, -1);
+        b.ins().return_(&[minus]);
+        b.switch_to_block(after);
+        let r = b.block_params(after)[0];
+        b.ins().return_(&[r]);
+        b.seal_all_blocks();
+        let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
+        let isa = cranelift_native::builder().unwrap().finish(flags).unwrap();
+        b.finalize(isa.frontend_config());
+        (function, [returns, deopts, deopted, after])
+    }
+
+    fn jump_target(function: &Function, from: Block) -> (Block, usize) {
+        let inst = function.layout.last_inst(from).unwrap();
+        let InstructionData::Jump { destination, .. } = function.dfg.insts[inst] else {
+            panic!("not a jump");
+        };
+        let pool = &function.dfg.value_lists;
+        (destination.block(pool), destination.len(pool))
+    }
+
+    #[test]
+    fn a_constant_flag_jumps_past_the_check() {
+        let (mut function, [returns, deopts, deopted, after]) = inlined_shape();
+        thread_deopt_checks(&mut function);
+        assert_eq!(jump_target(&function, returns), (after, 1), "{function}");
+        assert_eq!(jump_target(&function, deopts), (deopted, 0), "{function}");
+        let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
+        cranelift_codegen::verify_function(&function, &flags).expect("still valid IR");
+    }
+
+    #[test]
+    fn a_check_whose_parameters_are_read_elsewhere_stays() {
+        let (mut function, [returns, _, _, after]) = inlined_shape();
+        // `after` reads the check block's `result` directly: bypassing the check would
+        // leave it undefined there.
+        let check = jump_target(&function, returns).0;
+        let result = function.dfg.block_params(check)[0];
+        let ret = function.layout.last_inst(after).unwrap();
+        function.dfg.inst_args_mut(ret)[0] = result;
+        thread_deopt_checks(&mut function);
+        assert_eq!(jump_target(&function, returns).0, check);
     }
 }

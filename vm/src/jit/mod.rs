@@ -444,7 +444,8 @@ pub struct Jit {
     clif: Option<Vec<(Spec, String)>>,
     /// Why specializations were not compiled, for the disassembler.
     rejected: Vec<(Spec, String)>,
-    runtime: JitCtx,
+    /// Boxed so it never moves: compiled code has its address as a constant.
+    runtime: Box<JitCtx>,
     /// Values compiled code clones from (string constants, globals that are objects): boxes
     /// at fixed addresses, kept as long as the code.
     pinned: codegen::Pinned,
@@ -652,7 +653,7 @@ impl Jit {
             sites: Vec::new(),
             clif: None,
             rejected: Vec::new(),
-            runtime: JitCtx {
+            runtime: Box::new(JitCtx {
                 status: 0,
                 fuel: FUEL,
                 tank: FUEL,
@@ -667,7 +668,7 @@ impl Jit {
                 tier_up_due: false,
                 tier_up_done: None,
                 host: Rc::new(host_tables(program, natives, limits)),
-            },
+            }),
             pinned: Vec::new(),
             max_depth,
             max_range: limits.max_collection_len,
@@ -824,16 +825,14 @@ impl Jit {
             raw[at] = Ty::bits_of(&values[value]);
         }
         self.runtime.start(turn);
-        type Osr = extern "C" fn(*mut JitCtx, i64, *const i64) -> Returned;
+        type Osr = extern "C" fn(i64, *const i64) -> Returned;
         // SAFETY: `pointer` is a finalized on-stack replacement entry of this module, with the
-        // signature `(ctx, depth, slots) -> i64`; `raw` holds the slots in the layout
-        // `osr_frame` describes, which is the one the entry was compiled for.
-        let result = unsafe { std::mem::transmute::<*const u8, Osr>(pointer) }(
-            &mut self.runtime,
-            depth as i64,
-            raw.as_ptr(),
-        )
-        .value;
+        // signature `(depth, slots) -> Returned`, and this JIT's context at the address it was
+        // compiled with; `raw` holds the slots in the layout `osr_frame` describes, which is
+        // the one the entry was compiled for.
+        let result =
+            unsafe { std::mem::transmute::<*const u8, Osr>(pointer) }(depth as i64, raw.as_ptr())
+                .value;
         self.count_baseline_run();
         if self.runtime.status == 0 {
             // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
@@ -924,15 +923,9 @@ impl Jit {
             *slot = Ty::bits_of(arg);
         }
         // SAFETY: `pointer` is a finalized function of this module with the signature
-        // `(ctx, i64 x argc) -> i64` (codegen::signature), and argc <= MAX_ARGS.
-        let result = unsafe {
-            invoke(
-                pointer,
-                &mut self.runtime,
-                depth as i64 + 1,
-                &bits[..args.len()],
-            )
-        };
+        // `(depth, i64 x argc) -> Returned` (codegen::signature), argc <= MAX_ARGS, and the
+        // context is at the address the code was compiled with (`runtime` is boxed).
+        let result = unsafe { invoke(pointer, depth as i64 + 1, &bits[..args.len()]) };
         self.count_baseline_run();
         if self.runtime.status == 0 {
             // SAFETY: compiled code returned a slot of `return_type` it no longer owns.
@@ -1268,6 +1261,7 @@ impl Jit {
                         .map(|(id, function)| {
                             let mut ctx = cranelift_codegen::Context::for_function(function);
                             let inlined = inline::inline_calls(&mut ctx, &bodies)?;
+                            inline::thread_deopt_checks(&mut ctx.func);
                             let mut code = MachineCode::compile(&mut ctx, &*isa, id)?;
                             code.inlined_calls = inlined;
                             Ok(code)
@@ -1451,6 +1445,9 @@ impl Jit {
             (deopt, refuel),
             (&mut self.sites, &mut self.pinned),
         );
+        // Exposed: compiled code reads and writes the context through this address.
+        codegen.ctx_address =
+            std::ptr::from_mut::<JitCtx>(&mut self.runtime).expose_provenance() as i64;
         codegen.max_depth = self.max_depth as i64;
         codegen.max_range = i64::try_from(self.max_range).unwrap_or(i64::MAX);
         codegen.osr_entry = osr_entry;
@@ -1469,6 +1466,7 @@ impl Jit {
                     .insert(id.as_u32(), Arc::new(self.ctx.func.clone()));
             }
             self.inlined_calls += inline::inline_calls(&mut self.ctx, &self.inline_bodies)?;
+            inline::thread_deopt_checks(&mut self.ctx.func);
         }
         let ir = self
             .clif
@@ -1792,52 +1790,37 @@ fn describe(program: &Program, spec: &Spec) -> String {
     format!("fn {}({})", f.name, args.join(", "))
 }
 
-/// Calls compiled code with `args` as i64 bits.
+/// Calls compiled code with `args` as i64 bits; returns its result's bits.
 ///
 /// # Safety
-/// `pointer` must be a finalized function with signature `(ctx, i64 x args.len()) -> i64`.
-unsafe fn invoke(pointer: *const u8, ctx: &mut JitCtx, depth: i64, args: &[i64]) -> i64 {
-    unsafe { invoke_returning(pointer, ctx, depth, args) }.value
-}
-
-/// `invoke` with both results (`Returned`).
-///
-/// # Safety
-/// As `invoke`.
-unsafe fn invoke_returning(
-    pointer: *const u8,
-    ctx: &mut JitCtx,
-    depth: i64,
-    args: &[i64],
-) -> Returned {
-    type C = *mut JitCtx;
-    type F0 = extern "C" fn(C, i64) -> Returned;
-    type F1 = extern "C" fn(C, i64, i64) -> Returned;
-    type F2 = extern "C" fn(C, i64, i64, i64) -> Returned;
-    type F3 = extern "C" fn(C, i64, i64, i64, i64) -> Returned;
-    type F4 = extern "C" fn(C, i64, i64, i64, i64, i64) -> Returned;
-    type F5 = extern "C" fn(C, i64, i64, i64, i64, i64, i64) -> Returned;
-    type F6 = extern "C" fn(C, i64, i64, i64, i64, i64, i64, i64) -> Returned;
-    let ctx = ctx as C;
+/// `pointer` must be a finalized function with signature `(depth, i64 x args.len()) ->
+/// Returned`, compiled by a JIT that is alive (its code reaches the context at a fixed
+/// address).
+unsafe fn invoke(pointer: *const u8, depth: i64, args: &[i64]) -> i64 {
+    type F0 = extern "C" fn(i64) -> Returned;
+    type F1 = extern "C" fn(i64, i64) -> Returned;
+    type F2 = extern "C" fn(i64, i64, i64) -> Returned;
+    type F3 = extern "C" fn(i64, i64, i64, i64) -> Returned;
+    type F4 = extern "C" fn(i64, i64, i64, i64, i64) -> Returned;
+    type F5 = extern "C" fn(i64, i64, i64, i64, i64, i64) -> Returned;
+    type F6 = extern "C" fn(i64, i64, i64, i64, i64, i64, i64) -> Returned;
     let d = depth;
     // SAFETY: the caller guarantees the signature matches the argument count.
-    unsafe {
+    let returned = unsafe {
         match *args {
-            [] => std::mem::transmute::<*const u8, F0>(pointer)(ctx, d),
-            [a] => std::mem::transmute::<*const u8, F1>(pointer)(ctx, d, a),
-            [a, b] => std::mem::transmute::<*const u8, F2>(pointer)(ctx, d, a, b),
-            [a, b, c] => std::mem::transmute::<*const u8, F3>(pointer)(ctx, d, a, b, c),
-            [a, b, c, e] => std::mem::transmute::<*const u8, F4>(pointer)(ctx, d, a, b, c, e),
-            [a, b, c, e, f] => std::mem::transmute::<*const u8, F5>(pointer)(ctx, d, a, b, c, e, f),
+            [] => std::mem::transmute::<*const u8, F0>(pointer)(d),
+            [a] => std::mem::transmute::<*const u8, F1>(pointer)(d, a),
+            [a, b] => std::mem::transmute::<*const u8, F2>(pointer)(d, a, b),
+            [a, b, c] => std::mem::transmute::<*const u8, F3>(pointer)(d, a, b, c),
+            [a, b, c, e] => std::mem::transmute::<*const u8, F4>(pointer)(d, a, b, c, e),
+            [a, b, c, e, f] => std::mem::transmute::<*const u8, F5>(pointer)(d, a, b, c, e, f),
             [a, b, c, e, f, g] => {
-                std::mem::transmute::<*const u8, F6>(pointer)(ctx, d, a, b, c, e, f, g)
+                std::mem::transmute::<*const u8, F6>(pointer)(d, a, b, c, e, f, g)
             }
-            _ => Returned {
-                value: 0,
-                deopted: 1,
-            },
+            _ => return 0,
         }
-    }
+    };
+    returned.value
 }
 
 #[cfg(test)]

@@ -311,7 +311,6 @@ impl FunctionCodegen<'_, '_> {
         let top = |k: usize| base + depth - 1 - k;
         let ty_at = |k: usize| frame.stack[depth - 1 - k];
         let push_slot = base + depth;
-        let ctx = self.ctx();
         match instr {
             Instr::Const(i) => {
                 let Constant::Str(s) = &self.program.constants[i as usize] else {
@@ -549,6 +548,7 @@ impl FunctionCodegen<'_, '_> {
                 } else {
                     let key = self.object_of(top(1), t_key, &mut temps);
                     let item = self.object_of(top(0), t_item, &mut temps);
+                    let ctx = self.ctx();
                     (runtime::store_index as *const (), [ctx, obj, key, item])
                 };
                 self.checked(helper, &args, temps, FAIL, 3, (frame, ip));
@@ -562,6 +562,7 @@ impl FunctionCodegen<'_, '_> {
                 let mut temps = Vec::new();
                 let buffer = self.object_buffer(frame, count, &mut temps);
                 let n = self.b.ins().iconst(types::I64, i64::from(n));
+                let ctx = self.ctx();
                 let r = self.checked(helper, &[ctx, buffer, n], temps, FAIL, count, (frame, ip));
                 self.set(push_slot - count, Ty::Obj, r);
             }
@@ -584,6 +585,7 @@ impl FunctionCodegen<'_, '_> {
                 let list = self.get(list_slot, ty_at(1 + under as usize));
                 let mut temps = Vec::new();
                 let item = self.object_of(top(0), ty_at(0), &mut temps);
+                let ctx = self.ctx();
                 let args = [ctx, list, item];
                 self.checked(
                     runtime::append_under as *const (),
