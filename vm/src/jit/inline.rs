@@ -35,7 +35,7 @@ const MAX_INLINED_CALLS: usize = 8;
 
 /// Rounds of inlining: each inlines the calls the previous one brought in, so a recursive
 /// function gets its calls' calls inlined too (levels, not a chain down its first call).
-const INLINE_ROUNDS: usize = 1;
+const INLINE_ROUNDS: usize = 2;
 
 /// Whether `function` is small enough to be inlined.
 pub fn is_small(function: &Function) -> bool {

@@ -1986,8 +1986,8 @@ mod tests {
         );
         assert!(jit.runtime.spent_before > 0, "the optimized code refuelled");
         assert_eq!(
-            jit.inlined_calls, 2,
-            "the tier-up inlined fib's two calls of itself, one level deep"
+            jit.inlined_calls, 6,
+            "the tier-up inlined fib's two calls of itself, then the four calls those copies make"
         );
 
         // Many short runs of baseline code tier up too.
