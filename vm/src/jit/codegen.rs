@@ -113,6 +113,13 @@ pub struct FunctionCodegen<'a, 'b> {
     borrowed: std::collections::HashSet<usize>,
     /// What the code knows of int values: their lower bounds (`Bounds`).
     bounds: Bounds,
+    /// Emit the function's prefix only (`in_prefix`), handing over to its whole code, this
+    /// function, everywhere else.
+    pub prefix_of: Option<cranelift_codegen::ir::FuncRef>,
+    /// The arguments the function was entered with, for the hand-over.
+    entry_args: Vec<Value>,
+    /// Returns emitted in prefix mode: none, and the prefix is of no use.
+    prefix_returns: usize,
 }
 
 /// Lower bounds of int values known where code is being emitted, from the comparisons that
@@ -161,6 +168,71 @@ impl Bounds {
             known.insert(x, m);
         }
         self.at_block.insert(target, known);
+    }
+}
+
+/// Whether a function's *prefix* may run instruction `instr`: scalar arithmetic,
+/// comparisons, locals and forward branches, whose only effects are on the frame (a
+/// failing check deopts, which reports the frame as it is). A loop, a call or anything
+/// on an object ends the prefix.
+///
+/// A function's prefix is its code up to the first such instruction on every path: for
+/// `fib`, `if n < 2 { return n }`. Emitted on its own (`prefix_of`), it returns where the
+/// function returns early and calls the whole function everywhere else; inlined into the
+/// callers of a function too large to inline again, it saves the call wherever the callee
+/// would return at once, as a recursion's base case does in half of its calls.
+fn in_prefix(
+    ip: usize,
+    instr: Instr,
+    frame: &Frame,
+    program: &Program,
+    globals: &[crate::value::Value],
+) -> bool {
+    let scalar = |ty: &Ty| ty.is_scalar();
+    let frame_scalar = frame.stack.iter().all(scalar)
+        && frame.locals.iter().all(|local| match local {
+            Local::Known(ty) => ty.is_scalar(),
+            Local::Unknown => true,
+        });
+    if !frame_scalar {
+        return false;
+    }
+    match instr {
+        Instr::PushNone
+        | Instr::PushBool(_)
+        | Instr::PushInt(_)
+        | Instr::LoadLocal(_)
+        | Instr::StoreLocal(_)
+        | Instr::Pop
+        | Instr::Dup
+        | Instr::Add
+        | Instr::Sub
+        | Instr::Mul
+        | Instr::AddAssign
+        | Instr::Div
+        | Instr::Mod
+        | Instr::Neg
+        | Instr::Not
+        | Instr::Eq
+        | Instr::NotEq
+        | Instr::Lt
+        | Instr::Le
+        | Instr::Gt
+        | Instr::Ge
+        | Instr::Return => true,
+        Instr::JumpIfFalse(target)
+        | Instr::JumpIfFalseOrPop(target)
+        | Instr::JumpIfTrueOrPop(target)
+        | Instr::Jump(target) => target as usize > ip,
+        Instr::Const(i) => matches!(
+            program.constants[i as usize],
+            Constant::Int(_) | Constant::Float(_)
+        ),
+        Instr::LoadGlobal(g) => globals
+            .get(g as usize)
+            .and_then(Ty::of)
+            .is_some_and(|ty| ty.is_scalar()),
+        _ => false,
     }
 }
 
@@ -220,6 +292,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             borrows: Vec::new(),
             borrowed: std::collections::HashSet::new(),
             bounds: Bounds::default(),
+            prefix_of: None,
+            entry_args: Vec::new(),
+            prefix_returns: 0,
         }
     }
 
@@ -570,11 +645,12 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.deopt_if(empty, frame, ip, depth);
     }
 
-    /// Emits the whole function.
+    /// Emits the whole function (or its prefix, with `prefix_of`); returns how many
+    /// returns a prefix has (0 for a whole function).
     pub fn emit(
         mut self,
         config: cranelift_codegen::isa::TargetFrontendConfig,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         let spec = self.plan.spec.clone();
         let function = &self.program.functions[spec.function as usize];
         let code = &function.code;
@@ -588,6 +664,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         if let Some((entry_ip, frame)) = self.osr_entry.clone() {
             return self.emit_osr(code, params[1], entry_ip, &frame, config);
         }
+        self.entry_args = params[1..].to_vec();
         for slot in 0..self.local_count {
             match spec.args.get(slot) {
                 Some(ty) => {
@@ -606,7 +683,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 blocks.insert(ip, self.b.create_block());
             }
         }
-        if !self.plan.callees.is_empty()
+        // A prefix neither loops nor calls (it hands over first): it needs no entry checks.
+        if self.prefix_of.is_none()
+            && !self.plan.callees.is_empty()
             && let Some(frame) = self.plan.before[0].clone()
         {
             self.emit_entry_checks(&frame, blocks[&0]);
@@ -692,7 +771,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         entry_ip: usize,
         frame: &Frame,
         config: cranelift_codegen::isa::TargetFrontendConfig,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         let mut offset = 0i32;
         let load = |b: &mut FunctionBuilder, offset: &mut i32| {
             let v = b
@@ -745,7 +824,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         code: &[Instr],
         blocks: &HashMap<usize, Block>,
         config: cranelift_codegen::isa::TargetFrontendConfig,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         self.borrows = objects::borrowable(code, self.plan, &self.program.constants);
         // A block is sealed once every jump to it is emitted, so reading a variable there
         // looks it up in its predecessors instead of adding a block parameter to resolve when
@@ -786,7 +865,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         }
         self.b.seal_all_blocks();
         self.b.finalize(config);
-        Ok(())
+        Ok(self.prefix_returns)
     }
 
     /// Emits one instruction; returns whether the block goes on after it.
@@ -797,6 +876,15 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         frame: &Frame,
         blocks: &HashMap<usize, Block>,
     ) -> Result<bool, String> {
+        if let Some(whole) = self.prefix_of {
+            if !in_prefix(ip, instr, frame, self.program, self.globals) {
+                self.hand_over(whole);
+                return Ok(false);
+            }
+            if instr == Instr::Return {
+                self.prefix_returns += 1;
+            }
+        }
         let base = self.local_count;
         let depth = frame.stack.len();
         // The slot of the stack entry `k` from the top (0 = top).
@@ -1164,6 +1252,18 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             other => return Err(format!("cannot compile {other:?}")),
         }
         Ok(true)
+    }
+
+    /// Ends a prefix path: calls the whole function with the arguments it was entered with
+    /// and returns what it returns. Nothing before this point had an effect (`in_prefix`), so
+    /// running the function from its start is running it.
+    fn hand_over(&mut self, whole: cranelift_codegen::ir::FuncRef) {
+        let depth = self.depth.expect("the entry block defines depth");
+        let mut args = vec![depth];
+        args.extend(self.entry_args.iter().copied());
+        let call = self.b.ins().call(whole, &args);
+        let results = self.b.inst_results(call).to_vec();
+        self.b.ins().return_(&results);
     }
 
     /// Negation (`Neg`) or `abs(...)` (any other instruction) of the top of the stack. On an

@@ -20,9 +20,26 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The IR of functions small enough to inline, by their code's id (`FuncId::as_u32`),
-/// as emitted: calls in it are not inlined, so inlining one never grows by more than it.
+/// IR to inline, by the id (`FuncId::as_u32`) of the code whose calls it replaces, as
+/// emitted: calls in it are not inlined, so inlining one never grows by more than it.
 pub type InlineBodies = HashMap<u32, Arc<Function>>;
+
+/// What the optimizing tier may inline.
+#[derive(Clone, Default)]
+pub struct Inlinable {
+    /// Whole functions small enough to inline.
+    pub bodies: InlineBodies,
+    /// Functions' prefixes (`codegen::in_prefix`): their early exits, calling the whole
+    /// function everywhere else. Inlined where the whole function no longer is.
+    pub prefixes: InlineBodies,
+}
+
+impl Inlinable {
+    pub fn extend(&mut self, other: Inlinable) {
+        self.bodies.extend(other.bodies);
+        self.prefixes.extend(other.prefixes);
+    }
+}
 
 /// Instructions outside cold blocks a function may have to be inlined: a few comparisons,
 /// some arithmetic and a call or two, the size where a call's overhead is a large part of
@@ -33,9 +50,13 @@ const MAX_HOT_INSTRUCTIONS: usize = 48;
 /// of the largest small function.
 const MAX_INLINED_CALLS: usize = 8;
 
-/// Rounds of inlining: each inlines the calls the previous one brought in, so a recursive
-/// function gets its calls' calls inlined too (levels, not a chain down its first call).
+/// Rounds of inlining whole functions: each inlines the calls the previous one brought in,
+/// so a recursive function gets its calls' calls inlined too (levels, not a chain down its
+/// first call). A last round inlines prefixes.
 const INLINE_ROUNDS: usize = 2;
+
+/// Calls a prefix is inlined into in one function at most: a prefix is a few instructions.
+const MAX_INLINED_PREFIXES: usize = 16;
 
 /// Whether `function` is small enough to be inlined.
 pub fn is_small(function: &Function) -> bool {
@@ -48,26 +69,44 @@ pub fn is_small(function: &Function) -> bool {
     hot <= MAX_HOT_INSTRUCTIONS
 }
 
-/// Inlines into `ctx`'s function the calls of functions in `bodies`; returns how many.
+/// Inlines into `ctx`'s function the calls of functions in `inlinable`, whole functions
+/// first, then prefixes; returns how many calls.
 pub fn inline_calls(
     ctx: &mut cranelift_codegen::Context,
-    bodies: &InlineBodies,
+    inlinable: &Inlinable,
 ) -> Result<usize, String> {
-    if bodies.is_empty() {
-        return Ok(0);
-    }
     let mut inlined = 0;
     for _ in 0..INLINE_ROUNDS {
-        let mut inliner = Inliner { bodies, inlined };
-        let any = ctx
-            .inline(&mut inliner)
-            .map_err(|e| format!("cranelift could not inline a call: {e:?}"))?;
-        inlined = inliner.inlined;
+        let (any, count) = inline_round(ctx, &inlinable.bodies, inlined, MAX_INLINED_CALLS)?;
+        inlined = count;
         if !any {
             break;
         }
     }
-    Ok(inlined)
+    let (_, prefixes) = inline_round(ctx, &inlinable.prefixes, 0, MAX_INLINED_PREFIXES)?;
+    Ok(inlined + prefixes)
+}
+
+/// One pass of cranelift's inliner over the calls in `ctx` of functions in `bodies`, with
+/// `inlined` of `budget` calls spent: whether it inlined any, and the calls spent after.
+fn inline_round(
+    ctx: &mut cranelift_codegen::Context,
+    bodies: &InlineBodies,
+    inlined: usize,
+    budget: usize,
+) -> Result<(bool, usize), String> {
+    if bodies.is_empty() {
+        return Ok((false, inlined));
+    }
+    let mut inliner = Inliner {
+        bodies,
+        inlined,
+        budget,
+    };
+    let any = ctx
+        .inline(&mut inliner)
+        .map_err(|e| format!("cranelift could not inline a call: {e:?}"))?;
+    Ok((any, inliner.inlined))
 }
 
 /// Makes the returns of inlined callees jump past the caller's deopt check.
@@ -191,6 +230,7 @@ fn thread_one(
 struct Inliner<'a> {
     bodies: &'a InlineBodies,
     inlined: usize,
+    budget: usize,
 }
 
 impl Inline for Inliner<'_> {
@@ -202,7 +242,7 @@ impl Inline for Inliner<'_> {
         callee: FuncRef,
         _args: &[Value],
     ) -> InlineCommand<'_> {
-        if opcode != Opcode::Call || self.inlined >= MAX_INLINED_CALLS {
+        if opcode != Opcode::Call || self.inlined >= self.budget {
             return InlineCommand::KeepCall;
         }
         let import = &caller.dfg.ext_funcs[callee];

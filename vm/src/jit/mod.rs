@@ -412,8 +412,11 @@ pub struct Jit {
     /// The IR of code of the baseline tier that is to tier up, by its id: a tier-up compiles
     /// it again with the optimizing tier's settings, without building it again.
     baseline_ir: HashMap<FuncId, cranelift_codegen::ir::Function>,
-    /// The IR of small optimized code, for the optimizing tier to inline into its callers.
-    inline_bodies: inline::InlineBodies,
+    /// The IR of small optimized code and of prefixes, for the optimizing tier to inline
+    /// into callers.
+    inlinable: inline::Inlinable,
+    /// The prefixes of baseline code (`codegen::in_prefix`), kept for its tier-up.
+    baseline_prefix_ir: HashMap<FuncId, cranelift_codegen::ir::Function>,
     /// The tier-up compiling on its own thread, if any.
     tier_up_job: Option<TierUpJob>,
     /// Loop entries tiered up: compiled by the optimizing tier from now on.
@@ -474,8 +477,9 @@ struct BaselineLoop {
 struct TierUpJob {
     specs: Vec<(Spec, Ty, FuncId)>,
     loops: Vec<(BaselineLoop, FuncId)>,
-    /// The IR of the small functions among `specs`, for later code to inline.
-    bodies: Vec<(u32, Arc<cranelift_codegen::ir::Function>)>,
+    /// The IR of the small functions among `specs` and their prefixes, for later code to
+    /// inline.
+    inlinable: inline::Inlinable,
     worker: std::thread::JoinHandle<Result<Vec<MachineCode>, String>>,
 }
 
@@ -630,7 +634,8 @@ impl Jit {
             baseline_specs: Vec::new(),
             baseline_osr: Vec::new(),
             baseline_ir: HashMap::new(),
-            inline_bodies: HashMap::new(),
+            inlinable: inline::Inlinable::default(),
+            baseline_prefix_ir: HashMap::new(),
             inlined_calls: 0,
             tier_up_job: None,
             optimized_osr: std::collections::HashSet::new(),
@@ -1179,7 +1184,7 @@ impl Jit {
                     .worker
                     .join()
                     .unwrap_or_else(|_| Err("the compiling thread panicked".to_string()));
-                self.install_tier_up(job.specs, job.loops, job.bodies, compiled);
+                self.install_tier_up(job.specs, job.loops, job.inlinable, compiled);
             }
         }
         if self.runtime.tier_up_due {
@@ -1204,6 +1209,7 @@ impl Jit {
         // renamed to the new ids, so optimized code calls optimized code.
         let mut renamed: HashMap<FuncId, FuncId> = HashMap::new();
         let mut functions = Vec::new();
+        let mut prefixes = Vec::new();
         let mut job_specs = Vec::new();
         let mut job_loops = Vec::new();
         for spec in specs {
@@ -1211,6 +1217,9 @@ impl Jit {
                 continue;
             };
             if let Some(new) = self.declare_tier_up(old, &mut functions) {
+                if let Some(prefix) = self.baseline_prefix_ir.remove(&old) {
+                    prefixes.push((new, prefix));
+                }
                 renamed.insert(old, new);
                 job_specs.push((spec.clone(), self.return_types[&spec], new));
             }
@@ -1223,33 +1232,26 @@ impl Jit {
         if functions.is_empty() {
             return;
         }
-        for (_, function) in &mut functions {
-            let callees: Vec<_> = function
-                .params
-                .user_named_funcs()
-                .iter()
-                // Namespace 0 holds functions (cranelift-module's convention), 1 data.
-                .filter(|(_, name)| name.namespace == 0)
-                .filter_map(|(at, name)| Some((at, *renamed.get(&FuncId::from_u32(name.index))?)))
-                .collect();
-            for (at, new) in callees {
-                function.params.reset_user_func_name(
-                    at,
-                    cranelift_codegen::ir::UserExternalName::new(0, new.as_u32()),
-                );
-            }
+        for (_, function) in functions.iter_mut().chain(&mut prefixes) {
+            rename_calls(function, &renamed);
         }
-        // The small ones among them can be inlined, as can optimized code of earlier
-        // tier-ups; they join `inline_bodies` once installed.
-        let new_bodies: Vec<(u32, Arc<cranelift_codegen::ir::Function>)> = functions
-            .iter()
-            .filter(|(id, function)| {
-                job_specs.iter().any(|(_, _, new)| new == id) && inline::is_small(function)
-            })
-            .map(|(id, function)| (id.as_u32(), Arc::new(function.clone())))
-            .collect();
-        let mut bodies = self.inline_bodies.clone();
-        bodies.extend(new_bodies.iter().cloned());
+        // The small ones among them and their prefixes can be inlined, as can optimized code
+        // of earlier tier-ups; they join `inlinable` once installed.
+        let new_inlinable = inline::Inlinable {
+            bodies: functions
+                .iter()
+                .filter(|(id, function)| {
+                    job_specs.iter().any(|(_, _, new)| new == id) && inline::is_small(function)
+                })
+                .map(|(id, function)| (id.as_u32(), Arc::new(function.clone())))
+                .collect(),
+            prefixes: prefixes
+                .into_iter()
+                .map(|(id, prefix)| (id.as_u32(), Arc::new(prefix)))
+                .collect(),
+        };
+        let mut inlinable = self.inlinable.clone();
+        inlinable.extend(new_inlinable.clone());
         let isa = self.optimized_isa.clone();
         let done = Arc::new(AtomicBool::new(false));
         let compile_all = {
@@ -1260,7 +1262,7 @@ impl Jit {
                         .into_iter()
                         .map(|(id, function)| {
                             let mut ctx = cranelift_codegen::Context::for_function(function);
-                            let inlined = inline::inline_calls(&mut ctx, &bodies)?;
+                            let inlined = inline::inline_calls(&mut ctx, &inlinable)?;
                             inline::thread_deopt_checks(&mut ctx.func);
                             let mut code = MachineCode::compile(&mut ctx, &*isa, id)?;
                             code.inlined_calls = inlined;
@@ -1281,7 +1283,7 @@ impl Jit {
             self.tier_up_job = Some(TierUpJob {
                 specs: job_specs,
                 loops: job_loops,
-                bodies: new_bodies,
+                inlinable: new_inlinable,
                 worker,
             });
         }
@@ -1319,7 +1321,7 @@ impl Jit {
         &mut self,
         specs: Vec<(Spec, Ty, FuncId)>,
         loops: Vec<(BaselineLoop, FuncId)>,
-        bodies: Vec<(u32, Arc<cranelift_codegen::ir::Function>)>,
+        inlinable: inline::Inlinable,
         compiled: Result<Vec<MachineCode>, String>,
     ) {
         self.runtime.tier_up_done = None;
@@ -1332,7 +1334,7 @@ impl Jit {
             .into_iter()
             .try_for_each(|code| code.define_in(&mut self.module));
         if defined.is_ok() && self.finish(specs, Tier::Optimized).is_ok() {
-            self.inline_bodies.extend(bodies);
+            self.inlinable.extend(inlinable);
             self.inlined_calls += inlined;
             for (entry, id) in loops {
                 let pointer = self.module.get_finalized_function(id);
@@ -1458,15 +1460,32 @@ impl Jit {
             self.module.clear_context(&mut self.ctx);
             return Err(reason);
         }
+        // Its IR and prefix, for the optimizing tier to inline into callers: recorded before
+        // its own calls are inlined, so an inlined body never holds another one.
+        let tiers_up =
+            tier == Tier::Baseline && self.options.tiers == crate::jit_options::JitTiers::Tiered;
+        let small =
+            !is_osr && (tier == Tier::Optimized || tiers_up) && inline::is_small(&self.ctx.func);
+        let prefix = if small {
+            self.prefix_ir(program, globals, plan, id)
+        } else {
+            None
+        };
         if tier == Tier::Optimized {
-            // Recorded before its own calls are inlined, so an inlined body never holds
-            // another one.
-            if !is_osr && inline::is_small(&self.ctx.func) {
-                self.inline_bodies
+            if small {
+                self.inlinable
+                    .bodies
                     .insert(id.as_u32(), Arc::new(self.ctx.func.clone()));
             }
-            self.inlined_calls += inline::inline_calls(&mut self.ctx, &self.inline_bodies)?;
+            if let Some(prefix) = prefix {
+                self.inlinable
+                    .prefixes
+                    .insert(id.as_u32(), Arc::new(prefix));
+            }
+            self.inlined_calls += inline::inline_calls(&mut self.ctx, &self.inlinable)?;
             inline::thread_deopt_checks(&mut self.ctx.func);
+        } else if let Some(prefix) = prefix {
+            self.baseline_prefix_ir.insert(id, prefix);
         }
         let ir = self
             .clif
@@ -1499,6 +1518,55 @@ impl Jit {
         }
         self.module.clear_context(&mut self.ctx);
         Ok(())
+    }
+}
+
+impl Jit {
+    /// The prefix of `plan`'s function (`codegen::in_prefix`), handing over to its code
+    /// `whole`: `None` when it has no early exit, or cannot be compiled.
+    fn prefix_ir(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        plan: &analyze::Plan,
+        whole: FuncId,
+    ) -> Option<cranelift_codegen::ir::Function> {
+        let signature = codegen::signature(&self.module, plan.spec.args.len());
+        let mut function = cranelift_codegen::ir::Function::with_name_signature(
+            cranelift_codegen::ir::UserFuncName::default(),
+            signature,
+        );
+        let whole = self.module.declare_func_in_func(whole, &mut function);
+        let deopt = self
+            .module
+            .declare_func_in_func(self.deopt_fn, &mut function);
+        let refuel = self
+            .module
+            .declare_func_in_func(self.refuel_fn, &mut function);
+        let builder = FunctionBuilder::new(&mut function, &mut self.builder_ctx);
+        let mut codegen = codegen::FunctionCodegen::new(
+            builder,
+            program,
+            globals,
+            plan,
+            HashMap::new(),
+            (deopt, refuel),
+            (&mut self.sites, &mut self.pinned),
+        );
+        codegen.ctx_address =
+            std::ptr::from_mut::<JitCtx>(&mut self.runtime).expose_provenance() as i64;
+        codegen.max_depth = self.max_depth as i64;
+        codegen.max_range = i64::try_from(self.max_range).unwrap_or(i64::MAX);
+        codegen.prefix_of = Some(whole);
+        match codegen.emit(self.module.isa().frontend_config()) {
+            Ok(returns) if returns > 0 => Some(function),
+            Ok(_) => None,
+            Err(_) => {
+                // The builder stopped halfway: start the next function from clean state.
+                self.builder_ctx = FunctionBuilderContext::new();
+                None
+            }
+        }
     }
 }
 
@@ -1790,6 +1858,24 @@ fn describe(program: &Program, spec: &Spec) -> String {
     format!("fn {}({})", f.name, args.join(", "))
 }
 
+/// Renames the calls in `function` of code `renamed` has a new id for.
+fn rename_calls(function: &mut cranelift_codegen::ir::Function, renamed: &HashMap<FuncId, FuncId>) {
+    let callees: Vec<_> = function
+        .params
+        .user_named_funcs()
+        .iter()
+        // Namespace 0 holds functions (cranelift-module's convention), 1 data.
+        .filter(|(_, name)| name.namespace == 0)
+        .filter_map(|(at, name)| Some((at, *renamed.get(&FuncId::from_u32(name.index))?)))
+        .collect();
+    for (at, new) in callees {
+        function.params.reset_user_func_name(
+            at,
+            cranelift_codegen::ir::UserExternalName::new(0, new.as_u32()),
+        );
+    }
+}
+
 /// Calls compiled code with `args` as i64 bits; returns its result's bits.
 ///
 /// # Safety
@@ -1986,8 +2072,10 @@ mod tests {
         );
         assert!(jit.runtime.spent_before > 0, "the optimized code refuelled");
         assert_eq!(
-            jit.inlined_calls, 6,
-            "the tier-up inlined fib's two calls of itself, then the four calls those copies make"
+            jit.inlined_calls,
+            2 + 4 + 8,
+            "the tier-up inlined fib's two calls of itself, then the four calls those copies \
+             make, then fib's prefix (`if n < 2 {{ return n }}`) into the eight calls left"
         );
 
         // Many short runs of baseline code tier up too.
