@@ -58,7 +58,8 @@ const INLINE_ROUNDS: usize = 2;
 /// Calls a prefix is inlined into in one function at most: a prefix is a few instructions.
 const MAX_INLINED_PREFIXES: usize = 16;
 
-/// Whether `function` is small enough to be inlined.
+/// Whether `function` is worth inlining: small, and without a loop (a loop's iterations
+/// dwarf the cost of the call, and its code would be compiled once more in every caller).
 pub fn is_small(function: &Function) -> bool {
     let layout = &function.layout;
     let hot: usize = layout
@@ -66,7 +67,23 @@ pub fn is_small(function: &Function) -> bool {
         .filter(|block| !layout.is_cold(*block))
         .map(|block| layout.block_insts(block).count())
         .sum();
-    hot <= MAX_HOT_INSTRUCTIONS
+    hot <= MAX_HOT_INSTRUCTIONS && !has_back_edge(function)
+}
+
+/// Whether a branch in `function` goes to a block at or before its own in the layout, which
+/// every loop has (the code generator lays blocks out in bytecode order).
+fn has_back_edge(function: &Function) -> bool {
+    let layout = &function.layout;
+    let order: HashMap<Block, usize> = layout.blocks().enumerate().map(|(i, b)| (b, i)).collect();
+    layout.blocks().any(|block| {
+        let Some(last) = layout.last_inst(block) else {
+            return false;
+        };
+        let data = &function.dfg.insts[last];
+        data.branch_destination(&function.dfg.jump_tables, &function.dfg.exception_tables)
+            .iter()
+            .any(|call| order[&call.block(&function.dfg.value_lists)] <= order[&block])
+    })
 }
 
 /// Inlines into `ctx`'s function the calls of functions in `inlinable`, whole functions
