@@ -1804,7 +1804,8 @@ pub fn compile_times(
 ) -> Result<Vec<(String, u64, bool)>, String> {
     let options = JitOptions {
         tiers: match tier {
-            Tier::Baseline => crate::jit_options::JitTiers::Baseline,
+            // As a run compiles first: baseline code, keeping what its tier-up will need.
+            Tier::Baseline => crate::jit_options::JitTiers::Tiered,
             Tier::Optimized => crate::jit_options::JitTiers::Optimized,
         },
         ..JitOptions::default()
