@@ -799,7 +799,9 @@ impl Jit {
             Some(entry) => entry,
             None => {
                 let started = std::time::Instant::now();
-                let compiled = self.compile_osr(program, globals, function, ip as usize, &frame);
+                let compiled = self.guarded(|jit| {
+                    jit.compile_osr(program, globals, function, ip as usize, &frame)
+                });
                 self.compile_nanos += started.elapsed().as_nanos() as u64;
                 match compiled {
                     Ok(entry) => {
@@ -1025,6 +1027,23 @@ impl Jit {
         }
     }
 
+    /// Runs a compile, turning a panic in cranelift (a bug there or in the IR given to it)
+    /// into a failure to compile: the code stays interpreted, and the program runs on.
+    fn guarded<T>(
+        &mut self,
+        compile: impl FnOnce(&mut Jit) -> Result<T, String>,
+    ) -> Result<T, String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compile(self))) {
+            Ok(result) => result,
+            Err(_) => {
+                // The builder and the context may be halfway through a function.
+                self.builder_ctx = FunctionBuilderContext::new();
+                self.module.clear_context(&mut self.ctx);
+                Err("cranelift panicked compiling it".to_string())
+            }
+        }
+    }
+
     /// Compiles `spec` and every specialization it calls; `None` when ineligible.
     fn compile(&mut self, program: &Program, globals: &[Value], spec: &Spec) -> Option<*const u8> {
         if let Some((_, pointer)) = self.compiled.get(spec) {
@@ -1032,7 +1051,7 @@ impl Jit {
         }
         let started = std::time::Instant::now();
         let tier = self.first_tier();
-        let result = self.compile_all(program, globals, spec, tier);
+        let result = self.guarded(|jit| jit.compile_all(program, globals, spec, tier));
         self.compile_nanos += started.elapsed().as_nanos() as u64;
         match result {
             Ok(pointer) => Some(pointer),
@@ -2104,6 +2123,27 @@ mod tests {
 
     /// A loop compiled by the baseline tier is compiled again, optimized, on the tier-up's
     /// thread, and its next entry runs the optimized code.
+    #[test]
+    fn a_panic_while_compiling_is_a_failure_to_compile() {
+        let program = compile("fn f(n) {\n    return n + 1\n}\n");
+        let limits = crate::interp::Limits::default();
+        let mut jit = eager_jit(&program, &limits);
+        let failed: Result<(), String> = jit.guarded(|_| panic!("a bug in cranelift"));
+        assert!(failed.unwrap_err().contains("panicked"));
+        // The JIT is usable afterwards.
+        let f = program.function("f").unwrap();
+        let call = jit.call(
+            &program,
+            &[],
+            f,
+            &[Value::Int(1)],
+            0,
+            &limits,
+            Turn::default(),
+        );
+        assert!(matches!(call, JitCall::Returned(Value::Int(2))));
+    }
+
     /// Where an inlined callee deopts, the frames reported are those a real call would
     /// have reported: the callee's, then its caller's waiting for the callee's result.
     #[test]
