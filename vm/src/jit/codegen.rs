@@ -84,15 +84,9 @@ pub struct FunctionCodegen<'a, 'b> {
     /// `vars[slot][rep]`: a slot's variable in one representation, declared on first use
     /// (indexed, not hashed: looking variables up was a few percent of compiling).
     vars: Vec<[Option<Variable>; REPS]>,
-    /// Where the JIT's context is (`Jit::runtime`, boxed: it never moves while code of the
-    /// JIT exists).
-    pub ctx_address: i64,
+    target: Target,
     /// Call frames in use, this one included: a parameter, so calls cost no memory traffic.
     depth: Option<Value>,
-    /// The interpreter's call depth limit.
-    pub max_depth: i64,
-    /// The longest `range()` iterated here; the interpreter refuses longer ones.
-    pub max_range: i64,
     /// On-stack replacement: enter at this instruction with the slots (as the interpreter's
     /// frame has them) read from a buffer, instead of at 0 with arguments.
     pub osr_entry: Option<(usize, Frame)>,
@@ -254,6 +248,18 @@ fn single_entry(code: &[Instr], reachable: impl Fn(usize) -> bool) -> Vec<bool> 
     edges.into_iter().map(|n| n == 1).collect()
 }
 
+/// What every function a JIT compiles is compiled against.
+#[derive(Clone, Copy)]
+pub struct Target {
+    /// Where the JIT's context is (`Jit::runtime`, boxed: it never moves while code of the
+    /// JIT exists).
+    pub ctx_address: i64,
+    /// The interpreter's call depth limit.
+    pub max_depth: i64,
+    /// The longest `range()` iterated here; the interpreter refuses longer ones.
+    pub max_range: i64,
+}
+
 impl<'a, 'b> FunctionCodegen<'a, 'b> {
     pub fn new(
         b: FunctionBuilder<'b>,
@@ -261,9 +267,11 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         globals: &'a [crate::value::Value],
         plan: &'a Plan,
         callees: HashMap<Spec, cranelift_codegen::ir::FuncRef>,
-        (deopt, refuel): (
+        // The runtime's entry points, and what the code is compiled against.
+        (deopt, refuel, target): (
             cranelift_codegen::ir::FuncRef,
             cranelift_codegen::ir::FuncRef,
+            Target,
         ),
         // What the JIT keeps for compiled code: deopt sites and values it clones from.
         (sites, pinned): (&'a mut Vec<DeoptSite>, &'a mut Pinned),
@@ -279,10 +287,8 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             refuel,
             sites,
             vars: Vec::new(),
-            ctx_address: 0,
+            target,
             depth: None,
-            max_depth: i64::MAX,
-            max_range: i64::MAX,
             osr_entry: None,
             depth_checked_at_entry: false,
             live: None,
@@ -328,7 +334,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     /// The JIT's context: its address, a constant where it is used (`Jit::runtime`), so no
     /// register carries it through the code, across calls or into callees.
     fn ctx(&mut self) -> Value {
-        self.b.ins().iconst(types::I64, self.ctx_address)
+        self.b.ins().iconst(types::I64, self.target.ctx_address)
     }
 
     fn as_f64(&mut self, value: Value, ty: Ty) -> Value {
@@ -720,7 +726,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         for block in [deopt, slow, refuel] {
             self.b.set_cold_block(block);
         }
-        let max_depth = self.max_depth;
+        let max_depth = self.target.max_depth;
         let limit_at_fuel_check = max_depth > 0 && max_depth % 4 == 0;
         if !limit_at_fuel_check {
             let too_deep =
@@ -1206,7 +1212,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     let too_deep = self.b.ins().icmp_imm_s(
                         IntCC::SignedGreaterThanOrEqual,
                         depth_now,
-                        self.max_depth,
+                        self.target.max_depth,
                     );
                     self.deopt_if(too_deep, frame, ip, depth);
                 }
@@ -1370,7 +1376,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let mut refused =
             self.b
                 .ins()
-                .icmp_imm_s(IntCC::SignedGreaterThan, parts[3], self.max_range);
+                .icmp_imm_s(IntCC::SignedGreaterThan, parts[3], self.target.max_range);
         if let Some(overflow) = overflow {
             refused = self.b.ins().bor(refused, overflow);
         }

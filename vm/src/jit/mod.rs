@@ -1456,6 +1456,7 @@ impl Jit {
         let refuel = self
             .module
             .declare_func_in_func(self.refuel_fn, &mut self.ctx.func);
+        let target = self.codegen_target();
         let builder = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder_ctx);
         let mut codegen = codegen::FunctionCodegen::new(
             builder,
@@ -1463,14 +1464,9 @@ impl Jit {
             globals,
             plan,
             callee_refs,
-            (deopt, refuel),
+            (deopt, refuel, target),
             (&mut self.sites, &mut self.pinned),
         );
-        // Exposed: compiled code reads and writes the context through this address.
-        codegen.ctx_address =
-            std::ptr::from_mut::<JitCtx>(&mut self.runtime).expose_provenance() as i64;
-        codegen.max_depth = self.max_depth as i64;
-        codegen.max_range = i64::try_from(self.max_range).unwrap_or(i64::MAX);
         codegen.osr_entry = osr_entry;
         let config = self.module.isa().frontend_config();
         if let Err(reason) = codegen.emit(config) {
@@ -1541,6 +1537,16 @@ impl Jit {
 }
 
 impl Jit {
+    /// What this JIT's code is compiled against.
+    fn codegen_target(&mut self) -> codegen::Target {
+        codegen::Target {
+            // Exposed: compiled code reads and writes the context through this address.
+            ctx_address: std::ptr::from_mut::<JitCtx>(&mut self.runtime).expose_provenance() as i64,
+            max_depth: self.max_depth as i64,
+            max_range: i64::try_from(self.max_range).unwrap_or(i64::MAX),
+        }
+    }
+
     /// The prefix of `plan`'s function (`codegen::in_prefix`), handing over to its code
     /// `whole`: `None` when it has no early exit, or cannot be compiled.
     fn prefix_ir(
@@ -1562,6 +1568,7 @@ impl Jit {
         let refuel = self
             .module
             .declare_func_in_func(self.refuel_fn, &mut function);
+        let target = self.codegen_target();
         let builder = FunctionBuilder::new(&mut function, &mut self.builder_ctx);
         let mut codegen = codegen::FunctionCodegen::new(
             builder,
@@ -1569,13 +1576,9 @@ impl Jit {
             globals,
             plan,
             HashMap::new(),
-            (deopt, refuel),
+            (deopt, refuel, target),
             (&mut self.sites, &mut self.pinned),
         );
-        codegen.ctx_address =
-            std::ptr::from_mut::<JitCtx>(&mut self.runtime).expose_provenance() as i64;
-        codegen.max_depth = self.max_depth as i64;
-        codegen.max_range = i64::try_from(self.max_range).unwrap_or(i64::MAX);
         codegen.prefix_of = Some(whole);
         match codegen.emit(self.module.isa().frontend_config()) {
             Ok(returns) if returns > 0 => Some(function),
