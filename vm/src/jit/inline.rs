@@ -5,11 +5,17 @@
 //! recursive function such as `fib`, most of its time. The optimizing tier hands cranelift's
 //! inliner (`cranelift_codegen::inline`) the IR of small compiled functions.
 //!
+//! Whole functions are inlined two levels deep; then, where a call is left, the callee's
+//! *prefix* (`codegen::in_prefix`: its code before the first call, which returns where the
+//! function returns early and calls the whole function elsewhere), so a recursion's base case
+//! costs no call.
+//!
 //! An inlined callee is the very IR of the called one, deopt blocks included. Where the called
-//! code would report its frame and return 0, the inlined copy reports the same frame and jumps
-//! to the caller's code after the call with 0; that code reads the status, finds it set and
-//! reports the caller's frame, as after a real call. So inlining changes no result, error or
-//! deopt, only the cost of a call.
+//! code would report its frame and return its "deopted" flag, the inlined copy reports the
+//! same frame and jumps to the caller's code after the call with that flag; that code finds
+//! it set and reports the caller's frame, as after a real call. So inlining changes no result,
+//! error or deopt, only the cost of a call. `thread_deopt_checks` then sends each inlined
+//! return past that check, since the flag it passes is a constant.
 
 use cranelift_codegen::inline::{Inline, InlineCommand};
 use cranelift_codegen::ir::{
