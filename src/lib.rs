@@ -234,15 +234,15 @@ impl Engine {
         }
     }
 
-    /// How long the JIT takes to compile each function of `script` (for int arguments):
-    /// `(function, median nanoseconds over `rounds` compiles, compiled)`.
+    /// How long the JIT takes to compile each function of `script` (for int arguments): the
+    /// median and best of `rounds` compiles, each in a fresh JIT.
     #[cfg(feature = "jit")]
     pub fn jit_compile_times(
         &self,
         script: &Script,
         rounds: usize,
         tier: JitTier,
-    ) -> Result<Vec<(String, u64, bool)>, Error> {
+    ) -> Result<Vec<sglc_vm::jit::CompileTime>, Error> {
         sglc_vm::jit::compile_times(&script.program, &self.natives, rounds, tier)
             .map_err(Error::Internal)
     }

@@ -361,7 +361,7 @@ fn bench_jit_smoke_run_agrees_with_the_interpreter() {
         "scoring strings",
         "compile latency",
         "fib::fib",
-        "to native code (baseline tier)",
+        "to native code (baseline tier;",
     ] {
         assert!(table.contains(row), "no `{row}`:\n{table}");
     }

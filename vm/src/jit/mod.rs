@@ -1815,15 +1815,26 @@ pub fn listing(
     Ok(jit.listing(program))
 }
 
+/// How long compiling one function took, over several compiles (`compile_times`).
+#[derive(Clone, Debug)]
+pub struct CompileTime {
+    pub function: String,
+    /// The median compile, in nanoseconds.
+    pub median_nanos: u64,
+    /// The fastest: the cost with the least interference from the rest of the machine.
+    pub best_nanos: u64,
+    /// False when the function is not compiled (then the times are those of finding out).
+    pub compiled: bool,
+}
+
 /// Compiles each function of `program` on its own (for int arguments, with what it calls) in a
-/// fresh JIT and reports `(function, nanoseconds, compiled)`: the compile latency figure, the
-/// median of `rounds` compiles.
+/// fresh JIT, `rounds` times: the compile latency figure.
 pub fn compile_times(
     program: &Program,
     natives: &crate::native::Natives,
     rounds: usize,
     tier: Tier,
-) -> Result<Vec<(String, u64, bool)>, String> {
+) -> Result<Vec<CompileTime>, String> {
     let options = JitOptions {
         tiers: match tier {
             // As a run compiles first: baseline code, keeping what its tier-up will need.
@@ -1863,9 +1874,14 @@ pub fn compile_times(
     Ok(samples
         .into_iter()
         .flatten()
-        .map(|(name, mut nanos, compiled)| {
+        .map(|(function, mut nanos, compiled)| {
             nanos.sort_unstable();
-            (name, nanos[nanos.len() / 2], compiled)
+            CompileTime {
+                function,
+                median_nanos: nanos[nanos.len() / 2],
+                best_nanos: nanos[0],
+                compiled,
+            }
         })
         .collect())
 }
