@@ -171,6 +171,9 @@ fn install_functions(n: &mut Natives) {
     n.register("len", 1, Some(1), |_, args, kw| {
         no_keywords(kw)?;
         let len = match &args[0] {
+            // Counted in characters; an ASCII string (checked a word at a time) has as many
+            // as bytes.
+            Value::Str(s) if s.is_ascii() => s.len(),
             Value::Str(s) => s.chars().count(),
             Value::List(l) => l.borrow().len(),
             Value::Map(m) => m.borrow().len(),
