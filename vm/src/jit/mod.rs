@@ -1185,10 +1185,14 @@ impl Jit {
     /// Records that code of `tier` was just compiled; true when it is to be compiled again,
     /// optimized, once it has run a while (baseline code under `JitTiers::Tiered`).
     fn record_compiled_tier(&mut self, tier: Tier) -> bool {
-        let tiers_up =
-            tier == Tier::Baseline && self.options.tiers == crate::jit_options::JitTiers::Tiered;
+        let tiers_up = self.tiers_up(tier);
         self.runtime.baseline_code |= tiers_up;
         tiers_up
+    }
+
+    /// Whether code of `tier` is compiled again, optimized, once it has run a while.
+    fn tiers_up(&self, tier: Tier) -> bool {
+        tier == Tier::Baseline && self.options.tiers == crate::jit_options::JitTiers::Tiered
     }
 
     /// Moves tiering up along: installs the optimized code of a tier-up whose thread is done,
@@ -1477,8 +1481,7 @@ impl Jit {
         }
         // Its IR and prefix, for the optimizing tier to inline into callers: recorded before
         // its own calls are inlined, so an inlined body never holds another one.
-        let tiers_up =
-            tier == Tier::Baseline && self.options.tiers == crate::jit_options::JitTiers::Tiered;
+        let tiers_up = self.tiers_up(tier);
         let small =
             !is_osr && (tier == Tier::Optimized || tiers_up) && inline::is_small(&self.ctx.func);
         let prefix = if small {
@@ -1513,7 +1516,7 @@ impl Jit {
                 .define_function(id, &mut self.ctx)
                 .map_err(|e| format!("cranelift rejected the function: {e:?}"))?,
             Tier::Baseline => {
-                if self.options.tiers == crate::jit_options::JitTiers::Tiered {
+                if tiers_up {
                     // Kept for the tier-up (compiling mutates the context's function).
                     self.baseline_ir.insert(id, self.ctx.func.clone());
                 }
