@@ -343,6 +343,8 @@ pub enum Instr {
     /// `LoadLocal list; LoadLocal index; PushBool value; StoreIndex` on a list and an int in
     /// range: `[] -> []`.
     FusedStoreBoolLocals { list: u16, index: u16, value: bool },
+    /// `LoadLocal slot; JumpIfFalse target` on a bool: `[] -> []`.
+    FusedJumpIfFalseLocal { slot: u32, target: u32 },
     /// `CallNative range argc; GetIter` (no keywords): `[bounds...] -> [iterator]` without
     /// building the list. Unlike the others it starts with the call: when the fast case does not
     /// apply it makes the call, and the `GetIter` after it runs.
@@ -381,16 +383,21 @@ impl CompareOp {
         })
     }
 
+    /// Without a branch on the operator: each operator is the set of orderings it holds
+    /// for (bit 0 less, bit 1 equal, bit 2 greater), and the ints' ordering picks a bit. The
+    /// interpreter's fused compares ran a second indirect jump on the operator.
     #[inline(always)]
     pub fn ints(self, a: i64, b: i64) -> bool {
-        match self {
-            CompareOp::Lt => a < b,
-            CompareOp::Le => a <= b,
-            CompareOp::Gt => a > b,
-            CompareOp::Ge => a >= b,
-            CompareOp::Eq => a == b,
-            CompareOp::NotEq => a != b,
-        }
+        let holds_for: u8 = match self {
+            CompareOp::Lt => 0b001,
+            CompareOp::Le => 0b011,
+            CompareOp::Gt => 0b100,
+            CompareOp::Ge => 0b110,
+            CompareOp::Eq => 0b010,
+            CompareOp::NotEq => 0b101,
+        };
+        let ordering = u8::from(a == b) | (u8::from(a > b) << 1);
+        holds_for >> ordering & 1 != 0
     }
 }
 
@@ -538,6 +545,31 @@ impl Program {
                 format!("{op} {:?}({})", spec.kind, params.join(", "))
             }
             other => format!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_ops_on_ints_agree_with_rusts_operators() {
+        let values = [i64::MIN, -7, -1, 0, 1, 2, 7, i64::MAX];
+        for a in values {
+            for b in values {
+                let expected = [
+                    (CompareOp::Lt, a < b),
+                    (CompareOp::Le, a <= b),
+                    (CompareOp::Gt, a > b),
+                    (CompareOp::Ge, a >= b),
+                    (CompareOp::Eq, a == b),
+                    (CompareOp::NotEq, a != b),
+                ];
+                for (op, holds) in expected {
+                    assert_eq!(op.ints(a, b), holds, "{a} {op:?} {b}");
+                }
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! functions the host registers.
 
 use sglc_vm::native::{Keywords, NativeCtx, Natives};
-use sglc_vm::value::{Dict, Str, Value, range_count};
+use sglc_vm::value::{Dict, Items, Str, Value, range_count};
 use std::rc::Rc;
 
 type R = Result<Value, String>;
@@ -120,7 +120,7 @@ fn as_str<'a>(v: &'a Value, what: &str) -> Result<&'a str, String> {
 /// The items of anything iterable: a list, the chars of a string, the keys of a map.
 fn items(v: &Value) -> Result<Vec<Value>, String> {
     match v {
-        Value::List(l) => Ok(l.borrow().clone()),
+        Value::List(l) => Ok(l.borrow().to_vec()),
         Value::Str(s) => Ok(s.chars().map(|c| Value::string(c.to_string())).collect()),
         Value::Map(m) => Ok(m.borrow().keys().map(|k| Value::Str(k.clone())).collect()),
         other => Err(format!("{} is not iterable", other.type_name())),
@@ -587,7 +587,7 @@ fn install_list_methods(n: &mut Natives) {
     });
     n.register_method("list", "extend", |_, recv, args, _| {
         let more = items(args.first().ok_or("extend needs a list")?)?;
-        list_of(recv).borrow_mut().extend(more);
+        list_of(recv).borrow_mut().extend_from(&Items::from(more));
         Ok(Value::None)
     });
     n.register_method("list", "pop", |_, recv, args, _| {
@@ -643,14 +643,18 @@ fn install_list_methods(n: &mut Natives) {
     n.register_method("list", "sort", |_, recv, _, kw| {
         only_keywords(kw, &["reverse"])?;
         let mut list = list_of(recv).borrow_mut();
-        sort_values(&mut list)?;
+        match &mut *list {
+            Items::Values(values) => sort_values(values)?,
+            Items::Bools(bools) => bools.sort_unstable(),
+            Items::Ints(ints) => ints.sort_unstable(),
+        }
         if keyword(kw, "reverse").is_some_and(Value::is_truthy) {
             list.reverse();
         }
         Ok(Value::None)
     });
     n.register_method("list", "copy", |_, recv, _, _| {
-        Ok(Value::list(list_of(recv).borrow().clone()))
+        Ok(Value::list_of(list_of(recv).borrow().clone()))
     });
 }
 

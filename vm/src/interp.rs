@@ -10,7 +10,7 @@ use crate::backend::{ChatTemplate, ChoicesMethod, RequestKind, SamplingParams, S
 use crate::error::{RuntimeError, TraceFrame};
 use crate::native::{MethodFn, NativeCtx, NativeFn, Natives};
 use crate::state::{self, CallOp, Outbox, Part, Site, StateData, StateRef};
-use crate::value::{Dict, Iter, Str, Value};
+use crate::value::{Dict, Iter, Str, Value, drop_value};
 use serde::{Deserialize, Serialize};
 use sglc_compiler::bytecode::{
     CallSpec, Constant, FunctionId, GenParam, Instr, NO_KEYWORDS, NO_STORE, PrimitiveKind, Program,
@@ -330,18 +330,6 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
-/// Drops a value, skipping the out-of-line destructor call for the scalars that have none
-/// (most values on a hot path are ints and bools).
-#[inline(always)]
-fn drop_value(v: Value) {
-    match v {
-        Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Function(_) => {
-            std::mem::forget(v)
-        }
-        other => drop(other),
-    }
-}
-
 /// One running program: its call frames, value stack and the states it created.
 pub struct Instance {
     frames: Vec<Frame>,
@@ -607,9 +595,11 @@ impl Instance {
                     return Halt::Yield;
                 }
                 budget -= 1;
-                let instr = code[ip];
+                // By reference: each arm loads only its own operands (a copy was taken apart
+                // field by field, and spilled, before the dispatch).
+                let instr = &code[ip];
                 ip += 1;
-                match instr {
+                match *instr {
                     // Calls and returns between functions of the program stay in this loop.
                     Instr::Call { function, argc }
                         if self.frames.len() < env.limits.max_call_depth =>
@@ -658,7 +648,7 @@ impl Instance {
                             count_loops.as_deref(),
                             &env.linked.constants,
                         ) {
-                            break Some(instr);
+                            break Some(*instr);
                         }
                     }
                 }
@@ -696,7 +686,7 @@ impl Instance {
     #[inline(always)]
     fn fast_step(
         &mut self,
-        instr: Instr,
+        instr: &Instr,
         base: usize,
         ip: &mut usize,
         budget: &mut u32,
@@ -710,7 +700,7 @@ impl Instance {
             *ip += rest as usize;
             *budget = budget.saturating_sub(rest);
         };
-        match instr {
+        match *instr {
             Instr::FusedCompareLocals { a, b, op, target } => {
                 let (a, b) = (base + a as usize, base + b as usize);
                 if let (Value::Int(x), Value::Int(y)) = (&stack[a], &stack[b]) {
@@ -791,7 +781,7 @@ impl Instance {
                 let item = match (&stack[list], &stack[index]) {
                     (Value::List(items), Value::Int(i)) => {
                         let items = items.borrow();
-                        normalize_index(*i, items.len()).map(|at| items[at].clone())
+                        normalize_index(*i, items.len()).and_then(|at| items.get(at))
                     }
                     _ => None,
                 };
@@ -810,7 +800,7 @@ impl Instance {
                         let mut items = items.borrow_mut();
                         match normalize_index(*i, items.len()) {
                             Some(at) => {
-                                drop_value(std::mem::replace(&mut items[at], Value::Bool(value)));
+                                items.set(at, Value::Bool(value));
                                 true
                             }
                             None => false,
@@ -861,11 +851,24 @@ impl Instance {
             }
             Instr::JumpIfFalse(target) => {
                 let v = stack.pop().unwrap_or_default();
-                if !v.is_truthy() {
+                let holds = match v {
+                    Value::Bool(b) => b,
+                    ref other => other.is_truthy(),
+                };
+                if !holds {
                     *ip = target as usize;
                 }
                 drop_value(v);
             }
+            Instr::FusedJumpIfFalseLocal { slot, target } => match stack[base + slot as usize] {
+                Value::Bool(holds) => {
+                    fused_done(ip, 1);
+                    if !holds {
+                        *ip = target as usize;
+                    }
+                }
+                ref other => push_value(stack, other.clone()),
+            },
             Instr::FusedForIterStore { exit, slot } => {
                 let Some(Value::Iterator(iter)) = stack.last() else {
                     return false;
@@ -906,7 +909,7 @@ impl Instance {
                 let item = {
                     let items = list.borrow();
                     match normalize_index(*i, items.len()) {
-                        Some(at) => items[at].clone(),
+                        Some(at) => items.get(at).unwrap_or_default(),
                         None => return false,
                     }
                 };
@@ -928,7 +931,7 @@ impl Instance {
                         return false;
                     };
                     let v = stack.pop().unwrap_or_default();
-                    drop_value(std::mem::replace(&mut items[at], v));
+                    items.set(at, v);
                 }
                 stack.truncate(n - 3);
             }
@@ -1076,7 +1079,8 @@ impl Instance {
             | Instr::FusedArithLocalInt { .. }
             | Instr::FusedIndexLocals { .. }
             | Instr::FusedContainsLocals { .. }
-            | Instr::FusedStoreBoolLocals { .. } => {
+            | Instr::FusedStoreBoolLocals { .. }
+            | Instr::FusedJumpIfFalseLocal { .. } => {
                 return fail(
                     "internal error: a fused instruction outside the interpreter's fast path",
                 );
@@ -1347,7 +1351,7 @@ impl Instance {
     fn op_unpack(&mut self, n: usize) -> OpResult {
         let v = self.pop();
         let items: Vec<Value> = match &v {
-            Value::List(list) => list.borrow().clone(),
+            Value::List(list) => list.borrow().to_vec(),
             other => {
                 return fail(format!(
                     "cannot unpack {} into {n} names",
@@ -1406,7 +1410,7 @@ impl Instance {
                 let mut list = list.borrow_mut();
                 let len = list.len();
                 match normalize_index(*i, len) {
-                    Some(at) => list[at] = v,
+                    Some(at) => list.set(at, v),
                     None => return fail(format!("list index {i} out of range for length {len}")),
                 }
             }
@@ -1460,7 +1464,7 @@ impl Instance {
         let v = match &target {
             Value::List(list) => {
                 let list = list.borrow();
-                Value::list(list[range(list.len())].to_vec())
+                Value::list_of(list.slice(range(list.len())))
             }
             Value::Str(s) => {
                 let chars: Vec<char> = s.chars().collect();
@@ -1926,7 +1930,7 @@ impl Instance {
             Value::List(list) => match &v {
                 Value::List(other) => {
                     let items = other.borrow().clone();
-                    list.borrow_mut().extend(items);
+                    list.borrow_mut().extend_from(&items);
                     if let Some(message) = env.limits.oversized(&target) {
                         return fail(message);
                     }
@@ -2126,7 +2130,7 @@ pub(crate) fn index(obj: &Value, key: &Value) -> Result<Value, Flow> {
         (Value::List(list), Value::Int(i)) => {
             let list = list.borrow();
             match normalize_index(*i, list.len()) {
-                Some(at) => Ok(list[at].clone()),
+                Some(at) => Ok(list.get(at).unwrap_or_default()),
                 None => fail(format!(
                     "list index {i} out of range for length {}",
                     list.len()
@@ -2238,8 +2242,8 @@ pub fn binary_add(a: &Value, b: &Value, limits: &Limits) -> Result<Value, String
         (Value::List(x), Value::List(y)) => {
             limits.fits_items(x.borrow().len() + y.borrow().len())?;
             let mut items = x.borrow().clone();
-            items.extend(y.borrow().iter().cloned());
-            Ok(Value::list(items))
+            items.extend_from(&y.borrow());
+            Ok(Value::list_of(items))
         }
         (Value::Fragment(_) | Value::Str(_), Value::Fragment(_) | Value::Str(_)) => {
             let mut parts = fragment_parts(a, "+").map_err(flow_message)?;
@@ -2274,11 +2278,7 @@ pub(crate) fn binary_mul(a: &Value, b: &Value, limits: &Limits) -> Result<Value,
             let n = (*n).max(0) as usize;
             let items = l.borrow();
             limits.fits_items(items.len().saturating_mul(n))?;
-            let mut out = Vec::with_capacity(items.len() * n);
-            for _ in 0..n {
-                out.extend(items.iter().cloned());
-            }
-            Ok(Value::list(out))
+            Ok(Value::list_of(items.repeat(n)))
         }
         _ => arith(a, b, "*", i64::checked_mul, |x, y| x * y),
     }
@@ -2369,7 +2369,7 @@ fn expect_number(v: &Value, what: &str) -> Result<f64, Flow> {
 
 fn expect_list(v: &Value, what: &str) -> Result<Vec<Value>, Flow> {
     match v {
-        Value::List(l) => Ok(l.borrow().clone()),
+        Value::List(l) => Ok(l.borrow().to_vec()),
         other => fail(format!("{what} must be a list, not {}", other.type_name())),
     }
 }

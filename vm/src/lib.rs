@@ -8,6 +8,7 @@ pub mod interp;
 #[cfg(feature = "jit")]
 pub mod jit;
 pub mod jit_options;
+mod list;
 pub mod native;
 mod quicken;
 pub mod scheduler;

@@ -83,6 +83,12 @@ fn fuse_at(code: &[Instr], ip: usize) -> Option<Instr> {
         Instr::PushInt(k) => i32::try_from(k).ok(),
         _ => None,
     };
+    if let Instr::JumpIfFalse(target) = second {
+        return Some(Instr::FusedJumpIfFalseLocal {
+            slot: u32::from(a),
+            target,
+        });
+    }
     let third = at(2)?;
     let fourth = at(3);
     let negated = match third {
@@ -204,6 +210,24 @@ mod tests {
         );
         // A test whose result is kept rather than branched on stays as it is.
         assert_eq!(quick[4], code[4]);
+    }
+
+    #[test]
+    fn fuses_a_branch_on_a_local() {
+        let code = vec![
+            Instr::LoadLocal(3),
+            Instr::JumpIfFalse(4),
+            Instr::LoadLocal(3),
+            Instr::Return,
+            Instr::PushNone,
+            Instr::Return,
+        ];
+        let quick = quicken(&code, None);
+        assert_eq!(
+            quick[0],
+            Instr::FusedJumpIfFalseLocal { slot: 3, target: 4 }
+        );
+        assert_eq!(quick[1..], code[1..]);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::rc::Rc;
 
 pub use crate::shared_str::Str;
 
-pub type List = Rc<RefCell<Vec<Value>>>;
+pub use crate::list::Items;
+
+pub type List = Rc<RefCell<Items>>;
 /// The hasher of script maps: foldhash, seeded per process. SipHash, the standard one, took
 /// 6% of the instructions of a loop scoring strings with `word in map`; foldhash keeps some
 /// resistance to chosen collisions.
@@ -83,11 +85,11 @@ pub fn range_count(start: i64, stop: i64, step: i64) -> i128 {
 }
 
 impl Iter {
-    #[inline]
+    #[inline(always)]
     pub fn next_item(&mut self) -> Option<Value> {
         match self {
             Iter::List { list, next } => {
-                let item = list.borrow().get(*next).cloned();
+                let item = list.borrow().get(*next);
                 *next += 1;
                 item
             }
@@ -123,7 +125,12 @@ impl Value {
         Value::Str(Str::from(s))
     }
 
+    /// A list of `items` (packed when they are all bools or all ints: see `Items`).
     pub fn list(items: Vec<Value>) -> Value {
+        Value::list_of(Items::from(items))
+    }
+
+    pub fn list_of(items: Items) -> Value {
         Value::List(Rc::new(RefCell::new(items)))
     }
 
@@ -198,7 +205,7 @@ impl Value {
             (Value::List(a), Value::List(b)) => {
                 Rc::ptr_eq(a, b) || {
                     let (a, b) = (a.borrow(), b.borrow());
-                    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(y))
+                    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(&y))
                 }
             }
             (Value::Map(a), Value::Map(b)) => {
@@ -226,7 +233,7 @@ impl Value {
             (Value::List(a), Value::List(b)) => {
                 let (a, b) = (a.borrow(), b.borrow());
                 for (x, y) in a.iter().zip(b.iter()) {
-                    match x.compare(y)? {
+                    match x.compare(&y)? {
                         std::cmp::Ordering::Equal => continue,
                         other => return Some(other),
                     }
@@ -414,5 +421,17 @@ pub fn format_float(x: f64) -> String {
 impl std::fmt::Debug for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.repr())
+    }
+}
+
+/// Drops a value, skipping the out-of-line destructor call for the scalars that have none
+/// (most values on a hot path are ints and bools).
+#[inline(always)]
+pub(crate) fn drop_value(v: Value) {
+    match v {
+        Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Function(_) => {
+            std::mem::forget(v)
+        }
+        other => drop(other),
     }
 }

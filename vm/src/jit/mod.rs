@@ -1743,11 +1743,11 @@ fn int_run(iter: &Iter) -> Option<(i64, i64, i64)> {
         return None;
     };
     let items = list.borrow();
-    let rest = items.get(*next..).unwrap_or_default();
-    let ints: Vec<i64> = rest
+    let ints: Vec<i64> = items
         .iter()
+        .skip(*next)
         .map(|v| match v {
-            Value::Int(n) => Some(*n),
+            Value::Int(n) => Some(n),
             _ => None,
         })
         .collect::<Option<_>>()?;
@@ -1966,7 +1966,7 @@ mod tests {
     /// The interpreter's iterator over a list of `items`, `next` items in.
     fn list_iter_at(items: Vec<Value>, next: usize) -> Value {
         Value::Iterator(Rc::new(RefCell::new(Iter::List {
-            list: Rc::new(RefCell::new(items)),
+            list: Rc::new(RefCell::new(items.into())),
             next,
         })))
     }

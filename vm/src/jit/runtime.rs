@@ -333,7 +333,7 @@ pub(crate) unsafe extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i
                     return FAIL;
                 }
                 let items = more.borrow().clone();
-                list.borrow_mut().extend(items);
+                list.borrow_mut().extend_from(&items);
                 Ok(a.clone())
             }
             (Value::List(_) | Value::State(_), _) => return FAIL,
@@ -392,7 +392,7 @@ pub(crate) unsafe extern "C" fn index_int(obj: i64, i: i64) -> i64 {
         Value::List(list) => {
             let list = list.borrow();
             match interp::normalize_index(i, list.len()) {
-                Some(at) => into_slot(list[at].clone()),
+                Some(at) => into_slot(list.get(at).unwrap_or_default()),
                 None => FAIL,
             }
         }
@@ -419,7 +419,7 @@ pub(crate) unsafe extern "C" fn store_index(
             let mut list = list.borrow_mut();
             match interp::normalize_index(*i, list.len()) {
                 Some(at) => {
-                    list[at] = item.clone();
+                    list.set(at, item.clone());
                     0
                 }
                 None => FAIL,
@@ -448,12 +448,13 @@ pub(crate) unsafe extern "C" fn store_index_int(obj: i64, i: i64, kind: i64, bit
     let Some(at) = interp::normalize_index(i, list.len()) else {
         return FAIL;
     };
-    list[at] = match kind {
+    let item = match kind {
         1 => Value::Int(bits),
         2 => Value::Float(f64::from_bits(bits as u64)),
         3 => Value::Bool(bits != 0),
         _ => Value::None,
     };
+    list.set(at, item);
     0
 }
 
