@@ -434,14 +434,16 @@ fn install_str_methods(n: &mut Natives) {
             // the bytes (no char decoding; for short strings, faster than `memchr`'s setup).
             (Some(sep), _) if sep.len() == 1 => {
                 let byte = sep.as_bytes()[0];
-                let mut parts = Vec::with_capacity(4);
+                let count = s.bytes().filter(|&b| b == byte).count() + 1;
+                let mut parts = Vec::with_capacity(count);
                 let mut start = 0;
                 for (at, _) in s.bytes().enumerate().filter(|&(_, b)| b == byte) {
                     parts.push(Value::str(&s[start..at]));
                     start = at + 1;
                 }
                 parts.push(Value::str(&s[start..]));
-                parts
+                // Strings: nothing to pack (see `Items`), so no scan for it.
+                return Ok(Value::list_of(Items::Values(parts)));
             }
             (Some(sep), _) => s.split(sep).map(Value::str).collect(),
             (None, Some(m)) if m >= 0 => {

@@ -10,7 +10,7 @@ use crate::backend::{ChatTemplate, ChoicesMethod, RequestKind, SamplingParams, S
 use crate::error::{RuntimeError, TraceFrame};
 use crate::native::{MethodFn, NativeCtx, NativeFn, Natives};
 use crate::state::{self, CallOp, Outbox, Part, Site, StateData, StateRef};
-use crate::value::{Dict, Iter, Str, Value, drop_value};
+use crate::value::{Dict, Iter, Str, Value, dict_index_of, drop_value};
 use serde::{Deserialize, Serialize};
 use sglc_compiler::bytecode::{
     CallSpec, Constant, FunctionId, GenParam, Instr, NO_KEYWORDS, NO_STORE, PrimitiveKind, Program,
@@ -107,7 +107,24 @@ impl Limits {
     }
 
     /// The error for a value that grew past its limit, or `None` when it is within bounds.
+    #[inline]
     pub fn oversized(&self, value: &Value) -> Option<String> {
+        let within = match value {
+            Value::Str(s) => s.len() <= self.max_string_bytes,
+            Value::List(l) => l.borrow().len() <= self.max_collection_len,
+            Value::Map(m) => m.borrow().len() <= self.max_collection_len,
+            _ => true,
+        };
+        if within {
+            None
+        } else {
+            self.oversized_message(value)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn oversized_message(&self, value: &Value) -> Option<String> {
         let (what, size, limit, unit, name) = match value {
             Value::Str(s) => (
                 "string",
@@ -761,7 +778,7 @@ impl Instance {
                 // returns a `Result` in memory.
                 let found = match (&stack[container], &stack[item]) {
                     (Value::Map(map), Value::Str(key)) => {
-                        Ok(map.borrow().contains_key(key.as_str()))
+                        Ok(dict_index_of(&map.borrow(), key).is_some())
                     }
                     (container, item) => contains(container, item),
                 };
@@ -1495,7 +1512,7 @@ impl Instance {
         }
     }
 
-    #[inline(never)]
+    #[inline]
     fn check_size_of(&self, limits: &Limits, depth: usize) -> OpResult {
         match limits.oversized(self.peek(depth)) {
             Some(message) => {
@@ -1528,7 +1545,10 @@ impl Instance {
     ) -> usize {
         let f = &program.functions[function as usize];
         let base = self.stack.len() - argc as usize;
-        grow_with_nones(&mut self.stack, base + f.local_count as usize);
+        let locals_end = base + f.local_count as usize;
+        if self.stack.len() < locals_end {
+            grow_with_nones(&mut self.stack, locals_end);
+        }
         self.frames.push(Frame {
             function,
             ip: 0,
@@ -1687,10 +1707,17 @@ impl Instance {
         Ok(())
     }
 
+    /// The keyword arguments of a call (none, usually, which costs nothing).
+    #[inline]
     fn pop_keywords(&mut self, env: &Env, keywords: u32) -> Vec<(Str, Value)> {
         if keywords == NO_KEYWORDS {
             return Vec::new();
         }
+        self.pop_keyword_values(env, keywords)
+    }
+
+    #[inline(never)]
+    fn pop_keyword_values(&mut self, env: &Env, keywords: u32) -> Vec<(Str, Value)> {
         let names = &env.linked.program.keyword_lists[keywords as usize];
         let values = self.pop_n(names.len());
         names
@@ -2146,8 +2173,8 @@ pub(crate) fn index(obj: &Value, key: &Value) -> Result<Value, Flow> {
                 None => fail(format!("string index {i} out of range for length {count}")),
             }
         }
-        (Value::Map(map), Value::Str(k)) => match map.borrow().get(k.as_str()) {
-            Some(v) => Ok(v.clone()),
+        (Value::Map(map), Value::Str(k)) => match dict_index_of(&map.borrow(), k) {
+            Some(at) => Ok(map.borrow()[at].clone()),
             None => fail_with_help(
                 format!("map has no key {:?}", &**k),
                 "use `m.get(key, default)` when a key may be missing",
@@ -2185,9 +2212,7 @@ pub(crate) fn contains(container: &Value, item: &Value) -> Result<bool, String> 
     match (container, item) {
         (Value::Str(s), Value::Str(sub)) => Ok(s.contains(&**sub)),
         (Value::List(list), _) => Ok(list.borrow().iter().any(|v| v.equals(item))),
-        // By `&str`: hashing and comparing a `Str` key went through more code (6% of a loop
-        // testing words against a map).
-        (Value::Map(map), Value::Str(k)) => Ok(map.borrow().contains_key(k.as_str())),
+        (Value::Map(map), Value::Str(k)) => Ok(dict_index_of(&map.borrow(), k).is_some()),
         _ => Err(format!(
             "cannot test {} in {}",
             item.type_name(),
@@ -2226,8 +2251,11 @@ pub(crate) fn arith(
 /// the interpreter's loop keeps its registers.)
 #[inline(never)]
 fn grow_with_nones(stack: &mut Vec<Value>, len: usize) {
-    if stack.len() < len {
-        stack.resize_with(len, || Value::None);
+    // One reserve, then plain writes (`resize_with` went through `extend`'s machinery, 50
+    // instructions for the usual two or three slots).
+    stack.reserve(len.saturating_sub(stack.len()));
+    while stack.len() < len {
+        push_value(stack, Value::None);
     }
 }
 

@@ -1,10 +1,13 @@
 //! `Str`, the runtime's string: shared, immutable, one thin pointer to a single allocation
-//! holding a reference count, the length and the bytes.
+//! holding a reference count, the length and the bytes; or, for a string of up to seven bytes,
+//! the bytes themselves in place of the pointer.
 //!
 //! `Rc<str>` is one allocation but a fat pointer (a `Value` would grow to three words);
 //! `Rc<String>` is thin but two allocations per string, which made allocation and freeing most of
 //! the time of string-heavy loops. This is both thin and one allocation, at the price of the
-//! unsafe code below, which is kept to this file.
+//! unsafe code below, which is kept to this file. Short strings (words split from a sentence,
+//! numbers made into text, map keys) need no allocation at all: a header is 8-aligned, so a
+//! pointer's lowest bit is clear, and a set lowest bit marks the inline form.
 
 use std::alloc::Layout;
 use std::cell::Cell;
@@ -17,7 +20,21 @@ struct Header {
 }
 
 /// A shared, immutable string. Not `Send`: like `Rc`, it lives on the scheduler's thread.
+///
+/// The word is a pointer to a `Header`, or (lowest bit set) an inline string: the low byte
+/// holds `len << 1 | 1` and the other bytes of the word, in memory order, the text.
+#[repr(transparent)]
 pub struct Str(NonNull<Header>);
+
+/// The longest string held inline: a word less its tag byte.
+const INLINE_MAX: usize = std::mem::size_of::<usize>() - 1;
+/// Where an inline string's tag byte (the word's low byte) and its text sit in the word's memory.
+const TAG_AT: usize = if cfg!(target_endian = "little") {
+    0
+} else {
+    INLINE_MAX
+};
+const TEXT_AT: usize = if cfg!(target_endian = "little") { 1 } else { 0 };
 
 /// Where the bytes start, after the header.
 const BYTES_OFFSET: usize = std::mem::size_of::<Header>();
@@ -38,6 +55,9 @@ fn layout(len: usize) -> Layout {
 impl Str {
     /// A new string with the bytes of `parts` one after another; `len` is their total length.
     pub fn concat<'a>(len: usize, parts: impl IntoIterator<Item = &'a str>) -> Str {
+        if len <= INLINE_MAX {
+            return Str::inline(len, parts);
+        }
         let layout = layout(len);
         // SAFETY: the layout's size is at least the header's, so non-zero.
         let raw = unsafe { std::alloc::alloc(layout) }.cast::<Header>();
@@ -79,8 +99,53 @@ impl Str {
         Str(header)
     }
 
+    /// `concat` for a string that fits in the word (`len <= INLINE_MAX`).
+    fn inline<'a>(len: usize, parts: impl IntoIterator<Item = &'a str>) -> Str {
+        let mut word = [0u8; std::mem::size_of::<usize>()];
+        let mut written = 0;
+        for part in parts {
+            // As on the heap: a part that does not fit in what is left is not copied.
+            if part.len() > len - written {
+                break;
+            }
+            // In pieces of 4, 2 and 1 bytes (a part here has at most 7): fixed-size copies are
+            // moves between registers, where a copy of a variable length calls `memcpy`.
+            let mut rest = part.as_bytes();
+            let mut at = TEXT_AT + written;
+            for piece in [4, 2, 1] {
+                if rest.len() >= piece {
+                    word[at..at + piece].copy_from_slice(&rest[..piece]);
+                    at += piece;
+                    rest = &rest[piece..];
+                }
+            }
+            written += part.len();
+        }
+        // At most 7 (`INLINE_MAX`), so the shift stays within the byte.
+        word[TAG_AT] = ((written as u8) << 1) | 1;
+        let bits = usize::from_ne_bytes(word);
+        // The tag bit makes the word non-zero; a pointer without provenance, never dereferenced.
+        Str(NonNull::without_provenance(
+            std::num::NonZeroUsize::new(bits).unwrap_or(std::num::NonZeroUsize::MIN),
+        ))
+    }
+
+    #[inline(always)]
+    fn is_inline(&self) -> bool {
+        self.0.addr().get() & 1 == 1
+    }
+
     #[inline]
     pub fn as_str(&self) -> &str {
+        if self.is_inline() {
+            let len = (self.0.addr().get() & 0xff) >> 1;
+            // SAFETY: an inline string's text is the `len` bytes at `TEXT_AT` in the word's own
+            // memory, which `self` borrows; they were copied whole from `&str`s.
+            return unsafe {
+                let word = (&raw const self.0).cast::<u8>();
+                std::str::from_utf8_unchecked(std::slice::from_raw_parts(word.add(TEXT_AT), len))
+            };
+        }
         // SAFETY: the pointer is live while `self` is (counted reference); the header records
         // how many bytes follow it, all copied from `&str`s.
         unsafe {
@@ -94,6 +159,9 @@ impl Str {
 impl Clone for Str {
     #[inline]
     fn clone(&self) -> Str {
+        if self.is_inline() {
+            return Str(self.0);
+        }
         // SAFETY: live while `self` is.
         let refs = unsafe { &self.0.as_ref().refs };
         // As `Rc`: a count that would overflow means leaked clones in a loop; stop.
@@ -108,6 +176,9 @@ impl Clone for Str {
 impl Drop for Str {
     #[inline]
     fn drop(&mut self) {
+        if self.is_inline() {
+            return;
+        }
         // SAFETY: live until the last reference drops, which frees it with the layout it was
         // allocated with (the header's length is the allocation's).
         unsafe {
@@ -123,6 +194,7 @@ impl Drop for Str {
 }
 
 impl From<&str> for Str {
+    #[inline]
     fn from(s: &str) -> Str {
         Str::concat(s.len(), [s])
     }
@@ -163,9 +235,12 @@ impl AsRef<str> for Str {
 }
 
 impl PartialEq for Str {
+    /// A string is inline exactly when it is short (`concat` decides by length alone), so two
+    /// strings of which one is inline are equal only if their words are.
     #[inline]
     fn eq(&self, other: &Str) -> bool {
-        self.0 == other.0 || self.as_str() == other.as_str()
+        self.0 == other.0
+            || (!self.is_inline() && !other.is_inline() && self.as_str() == other.as_str())
     }
 }
 
@@ -223,6 +298,28 @@ mod tests {
         assert_eq!(Str::default().len(), 0);
         assert_eq!(&*Str::from(String::from("x")), "x");
         assert_eq!(&*Str::concat(6, ["ab", "", "cdef"]), "abcdef");
+    }
+
+    #[test]
+    fn short_strings_are_held_inline_and_read_back_whole() {
+        let texts = [
+            "", "a", "on", "the", "mats", "é12", "abcdef", "abcdefg", "abcdefgh",
+        ];
+        for text in texts {
+            let s = Str::from(text);
+            assert_eq!(s.is_inline(), text.len() <= INLINE_MAX, "{text:?}");
+            let copy = s.clone();
+            drop(s);
+            assert_eq!(&*copy, text);
+            assert_eq!(copy.len(), text.len());
+        }
+        // Built from parts, across the boundary, and a part that does not fit.
+        assert_eq!(&*Str::concat(7, ["abc", "defg"]), "abcdefg");
+        assert_eq!(&*Str::concat(8, ["abcd", "efgh"]), "abcdefgh");
+        assert_eq!(&*Str::concat(5, ["abc", "defg"]), "abc");
+        assert!(Str::concat(5, ["abc", "defg"]).is_inline());
+        assert_eq!(Str::from("inline"), Str::concat(6, ["in", "line"]));
+        assert!(Str::from("abc") < Str::from("abcdefghij"));
     }
 
     #[test]
