@@ -489,6 +489,18 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 
     /// The bits of `value` when it is a constant.
+    /// `x % d` for `0 <= x < 2^63` by a multiplication (see `magic_for_63_bits`). Shorter
+    /// than what cranelift makes of `urem` by a constant, which must also serve dividends of
+    /// 64 bits and so needs an add-and-shift fix-up for most divisors: in a loop whose next
+    /// iteration waits for the remainder (`total = (total + x) % m`), that chain is the loop.
+    fn remainder_by_magic(&mut self, x: Value, magic: DivisionMagic) -> Value {
+        let multiplier = self.b.ins().iconst(types::I64, magic.multiplier as i64);
+        let high = self.b.ins().umulhi(x, multiplier);
+        let quotient = self.b.ins().ushr_imm_u(high, i64::from(magic.shift));
+        let product = self.b.ins().imul_imm_u(quotient, magic.divisor as i64);
+        self.b.ins().isub(x, product)
+    }
+
     fn constant_bits(&self, value: Value) -> Option<i64> {
         let value = self.b.func.dfg.resolve_aliases(value);
         let ValueDef::Result(inst, _) = self.b.func.dfg.value_def(value) else {
@@ -1029,7 +1041,10 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     self.b.seal_block(signed);
                     self.b.seal_block(unsigned);
                     self.b.switch_to_block(unsigned);
-                    let r = self.b.ins().urem(a, b);
+                    let r = match self.constant_bits(b).and_then(magic_for_63_bits) {
+                        Some(magic) => self.remainder_by_magic(a, magic),
+                        None => self.b.ins().urem(a, b),
+                    };
                     self.b.ins().jump(done, &[r.into()]);
                     self.b.switch_to_block(signed);
                     let r = self.b.ins().srem(a, b);
@@ -1419,4 +1434,85 @@ pub fn declare(
     module
         .declare_function(name, cranelift_module::Linkage::Local, &sig)
         .map_err(|e| e.to_string())
+}
+
+/// How to divide dividends below 2^63 by a constant: `x / divisor` is
+/// `umulhi(x, multiplier) >> shift`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DivisionMagic {
+    divisor: u64,
+    multiplier: u64,
+    shift: u32,
+}
+
+/// The magic for a divisor `d > 1` that is not a power of two (those are masks), for
+/// dividends `0 <= x < 2^63`. Granlund and Montgomery (1994), theorem 4.2 with N = 63: for
+/// `l = ceil(log2 d)` and `m = floor(2^(63+l) / d) + 1`, `2^(63+l) < m*d <= 2^(63+l) + 2^l`,
+/// so `floor(x*m / 2^(63+l)) = floor(x / d)` for every such `x`; and as `d > 2^(l-1)`,
+/// `m < 2^64` fits a register, where 64-bit dividends would need a 65-bit multiplier.
+pub(crate) fn magic_for_63_bits(d: i64) -> Option<DivisionMagic> {
+    let d = u64::try_from(d)
+        .ok()
+        .filter(|d| *d > 1 && !d.is_power_of_two())?;
+    let l = 64 - (d - 1).leading_zeros();
+    let m = (1u128 << (63 + l)) / u128::from(d) + 1;
+    Some(DivisionMagic {
+        divisor: d,
+        multiplier: u64::try_from(m).ok()?,
+        shift: l - 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn division_magic_gives_the_quotient_of_every_dividend_below_2_pow_63() {
+        let divisors = [
+            3,
+            5,
+            6,
+            7,
+            10,
+            641,
+            1_000_003,
+            12_345_678_901,
+            (1 << 32) + 1,
+            (1 << 62) + 1,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        // A fixed-seed linear congruential walk over the dividends, with the edges.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for d in divisors {
+            let magic = magic_for_63_bits(d).expect("a magic for a divisor that is not 2^k");
+            let quotient = |x: u64| {
+                ((u128::from(x) * u128::from(magic.multiplier)) >> 64) as u64 >> magic.shift
+            };
+            let d = d as u64;
+            let edges = [
+                0,
+                1,
+                d - 1,
+                d,
+                d + 1,
+                (1 << 63) - 1,
+                (1 << 63) - 1 - (1 << 63) % d,
+            ];
+            for n in edges.into_iter().filter(|n| *n < 1 << 63) {
+                assert_eq!(quotient(n), n / d, "{n} / {d}");
+            }
+            for _ in 0..20_000 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let n = x >> 1;
+                assert_eq!(quotient(n), n / d, "{n} / {d}");
+            }
+        }
+        for no_magic in [0, 1, 2, 1024, 1 << 62, -3] {
+            assert_eq!(magic_for_63_bits(no_magic), None, "{no_magic}");
+        }
+    }
 }
