@@ -18,7 +18,7 @@
 use super::JitCtx;
 use crate::interp::{self, Limits};
 use crate::native::{MethodFn, NativeCtx, NativeFn};
-use crate::value::Value;
+use crate::value::{Value, dict_index_of};
 
 /// Arguments cloned out of their slots; most calls have few, kept off the heap.
 type Args = smallvec::SmallVec<[Value; 4]>;
@@ -353,10 +353,17 @@ pub(crate) unsafe extern "C" fn compare(_ctx: *mut JitCtx, code: i64, a: i64, b:
     let truth = match code {
         op::EQ => a.equals(b),
         op::NOT_EQ => !a.equals(b),
-        op::IN | op::NOT_IN => match interp::contains(b, a) {
-            Ok(found) => found == (code == op::IN),
-            Err(_) => return COMPARE_FAIL,
-        },
+        op::IN | op::NOT_IN => {
+            let found = match (b, a) {
+                // A word in a vocabulary, the usual case, without the general test's `Result`.
+                (Value::Map(map), Value::Str(key)) => dict_index_of(&map.borrow(), key).is_some(),
+                _ => match interp::contains(b, a) {
+                    Ok(found) => found,
+                    Err(_) => return COMPARE_FAIL,
+                },
+            };
+            found == (code == op::IN)
+        }
         _ => match a.compare(b) {
             Some(ordering) => match code {
                 op::LT => ordering.is_lt(),
