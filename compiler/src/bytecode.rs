@@ -407,6 +407,8 @@ pub enum ArithOp {
     Add,
     Sub,
     Mul,
+    /// Floored, as in Python; on ints only (a float does the unfused sequence).
+    Mod,
 }
 
 impl ArithOp {
@@ -416,27 +418,40 @@ impl ArithOp {
             Instr::Add | Instr::AddAssign => ArithOp::Add,
             Instr::Sub => ArithOp::Sub,
             Instr::Mul => ArithOp::Mul,
+            Instr::Mod => ArithOp::Mod,
             _ => return None,
         })
     }
 
-    /// As on floats (and on an int with a float, converted): cannot fail.
+    /// As on floats (and on an int with a float, converted); `None` for `%`, which the
+    /// unfused instruction does.
     #[inline(always)]
-    pub fn floats(self, a: f64, b: f64) -> f64 {
+    pub fn floats(self, a: f64, b: f64) -> Option<f64> {
         match self {
-            ArithOp::Add => a + b,
-            ArithOp::Sub => a - b,
-            ArithOp::Mul => a * b,
+            ArithOp::Add => Some(a + b),
+            ArithOp::Sub => Some(a - b),
+            ArithOp::Mul => Some(a * b),
+            ArithOp::Mod => None,
         }
     }
 
-    /// `None` on overflow, which the unfused instruction reports.
+    /// `None` on overflow and for `%` by zero (or of the least int by -1), which the unfused
+    /// instruction reports (or does).
     #[inline(always)]
     pub fn ints(self, a: i64, b: i64) -> Option<i64> {
         match self {
             ArithOp::Add => a.checked_add(b),
             ArithOp::Sub => a.checked_sub(b),
             ArithOp::Mul => a.checked_mul(b),
+            ArithOp::Mod => {
+                let r = a.checked_rem(b)?;
+                // The remainder takes the divisor's sign, as in Python.
+                Some(if r != 0 && (r < 0) != (b < 0) {
+                    r + b
+                } else {
+                    r
+                })
+            }
         }
     }
 }
@@ -552,6 +567,31 @@ impl Program {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_remainders_are_floored_and_leave_the_hard_cases_alone() {
+        // Python: 7 % 3 == 1, -7 % 3 == 2, 7 % -3 == -2, -7 % -3 == -1.
+        let cases = [
+            (7, 3, 1),
+            (-7, 3, 2),
+            (7, -3, -2),
+            (-7, -3, -1),
+            (6, 3, 0),
+            (-6, 3, 0),
+        ];
+        for (a, b, r) in cases {
+            assert_eq!(ArithOp::Mod.ints(a, b), Some(r), "{a} % {b}");
+        }
+        assert_eq!(
+            ArithOp::Mod.ints(i64::MAX, 1_000_003),
+            Some(i64::MAX % 1_000_003)
+        );
+        // By zero (an error) and the least int by -1 (no overflow in Python) go unfused.
+        assert_eq!(ArithOp::Mod.ints(5, 0), None);
+        assert_eq!(ArithOp::Mod.ints(i64::MIN, -1), None);
+        assert_eq!(ArithOp::Mod.floats(5.5, 2.0), None);
+        assert_eq!(ArithOp::of(&Instr::Mod), Some(ArithOp::Mod));
+    }
 
     #[test]
     fn compare_ops_on_ints_agree_with_rusts_operators() {

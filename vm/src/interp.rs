@@ -746,7 +746,7 @@ impl Instance {
                 let result = match (&stack[a], &stack[b]) {
                     (Value::Int(x), Value::Int(y)) => op.ints(*x, *y).map(Value::Int),
                     (x, y) => match (number(x), number(y)) {
-                        (Some(x), Some(y)) => Some(Value::Float(op.floats(x, y))),
+                        (Some(x), Some(y)) => op.floats(x, y).map(Value::Float),
                         _ => None,
                     },
                 };
@@ -759,7 +759,7 @@ impl Instance {
                 let a = base + a as usize;
                 let result = match stack[a] {
                     Value::Int(x) => op.ints(x, k as i64).map(Value::Int),
-                    Value::Float(x) => Some(Value::Float(op.floats(x, k as f64))),
+                    Value::Float(x) => op.floats(x, k as f64).map(Value::Float),
                     _ => None,
                 };
                 match result {
