@@ -522,9 +522,22 @@ pub(crate) unsafe extern "C" fn build_string(
     let none = Value::None;
     // SAFETY: compiled code passes `count` live slots.
     let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
-    let parts: smallvec::SmallVec<[&Value; 8]> =
-        slots.iter().map(|s| unsafe { value(*s, &none) }).collect();
-    match Value::concat_display(&parts, limits.max_string_bytes) {
+    // The usual f-string's parts in an array on the stack: collecting them into a `SmallVec`
+    // took a third of this call's instructions.
+    const ON_STACK: usize = 8;
+    let mut on_stack = [&none; ON_STACK];
+    let on_heap: Vec<&Value>;
+    let parts: &[&Value] = if slots.len() <= ON_STACK {
+        for (part, slot) in on_stack.iter_mut().zip(slots) {
+            // SAFETY: as above.
+            *part = unsafe { value(*slot, &none) };
+        }
+        &on_stack[..slots.len()]
+    } else {
+        on_heap = slots.iter().map(|s| unsafe { value(*s, &none) }).collect();
+        &on_heap
+    };
+    match Value::concat_display(parts, limits.max_string_bytes) {
         Ok(s) => into_slot(Value::Str(s)),
         Err(_) => FAIL,
     }
