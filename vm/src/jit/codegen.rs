@@ -368,7 +368,29 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                 self.b.ins().fcmp(FloatCC::NotEqual, value, zero)
             }
             Ty::None => self.b.ins().iconst(types::I8, 0),
-            _ => self.b.ins().icmp_imm_s(IntCC::NotEqual, value, 0),
+            _ => match self.widened_from(value) {
+                // A bool made by widening a comparison: its truth is the comparison's, which
+                // cranelift fuses into the branch that tests it (`cmp; jl` rather than
+                // `cmp; setl; movzx; test; jne`). The baseline tier has no optimiser to do it.
+                Some(narrow) => narrow,
+                None => self.b.ins().icmp_imm_s(IntCC::NotEqual, value, 0),
+            },
+        }
+    }
+
+    /// The narrow value `value` is the zero extension of, if it is one: nonzero exactly when
+    /// `value` is.
+    fn widened_from(&self, value: Value) -> Option<Value> {
+        let value = self.b.func.dfg.resolve_aliases(value);
+        let ValueDef::Result(inst, _) = self.b.func.dfg.value_def(value) else {
+            return None;
+        };
+        match self.b.func.dfg.insts[inst] {
+            InstructionData::Unary {
+                opcode: Opcode::Uextend,
+                arg,
+            } => Some(arg),
+            _ => None,
         }
     }
 

@@ -2156,6 +2156,34 @@ mod tests {
     /// A loop compiled by the baseline tier is compiled again, optimized, on the tier-up's
     /// thread, and its next entry runs the optimized code.
     #[test]
+    fn a_branch_on_a_comparison_tests_the_comparison_itself() {
+        let program = compile(
+            "fn f(n, x) {\n    if n < 2 { return 1 }\n    if not (x == 3.5) { return 2 }\n    return 3\n}\n",
+        );
+        let f = program.function("f").unwrap();
+        let natives = crate::native::Natives::new();
+        let clif = listing(&program, &natives, &[f], &[Ty::Int, Ty::Float]).unwrap();
+        let ir = clif.split("; machine code").next().unwrap();
+        // The IR as emitted (before cranelift's optimiser, which the baseline tier skips): the
+        // comparisons' results are branched on, not widened to a bool and tested again.
+        let compare = ir
+            .lines()
+            .find(|line| line.contains("icmp") && line.contains(" slt "))
+            .and_then(|line| line.trim().split(' ').next())
+            .expect("the comparison is emitted")
+            .to_string();
+        assert!(
+            ir.lines()
+                .any(|line| line.trim().starts_with(&format!("brif {compare},"))),
+            "branches on {compare} itself:\n{ir}"
+        );
+        assert!(
+            !ir.contains("icmp_imm ne"),
+            "no bool tested against 0:\n{ir}"
+        );
+    }
+
+    #[test]
     fn a_panic_while_compiling_is_a_failure_to_compile() {
         let program = compile("fn f(n) {\n    return n + 1\n}\n");
         let limits = crate::interp::Limits::default();
