@@ -193,9 +193,7 @@ impl JitCtx {
         // Baseline code gets smaller tanks, so a loop running it hands back (and the next
         // entry tiers it up) about when a tier-up is due, or soon after its optimized code
         // is ready.
-        self.tank = if self.tier_up_done.is_some() {
-            TIER_UP_POLL as i64
-        } else if self.baseline_code {
+        self.tank = if self.baseline_code || self.tier_up_done.is_some() {
             TIER_UP_WORK as i64
         } else {
             FUEL
@@ -265,16 +263,14 @@ use crate::jit_options::FUEL;
 /// Fuel spent by compiled code, while code of the baseline tier exists, after which that code
 /// is compiled again by the optimizing tier: 10,000 loop iterations, or some 40,000 calls,
 /// 50-200 microseconds, a tenth of what compiling it takes. The compiling runs on a thread
-/// of its own, so starting it early costs the program nothing, and every microsecond of
-/// waiting is spent in baseline code, 1.5-3x slower (fib(30) runs 5 ms in all). It is also
-/// the first tank of baseline code, so a long run of it hands back to be tiered up then.
+/// of its own, so starting it early costs the program little, and until it is done the
+/// program runs baseline code, 1.5-3x slower (fib(30) runs 5 ms in all). It is also the tank
+/// of baseline code and of code running while a tier-up compiles: a long run of baseline code
+/// hands back to be tiered up then, and the optimized code is used within a tank of being
+/// done. A smaller tank would find it sooner, but a loop hands back to the interpreter and is
+/// entered again at every empty tank: with tanks of 2,000 the nested-loop benchmark lost
+/// about a tenth of its speed while recursive fib(30) gained nothing measurable.
 const TIER_UP_WORK: u64 = FUEL as u64 / 10;
-
-/// The tank of compiled code while a tier-up compiles: each time it empties, the code asks
-/// whether the optimized code is ready and hands back if it is. 2,000 loop iterations or some
-/// 8,000 calls, 10-40 microseconds: the optimized code is used that soon after it is done,
-/// for a call to `sglc_jit_refuel` per tank.
-const TIER_UP_POLL: u64 = FUEL as u64 / 50;
 
 /// Entries into compiled code, while code of the baseline tier exists, after which it is
 /// compiled again by the optimizing tier even if it spent little fuel.
