@@ -381,15 +381,21 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     /// The narrow value `value` is the zero extension of, if it is one: nonzero exactly when
     /// `value` is.
     fn widened_from(&self, value: Value) -> Option<Value> {
-        let value = self.b.func.dfg.resolve_aliases(value);
-        let ValueDef::Result(inst, _) = self.b.func.dfg.value_def(value) else {
-            return None;
-        };
-        match self.b.func.dfg.insts[inst] {
+        match self.definition(value)? {
             InstructionData::Unary {
                 opcode: Opcode::Uextend,
                 arg,
             } => Some(arg),
+            _ => None,
+        }
+    }
+
+    /// The instruction that defines `value` (through aliases), if one does (not a block's
+    /// parameter).
+    fn definition(&self, value: Value) -> Option<InstructionData> {
+        let dfg = &self.b.func.dfg;
+        match dfg.value_def(dfg.resolve_aliases(value)) {
+            ValueDef::Result(inst, _) => Some(dfg.insts[inst]),
             _ => None,
         }
     }
@@ -524,11 +530,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     }
 
     fn constant_bits(&self, value: Value) -> Option<i64> {
-        let value = self.b.func.dfg.resolve_aliases(value);
-        let ValueDef::Result(inst, _) = self.b.func.dfg.value_def(value) else {
-            return None;
-        };
-        match self.b.func.dfg.insts[inst] {
+        match self.definition(value)? {
             InstructionData::UnaryImm {
                 opcode: Opcode::Iconst,
                 imm,

@@ -2149,8 +2149,6 @@ mod tests {
         assert_ne!(compiled_fib(&jit), baseline_pointer);
     }
 
-    /// A loop compiled by the baseline tier is compiled again, optimized, on the tier-up's
-    /// thread, and its next entry runs the optimized code.
     #[test]
     fn a_branch_on_a_comparison_tests_the_comparison_itself() {
         let program = compile(
@@ -2257,6 +2255,8 @@ mod tests {
         assert!(jit.inlined_calls >= 2, "inlined {}", jit.inlined_calls);
     }
 
+    /// A loop compiled by the baseline tier is compiled again, optimized, on the tier-up's
+    /// thread, and its next entry runs the optimized code.
     #[test]
     fn a_baseline_loop_tiers_up_on_the_compiling_thread() {
         let program = compile(
