@@ -264,7 +264,7 @@ use crate::jit_options::FUEL;
 /// is compiled again by the optimizing tier: 10,000 loop iterations, or some 40,000 calls,
 /// 50-200 microseconds, a tenth of what compiling it takes. The compiling runs on a thread
 /// of its own, so starting it early costs the program little, and until it is done the
-/// program runs baseline code, 1.5-3x slower (fib(30) runs 5 ms in all). It is also the tank
+/// program runs baseline code, up to 2x slower (fib(30) runs 5 ms in all). It is also the tank
 /// of baseline code and of code running while a tier-up compiles: a long run of baseline code
 /// hands back to be tiered up then, and the optimized code is used within a tank of being
 /// done. A smaller tank would find it sooner, but a loop hands back to the interpreter and is
