@@ -76,6 +76,14 @@ pub struct BenchJitArgs {
     /// strings, scoring), in the table and in the latency report.
     #[arg(long, value_name = "NAME")]
     only: Option<String>,
+    /// The JIT column's tiers: `tiered` (as a run has them by default), `baseline` or
+    /// `optimized` only, to see what each tier contributes.
+    #[arg(
+        long,
+        default_value = "tiered",
+        value_name = "tiered|baseline|optimized"
+    )]
+    jit_tiers: sglc::JitTiers,
 }
 
 impl BenchJitArgs {
@@ -100,9 +108,10 @@ type Timings = ([Timing; 2], Option<(Timing, String)>);
 fn time_program(
     program: &Program,
     n: i64,
-    runs: usize,
+    args: &BenchJitArgs,
     mut python: Option<PythonRunner>,
 ) -> Result<Timings> {
+    let runs = if args.quick { 1 } else { args.runs.max(1) };
     let engine = Engine::new(TestBackend::new());
     let script = engine
         .compile(program.name, program.sgl)
@@ -110,6 +119,7 @@ fn time_program(
     let mut timings = [JitMode::Off, JitMode::Eager].map(|mode| {
         let mut config = RunConfig::default();
         config.jit.mode = mode;
+        config.jit.tiers = args.jit_tiers;
         (config, f64::INFINITY, String::new())
     });
     let mut python_best: Option<Timing> = None;
@@ -237,6 +247,9 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
     outln!(
         "sglc bench jit: best of {runs} run(s), interpreter, JIT and CPython taking turns; JIT times include compiling"
     );
+    if args.jit_tiers != sglc::JitTiers::Tiered {
+        outln!("(the JIT column: {:?} tier only)", args.jit_tiers);
+    }
     outln!();
     outln!(
         "{:<20} {:>11} {:>11} {:>9} {:>11} {:>13} {:>11}",
@@ -263,7 +276,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
             Some(PythonRunner::start(&dir, program, n)?)
         };
         let ([(interpreted, expected), (compiled, result)], python) =
-            time_program(program, n, runs, runner)?;
+            time_program(program, n, args, runner)?;
         if result != expected {
             eprintln!(
                 "{}: the JIT gave {result}, the interpreter {expected}",

@@ -89,7 +89,12 @@ pub struct FunctionCodegen<'a, 'b> {
     depth: Option<Value>,
     /// On-stack replacement: enter at this instruction with the slots (as the interpreter's
     /// frame has them) read from a buffer, instead of at 0 with arguments.
-    pub osr_entry: Option<(usize, Frame)>,
+    pub osr_entry: Option<(usize, super::OsrShape)>,
+    /// 0 and 1 defined once in the entry block, for every range's start and step: a loop
+    /// header that ranges reach from several places (the loop nest's entry and each pass of
+    /// the outer loop) then sees one value from all of them, no block parameter, and the
+    /// optimizer folds `start + index * step` to `index`.
+    range_constants: Option<[Value; 2]>,
     /// The call depth limit was tested once at the entry, for every call of the function.
     depth_checked_at_entry: bool,
     /// Which locals the interpreter may read from each instruction on.
@@ -290,6 +295,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             target,
             depth: None,
             osr_entry: None,
+            range_constants: None,
             depth_checked_at_entry: false,
             live: None,
             local_count,
@@ -329,6 +335,12 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
     fn set(&mut self, slot: usize, ty: Ty, value: Value) {
         let v = self.var(slot, rep(ty));
         self.b.def_var(v, value);
+    }
+
+    /// The entry block's 0 and 1 for ranges (`range_constants`).
+    fn range_constants(&self) -> [Value; 2] {
+        self.range_constants
+            .expect("the entry block defines the range constants")
     }
 
     /// The JIT's context: its address, a constant where it is used (`Jit::runtime`), so no
@@ -703,8 +715,9 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.seal_block(entry);
         let params: Vec<Value> = self.b.block_params(entry).to_vec();
         self.depth = Some(params[0]);
-        if let Some((entry_ip, frame)) = self.osr_entry.clone() {
-            return self.emit_osr(code, params[1], entry_ip, &frame, config);
+        self.range_constants = Some([0, 1].map(|k| self.b.ins().iconst(types::I64, k)));
+        if let Some((entry_ip, shape)) = self.osr_entry.clone() {
+            return self.emit_osr(code, params[1], entry_ip, &shape, config);
         }
         self.entry_args = params[1..].to_vec();
         for slot in 0..self.local_count {
@@ -804,16 +817,19 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.emit_deopt_of(state, 0, Report::Guard);
     }
 
-    /// The entry of an on-stack replacement: every slot loaded from the buffer at `slots`,
-    /// then on at the loop header.
+    /// The entry of an on-stack replacement: every slot loaded from the buffer at `slots`
+    /// (but the start and step of a range counting from 0 by 1, which are constants), then on
+    /// at the loop header.
     fn emit_osr(
         mut self,
         code: &[Instr],
         slots: Value,
         entry_ip: usize,
-        frame: &Frame,
+        shape: &super::OsrShape,
         config: cranelift_codegen::isa::TargetFrontendConfig,
     ) -> Result<usize, String> {
+        let frame = &shape.frame;
+        let [zero, one] = self.range_constants();
         let mut offset = 0i32;
         let load = |b: &mut FunctionBuilder, offset: &mut i32| {
             let v = b
@@ -832,15 +848,21 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         for (k, ty) in frame.stack.iter().enumerate() {
             let slot = self.local_count + k;
             if matches!(ty, Ty::Range | Ty::RangeIter) {
-                for r in [
-                    Rep::RangeStart,
-                    Rep::RangeStep,
-                    Rep::RangeIndex,
-                    Rep::RangeCount,
+                let counting = shape.counting.get(k) == Some(&true);
+                for (r, constant) in [
+                    (Rep::RangeStart, zero),
+                    (Rep::RangeStep, one),
+                    (Rep::RangeIndex, zero),
+                    (Rep::RangeCount, zero),
                 ] {
-                    let raw = load(&mut self.b, &mut offset);
+                    let value = if counting && matches!(r, Rep::RangeStart | Rep::RangeStep) {
+                        offset += 8;
+                        constant
+                    } else {
+                        load(&mut self.b, &mut offset)
+                    };
                     let var = self.var(slot, r);
-                    self.b.def_var(var, raw);
+                    self.b.def_var(var, value);
                 }
             } else {
                 let raw = load(&mut self.b, &mut offset);
@@ -1231,8 +1253,15 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     self.b.use_var(v)
                 });
                 let more = self.b.ins().icmp(IntCC::SignedLessThan, index, count);
-                let offset = self.b.ins().imul(index, step);
-                let item = self.b.ins().iadd(start, offset);
+                // (Folded here for the baseline tier, which has no optimizer.)
+                let offset = match self.constant_bits(step) {
+                    Some(1) => index,
+                    _ => self.b.ins().imul(index, step),
+                };
+                let item = match self.constant_bits(start) {
+                    Some(0) => offset,
+                    _ => self.b.ins().iadd(start, offset),
+                };
                 self.set(push_slot, Ty::Int, item);
                 let next = self.b.ins().iadd_imm_s(index, 1);
                 let index_var = self.var(slot, Rep::RangeIndex);
@@ -1343,8 +1372,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         let args: Vec<Value> = (0..argc)
             .map(|i| self.get(base + depth - argc + i, Ty::Int))
             .collect();
-        let zero = self.b.ins().iconst(types::I64, 0);
-        let one = self.b.ins().iconst(types::I64, 1);
+        let [zero, one] = self.range_constants();
         let (start, stop, step) = match args.as_slice() {
             [stop] => (zero, *stop, one),
             [start, stop] => (*start, *stop, one),

@@ -168,13 +168,17 @@ pub fn live_boxes() -> i64 {
     0
 }
 
+/// `none`, borrowed for as long as needed: a promoted constant. (A `none` made in each helper
+/// was dropped at its end: a call to `Value`'s drop glue in every helper call.)
+const NONE: &Value = &Value::None;
+
 /// The value an object slot holds, borrowed; `none` for 0.
 ///
 /// # Safety
-/// `slot` is 0 or a live box made by `into_slot`.
-unsafe fn value(slot: i64, none: &Value) -> &Value {
+/// `slot` is 0 or a box made by `into_slot` that stays alive and unchanged for `'a`.
+unsafe fn value<'a>(slot: i64) -> &'a Value {
     if slot == 0 {
-        none
+        NONE
     } else {
         // SAFETY: the caller guarantees a live box.
         unsafe { &*(slot as *const Value) }
@@ -186,13 +190,9 @@ unsafe fn value(slot: i64, none: &Value) -> &Value {
 /// # Safety
 /// `slots` points at `count` live object slots.
 unsafe fn values(slots: *const i64, count: i64) -> Args {
-    let none = Value::None;
     // SAFETY: the caller guarantees `count` slots.
     let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
-    slots
-        .iter()
-        .map(|s| unsafe { value(*s, &none) }.clone())
-        .collect()
+    slots.iter().map(|s| unsafe { value(*s) }.clone()).collect()
 }
 
 /// Most arguments `with_values` lays out without cloning.
@@ -211,14 +211,13 @@ unsafe fn with_values<R>(slots: *const i64, count: i64, f: impl FnOnce(&[Value])
         // SAFETY: as the caller guarantees.
         return f(&unsafe { values(slots, count as i64) });
     }
-    let none = Value::None;
     let mut copies = [const { std::mem::MaybeUninit::<Value>::uninit() }; SIDE_BY_SIDE];
     for (at, copy) in copies.iter_mut().enumerate().take(count) {
         // SAFETY: slot `at` is live (the caller); its value is read, not moved: the copy is
         // never dropped (`MaybeUninit`), and shared references to it, all `f` gets, can only
         // reach what the original reaches (a list's items through its `RefCell` are the same
         // items), so the original stays the owner.
-        copy.write(unsafe { std::ptr::read(value(*slots.add(at), &none)) });
+        copy.write(unsafe { std::ptr::read(value(*slots.add(at))) });
     }
     // SAFETY: the first `count` copies were written; `MaybeUninit<Value>` has `Value`'s
     // layout.
@@ -240,9 +239,8 @@ fn result(outcome: Result<Value, impl Sized>, limits: &Limits) -> i64 {
 }
 
 pub(crate) unsafe extern "C" fn clone(slot: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes live slots.
-    into_slot(unsafe { value(slot, &none) }.clone())
+    into_slot(unsafe { value(slot) }.clone())
 }
 
 pub(crate) unsafe extern "C" fn drop(slot: i64) {
@@ -263,9 +261,8 @@ pub(crate) unsafe extern "C" fn box_scalar(kind: i64, bits: i64) -> i64 {
 /// The scalar an object holds, as bits into `out`, when it is of `kind` (as `box_scalar`);
 /// 1 when it is, 0 when not.
 pub(crate) unsafe extern "C" fn unbox(slot: i64, kind: i64, out: *mut i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot and an 8-byte stack slot.
-    let bits = match (kind, unsafe { value(slot, &none) }) {
+    let bits = match (kind, unsafe { value(slot) }) {
         (1, Value::Int(n)) => *n,
         (2, Value::Float(x)) => x.to_bits() as i64,
         (3, Value::Bool(b)) => i64::from(*b),
@@ -278,9 +275,8 @@ pub(crate) unsafe extern "C" fn unbox(slot: i64, kind: i64, out: *mut i64) -> i6
 /// The number an object holds as a float's bits into `out` (an int converted, as the
 /// interpreter converts it for float arithmetic): 1, or 0 when it is not a number.
 pub(crate) unsafe extern "C" fn unbox_number(slot: i64, out: *mut i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot and an 8-byte stack slot.
-    let x = match unsafe { value(slot, &none) } {
+    let x = match unsafe { value(slot) } {
         Value::Int(n) => *n as f64,
         Value::Float(x) => *x,
         _ => return 0,
@@ -290,9 +286,8 @@ pub(crate) unsafe extern "C" fn unbox_number(slot: i64, out: *mut i64) -> i64 {
 }
 
 pub(crate) unsafe extern "C" fn truthy(slot: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot.
-    i64::from(unsafe { value(slot, &none) }.is_truthy())
+    i64::from(unsafe { value(slot) }.is_truthy())
 }
 
 /// Binary operator codes shared with the code generator.
@@ -316,9 +311,8 @@ pub mod op {
 /// `a op b` for the arithmetic operators; `FAIL` where the interpreter raises an error.
 pub(crate) unsafe extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i64) -> i64 {
     let limits = &host(ctx).limits;
-    let none = Value::None;
     // SAFETY: compiled code passes live slots.
-    let (a, b) = unsafe { (value(a, &none), value(b, &none)) };
+    let (a, b) = unsafe { (value(a), value(b)) };
     let outcome = match code {
         op::ADD => interp::binary_add(a, b, limits),
         op::SUB => interp::arith(a, b, "-", i64::checked_sub, |x, y| x - y),
@@ -347,9 +341,8 @@ pub(crate) unsafe extern "C" fn binary(ctx: *mut JitCtx, code: i64, a: i64, b: i
 /// `a op b` for the comparisons and `in`: 0 or 1, or `COMPARE_FAIL`.
 /// (`ctx` is unused: it keeps the signature of `binary`, so compiled code calls both alike.)
 pub(crate) unsafe extern "C" fn compare(_ctx: *mut JitCtx, code: i64, a: i64, b: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes live slots.
-    let (a, b) = unsafe { (value(a, &none), value(b, &none)) };
+    let (a, b) = unsafe { (value(a), value(b)) };
     let truth = match code {
         op::EQ => a.equals(b),
         op::NOT_EQ => !a.equals(b),
@@ -379,9 +372,8 @@ pub(crate) unsafe extern "C" fn compare(_ctx: *mut JitCtx, code: i64, a: i64, b:
 
 /// `obj[key]`; a state's variables are left to the interpreter, which may have to wait.
 pub(crate) unsafe extern "C" fn index(obj: i64, key: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes live slots.
-    let (obj, key) = unsafe { (value(obj, &none), value(key, &none)) };
+    let (obj, key) = unsafe { (value(obj), value(key)) };
     if matches!(obj, Value::State(_)) {
         return FAIL;
     }
@@ -393,9 +385,8 @@ pub(crate) unsafe extern "C" fn index(obj: i64, key: i64) -> i64 {
 
 /// `list[i]` with an int index, the common case, without boxing the index.
 pub(crate) unsafe extern "C" fn index_int(obj: i64, i: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot.
-    match unsafe { value(obj, &none) } {
+    match unsafe { value(obj) } {
         Value::List(list) => {
             let list = list.borrow();
             match interp::normalize_index(i, list.len()) {
@@ -418,9 +409,8 @@ pub(crate) unsafe extern "C" fn store_index(
     item: i64,
 ) -> i64 {
     let limits = &host(ctx).limits;
-    let none = Value::None;
     // SAFETY: compiled code passes live slots.
-    let (obj, key, item) = unsafe { (value(obj, &none), value(key, &none), value(item, &none)) };
+    let (obj, key, item) = unsafe { (value(obj), value(key), value(item)) };
     match (obj, key) {
         (Value::List(list), Value::Int(i)) => {
             let mut list = list.borrow_mut();
@@ -446,9 +436,8 @@ pub(crate) unsafe extern "C" fn store_index(
 
 /// `list[i] = scalar` with an int index, without boxing either: `kind` as `box_scalar`.
 pub(crate) unsafe extern "C" fn store_index_int(obj: i64, i: i64, kind: i64, bits: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot.
-    let Value::List(list) = (unsafe { value(obj, &none) }) else {
+    let Value::List(list) = (unsafe { value(obj) }) else {
         return FAIL;
     };
     let mut list = list.borrow_mut();
@@ -493,9 +482,8 @@ pub(crate) unsafe extern "C" fn build_map(ctx: *mut JitCtx, slots: *const i64, c
 
 /// An f-string's `{value}`: the value as a string.
 pub(crate) unsafe extern "C" fn format(slot: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot.
-    match unsafe { value(slot, &none) } {
+    match unsafe { value(slot) } {
         s @ Value::Str(_) => into_slot(s.clone()),
         other => into_slot(Value::Str(other.display_str())),
     }
@@ -519,22 +507,21 @@ pub(crate) unsafe extern "C" fn build_string(
     count: i64,
 ) -> i64 {
     let limits = &host(ctx).limits;
-    let none = Value::None;
     // SAFETY: compiled code passes `count` live slots.
     let slots = unsafe { std::slice::from_raw_parts(slots, count as usize) };
     // The usual f-string's parts in an array on the stack: collecting them into a `SmallVec`
     // took a third of this call's instructions.
     const ON_STACK: usize = 8;
-    let mut on_stack = [&none; ON_STACK];
+    let mut on_stack = [NONE; ON_STACK];
     let on_heap: Vec<&Value>;
     let parts: &[&Value] = if slots.len() <= ON_STACK {
         for (part, slot) in on_stack.iter_mut().zip(slots) {
             // SAFETY: as above.
-            *part = unsafe { value(*slot, &none) };
+            *part = unsafe { value(*slot) };
         }
         &on_stack[..slots.len()]
     } else {
-        on_heap = slots.iter().map(|s| unsafe { value(*s, &none) }).collect();
+        on_heap = slots.iter().map(|s| unsafe { value(*s) }).collect();
         &on_heap
     };
     match Value::concat_display(parts, limits.max_string_bytes) {
@@ -545,9 +532,8 @@ pub(crate) unsafe extern "C" fn build_string(
 
 /// `for`'s iterator over a value.
 pub(crate) unsafe extern "C" fn get_iter(slot: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot.
-    match interp::iterate(unsafe { value(slot, &none) }.clone()) {
+    match interp::iterate(unsafe { value(slot) }.clone()) {
         Ok(iter) => into_slot(iter),
         Err(_) => FAIL,
     }
@@ -555,9 +541,8 @@ pub(crate) unsafe extern "C" fn get_iter(slot: i64) -> i64 {
 
 /// The next item of an iterator, or `DONE`.
 pub(crate) unsafe extern "C" fn next(iter: i64) -> i64 {
-    let none = Value::None;
     // SAFETY: compiled code passes a live slot holding an iterator.
-    let item = match unsafe { value(iter, &none) } {
+    let item = match unsafe { value(iter) } {
         Value::Iterator(it) => it.borrow_mut().next_item(),
         _ => None,
     };
@@ -608,9 +593,8 @@ pub(crate) unsafe extern "C" fn call_method(
     let Some((name, methods)) = host.methods.get(name as usize) else {
         return FAIL;
     };
-    let none = Value::None;
     // SAFETY: compiled code passes `count` (at least 1) live slots.
-    let receiver = unsafe { value(*slots, &none) };
+    let receiver = unsafe { value(*slots) };
     let type_name = receiver.type_name();
     // The interpreter's own methods (on states, `join` on a list of forks) come first there.
     if matches!(receiver, Value::State(_)) || (type_name == "list" && name == "join") {
@@ -655,9 +639,8 @@ pub(crate) unsafe extern "C" fn call_method(
 /// when the list would grow past its limit.
 pub(crate) unsafe extern "C" fn append_under(ctx: *mut JitCtx, list: i64, item: i64) -> i64 {
     let limits = &host(ctx).limits;
-    let none = Value::None;
     // SAFETY: compiled code passes live slots.
-    let (list, item) = unsafe { (value(list, &none), value(item, &none)) };
+    let (list, item) = unsafe { (value(list), value(item)) };
     let Value::List(list) = list else {
         return FAIL;
     };
