@@ -2,7 +2,7 @@
 //! with an error that names the limit and points at the code that crossed it.
 
 use serde_json::json;
-use sglc::{Engine, Error, Limits, RunConfig, RuntimeError, TestBackend};
+use sglc::{Engine, Error, JitTiers, Limits, RunConfig, RuntimeError, TestBackend};
 use std::time::{Duration, Instant};
 
 /// Runs `main` of `source` under `limits` and returns the error it must end with.
@@ -298,32 +298,38 @@ fn call_depth_is_limited() {
 /// Compiled code tests the depth limit off its hot path when the limit is a multiple of 4
 /// (where its fuel check stops) and on it otherwise: at every limit, a recursion just short of
 /// it returns and one that reaches it fails, with the same error and span, as interpreted.
+/// Optimized code, where `down` has its calls inlined two levels deep and one check for the
+/// three bodies (`inline::hoist_entry_checks`), too.
 #[test]
 fn compiled_recursion_stops_at_every_call_depth_limit_as_interpreted() {
     let source = "fn down(n) {\n    if n == 0 { return 0 }\n    return down(n - 1) + 1\n}\n\nfn main(n) {\n    return down(n)\n}\n";
     let engine = Engine::new(TestBackend::new());
     let script = engine.compile("depth.sgl", source).unwrap();
-    for max_call_depth in [2, 3, 4, 5, 47, 48, 49, 50, 51, 512] {
+    let modes = [
+        (sglc::JitMode::Off, JitTiers::Tiered),
+        (sglc::JitMode::Eager, JitTiers::Tiered),
+        (sglc::JitMode::Eager, JitTiers::Optimized),
+    ];
+    for max_call_depth in [2, 3, 4, 5, 6, 7, 47, 48, 49, 50, 51, 512] {
         // `main` is frame 1 and `down(n)` frame 2, so `down(0)` runs in frame n + 2.
-        for n in max_call_depth - 2..=max_call_depth {
-            let outcomes: Vec<Result<serde_json::Value, (String, Option<_>)>> =
-                [sglc::JitMode::Off, sglc::JitMode::Eager]
-                    .into_iter()
-                    .map(|jit| {
-                        let mut config = RunConfig::default();
-                        config.limits.max_call_depth = max_call_depth;
-                        config.jit.mode = jit;
-                        match engine.run(&script, "main", json!({ "n": n }), &config) {
-                            Ok(state) => Ok(state.return_value),
-                            Err(Error::Runtime(error)) => {
-                                Err((error.message.clone(), error.span()))
-                            }
-                            Err(other) => panic!("limit {max_call_depth}, {jit:?}: {other}"),
-                        }
-                    })
-                    .collect();
+        for n in max_call_depth - 2..=max_call_depth + 1 {
+            let outcomes: Vec<Result<serde_json::Value, (String, Option<_>)>> = modes
+                .into_iter()
+                .map(|(jit, tiers)| {
+                    let mut config = RunConfig::default();
+                    config.limits.max_call_depth = max_call_depth;
+                    config.jit.mode = jit;
+                    config.jit.tiers = tiers;
+                    match engine.run(&script, "main", json!({ "n": n }), &config) {
+                        Ok(state) => Ok(state.return_value),
+                        Err(Error::Runtime(error)) => Err((error.message.clone(), error.span())),
+                        Err(other) => panic!("limit {max_call_depth}, {jit:?}: {other}"),
+                    }
+                })
+                .collect();
             let case = format!("limit {max_call_depth}, n = {n}");
             assert_eq!(outcomes[0], outcomes[1], "{case}");
+            assert_eq!(outcomes[0], outcomes[2], "{case}, optimized");
             match &outcomes[0] {
                 Ok(value) => {
                     assert!(n + 2 <= max_call_depth, "{case}");

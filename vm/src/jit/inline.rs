@@ -17,12 +17,15 @@
 //! error or deopt, only the cost of a call. `thread_deopt_checks` then sends each inlined
 //! return past that check, since the flag it passes is a constant.
 
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::entity::SecondaryMap;
 use cranelift_codegen::inline::{Inline, InlineCommand};
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     Block, BlockArg, BlockCall, ExternalName, FuncRef, Function, Inst, InstructionData, Opcode,
     Value, ValueDef,
 };
+use cranelift_codegen::ir::{InstBuilder, types};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -108,6 +111,9 @@ pub fn inline_calls(
         }
     }
     let (_, prefixes) = inline_round(ctx, &inlinable.prefixes, 0, MAX_INLINED_PREFIXES)?;
+    if inlined > 0 {
+        hoist_entry_checks(&mut ctx.func);
+    }
     Ok(inlined + prefixes)
 }
 
@@ -131,6 +137,153 @@ fn inline_round(
         .inline(&mut inliner)
         .map_err(|e| format!("cranelift could not inline a call: {e:?}"))?;
     Ok((any, inliner.inlined))
+}
+
+/// Folds the entry checks of inlined bodies into the function's own.
+///
+/// A function that calls checks on entry, at every fourth call depth, the call depth limit
+/// and its fuel (`codegen`'s `emit_entry_checks`). Each inlined body brings its own check, at
+/// its depth: the function's plus 1 or 2 (a test and a branch on every inlined call, and cold
+/// blocks that were a quarter of fib's optimized compile). Those go; the function's own check
+/// takes their place: it runs its slow path when any depth from its own to the deepest
+/// inlined body's (`deepest`) is a multiple of 4, and there hands back to the interpreter if
+/// the deepest body would be at the depth limit. So no code runs deeper than the limit (the
+/// calls inlined bodies make are at most one deeper, and those callees check), fuel is still
+/// spent on the way down a recursion, and near the limit the interpreter runs the frames
+/// itself, raising its own error where it must.
+pub fn hoist_entry_checks(function: &mut Function) {
+    let Some(entry) = function.layout.entry_block() else {
+        return;
+    };
+    let Some(&depth) = function.dfg.block_params(entry).first() else {
+        return;
+    };
+    // (branch, depth offset) of every entry check.
+    let mut checks: Vec<(Inst, i64)> = Vec::new();
+    for block in function.layout.blocks() {
+        let Some(last) = function.layout.last_inst(block) else {
+            continue;
+        };
+        if let InstructionData::Brif { arg, .. } = function.dfg.insts[last]
+            && let Some(offset) = entry_check_offset(function, depth, arg)
+        {
+            checks.push((last, offset));
+        }
+    }
+    let deepest = checks.iter().map(|(_, offset)| *offset).max().unwrap_or(0);
+    let own: Vec<Inst> = checks
+        .iter()
+        .filter(|(_, offset)| *offset == 0)
+        .map(|(inst, _)| *inst)
+        .collect();
+    // Only under a check of the function's own (code entered by on-stack replacement tests
+    // the depth at its calls instead), and only the few levels inlining makes.
+    if own.len() != 1 || !(1..=3).contains(&deepest) {
+        return;
+    }
+    for (inst, offset) in &checks {
+        if *offset > 0
+            && let InstructionData::Brif { blocks, .. } = function.dfg.insts[*inst]
+        {
+            // Nonzero (the depth is not a multiple of 4): straight on into the body.
+            function.dfg.insts[*inst] = InstructionData::Jump {
+                opcode: Opcode::Jump,
+                destination: blocks[0],
+            };
+        }
+    }
+    // The depth limit, tested for the deepest body.
+    let limit_tests: Vec<(Inst, i64)> = function
+        .layout
+        .blocks()
+        .flat_map(|block| function.layout.block_insts(block))
+        .filter_map(|inst| match function.dfg.insts[inst] {
+            InstructionData::IntCompare {
+                opcode: Opcode::Icmp,
+                cond: IntCC::SignedGreaterThanOrEqual,
+                args,
+            } if depth_offset(function, depth, args[0]) == Some(0) => {
+                Some((inst, constant(function, args[1])?))
+            }
+            _ => None,
+        })
+        .collect();
+    for (inst, limit) in limit_tests {
+        let mut pos = FuncCursor::new(function).at_inst(inst);
+        let lowered = pos.ins().iconst(types::I64, limit - deepest);
+        if let InstructionData::IntCompare { args, .. } = &mut function.dfg.insts[inst] {
+            args[1] = lowered;
+        }
+    }
+    // The slow path when a depth from the function's to `deepest` more is a multiple of 4:
+    // `(depth + deepest) & 3 <= deepest`.
+    let branch = own[0];
+    let mut pos = FuncCursor::new(function).at_inst(branch);
+    let shifted = pos.ins().iadd_imm_s(depth, deepest);
+    let low = pos.ins().band_imm_u(shifted, 3);
+    let clear = pos
+        .ins()
+        .icmp_imm_u(IntCC::UnsignedGreaterThan, low, deepest);
+    if let InstructionData::Brif { arg, .. } = &mut function.dfg.insts[branch] {
+        *arg = clear;
+    }
+}
+
+/// The depth offset of the entry check `condition` branches on (`depth + offset & 3`), if it
+/// is one.
+fn entry_check_offset(function: &Function, depth: Value, condition: Value) -> Option<i64> {
+    let dfg = &function.dfg;
+    let ValueDef::Result(inst, 0) = dfg.value_def(dfg.resolve_aliases(condition)) else {
+        return None;
+    };
+    let InstructionData::Binary {
+        opcode: Opcode::Band,
+        args,
+    } = dfg.insts[inst]
+    else {
+        return None;
+    };
+    if constant(function, args[1]) != Some(3) {
+        return None;
+    }
+    depth_offset(function, depth, args[0])
+}
+
+/// `value` as `depth` plus a constant, as calls pass their callees' depths (`depth + 1`).
+fn depth_offset(function: &Function, depth: Value, value: Value) -> Option<i64> {
+    let dfg = &function.dfg;
+    let mut value = dfg.resolve_aliases(value);
+    let mut offset = 0i64;
+    while value != depth {
+        let ValueDef::Result(inst, 0) = dfg.value_def(value) else {
+            return None;
+        };
+        let InstructionData::Binary {
+            opcode: Opcode::Iadd,
+            args,
+        } = dfg.insts[inst]
+        else {
+            return None;
+        };
+        offset = offset.checked_add(constant(function, args[1])?)?;
+        value = dfg.resolve_aliases(args[0]);
+    }
+    Some(offset)
+}
+
+/// The value of an `iconst`.
+fn constant(function: &Function, value: Value) -> Option<i64> {
+    let dfg = &function.dfg;
+    match dfg.value_def(dfg.resolve_aliases(value)) {
+        ValueDef::Result(inst, 0) => match dfg.insts[inst] {
+            InstructionData::UnaryImm {
+                opcode: Opcode::Iconst,
+                imm,
+            } => Some(imm.bits()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Makes the returns of inlined callees jump past the caller's deopt check.
@@ -338,6 +491,95 @@ mod tests {
         let isa = cranelift_native::builder().unwrap().finish(flags).unwrap();
         b.finalize(isa.frontend_config());
         (function, [returns, deopts, deopted, after])
+    }
+
+    /// `f(depth, x)` with an entry check of its own at `depth` and an inlined body's at
+    /// `depth + 1`, as `codegen` emits them (limit 512, a multiple of 4): each branches on
+    /// `depth & 3` to its body or to a cold slow path that tests the limit.
+    fn entry_checks_shape() -> (Function, [Block; 4]) {
+        let mut signature = Signature::new(CallConv::SystemV);
+        signature.params = vec![AbiParam::new(types::I64); 2];
+        signature.returns = vec![AbiParam::new(types::I64)];
+        let mut function = Function::with_name_signature(UserFuncName::user(0, 0), signature);
+        let mut builder_ctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut function, &mut builder_ctx);
+        let [entry, slow, deopt, body, inner_slow, inner] = [(); 6].map(|_| b.create_block());
+        for cold in [slow, deopt, inner_slow] {
+            b.set_cold_block(cold);
+        }
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let [depth, x] = [b.block_params(entry)[0], b.block_params(entry)[1]];
+        let mut check = |b: &mut FunctionBuilder, at: Value, slow: Block, on: Block| {
+            let low = b.ins().band_imm_u(at, 3);
+            b.ins().brif(low, on, &[], slow, &[]);
+            b.switch_to_block(slow);
+            let too_deep = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, at, 512);
+            b.ins().brif(too_deep, deopt, &[], on, &[]);
+        };
+        check(&mut b, depth, slow, body);
+        b.switch_to_block(deopt);
+        let minus = b.ins().iconst(types::I64, -1);
+        b.ins().return_(&[minus]);
+        b.switch_to_block(body);
+        let callee_depth = b.ins().iadd_imm_s(depth, 1);
+        check(&mut b, callee_depth, inner_slow, inner);
+        b.switch_to_block(inner);
+        b.ins().return_(&[x]);
+        b.seal_all_blocks();
+        let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
+        let isa = cranelift_native::builder().unwrap().finish(flags).unwrap();
+        b.finalize(isa.frontend_config());
+        (function, [entry, slow, body, inner])
+    }
+
+    #[test]
+    fn an_inlined_bodys_entry_check_is_folded_into_the_functions_own() {
+        let (mut function, [entry, slow, body, inner]) = entry_checks_shape();
+        hoist_entry_checks(&mut function);
+        assert_eq!(
+            jump_target(&function, body),
+            (inner, 0),
+            "the inlined body is entered without a check"
+        );
+        let depth = function.dfg.block_params(entry)[0];
+        // The limit is tested for the body one deeper: 512 - 1.
+        let Some(InstructionData::IntCompare { args, .. }) = function
+            .layout
+            .block_insts(slow)
+            .map(|inst| function.dfg.insts[inst])
+            .find(|data| data.opcode() == Opcode::Icmp)
+        else {
+            panic!("{}", function.display());
+        };
+        assert_eq!((args[0], constant(&function, args[1])), (depth, Some(511)));
+        // The slow path is taken where depth or depth + 1 is a multiple of 4: the branch
+        // goes on to the body only where `(depth + 1) & 3 > 1`.
+        let branch = function.layout.last_inst(entry).unwrap();
+        let InstructionData::Brif { arg, blocks, .. } = function.dfg.insts[branch] else {
+            panic!("{}", function.display());
+        };
+        assert_eq!(blocks[0].block(&function.dfg.value_lists), body);
+        let ValueDef::Result(compare, 0) = function.dfg.value_def(arg) else {
+            panic!("{}", function.display());
+        };
+        let InstructionData::IntCompare { cond, args, .. } = function.dfg.insts[compare] else {
+            panic!("{}", function.display());
+        };
+        assert_eq!(cond, IntCC::UnsignedGreaterThan);
+        assert_eq!(constant(&function, args[1]), Some(1));
+        assert_eq!(entry_check_offset(&function, depth, args[0]), Some(1));
+    }
+
+    #[test]
+    fn a_function_whose_only_entry_check_is_its_own_is_left_alone() {
+        let (mut function, _) = entry_checks_shape();
+        hoist_entry_checks(&mut function);
+        // The inlined body's check is gone: what is left is the function's own, which a
+        // function without inlined calls has, and which must keep testing `depth & 3`.
+        let once = function.display().to_string();
+        hoist_entry_checks(&mut function);
+        assert_eq!(function.display().to_string(), once);
     }
 
     fn jump_target(function: &Function, from: Block) -> (Block, usize) {
