@@ -510,7 +510,7 @@ mod tests {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let [depth, x] = [b.block_params(entry)[0], b.block_params(entry)[1]];
-        let mut check = |b: &mut FunctionBuilder, at: Value, slow: Block, on: Block| {
+        let check = |b: &mut FunctionBuilder, at: Value, slow: Block, on: Block| {
             let low = b.ins().band_imm_u(at, 3);
             b.ins().brif(low, on, &[], slow, &[]);
             b.switch_to_block(slow);
