@@ -478,6 +478,21 @@ impl FunctionCodegen<'_, '_> {
                 if inline_native(name, arg_types, next_is_iter).is_some() {
                     return Ok(ObjectStep::Scalar);
                 }
+                if let ("str", [ty @ (Ty::Int | Ty::Float | Ty::Bool)]) = (name, arg_types) {
+                    // `str()` of a number or a bool is its text as an f-string's `{value}`
+                    // makes it (`display_str`, as the native), with no box for the scalar and
+                    // no native call (the scoring benchmark, baseline tier: 107.3 M -> 103.1 M
+                    // instructions, for 20,000 `str(i % 13)`).
+                    let ty = *ty;
+                    let v = self.get(top(0), ty);
+                    let bits = self.as_bits(v, ty);
+                    let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
+                    let r = self
+                        .helper(runtime::format_scalar as *const (), &[kind, bits], true)
+                        .expect("returns");
+                    self.set(top(0), Ty::Obj, r);
+                    return Ok(ObjectStep::Done(true));
+                }
                 let result_ty = native_result(name).unwrap_or(Ty::Obj);
                 // The arguments are freed after the unboxing, which may deopt too.
                 let call = runtime::call_native as *const ();
