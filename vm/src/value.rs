@@ -428,16 +428,61 @@ impl Value {
     }
 }
 
-/// Floats print like Python's: always with a decimal point or an exponent.
+/// Floats print as Python's `repr` prints them: the shortest digits that read back as the
+/// same float, written out for exponents from -4 to 15 (always with a decimal point) and in
+/// scientific notation otherwise (`1e+16`, `2.5e-08`).
 pub fn format_float(x: f64) -> String {
     if x.is_nan() {
-        "nan".to_string()
-    } else if x.is_infinite() {
-        if x > 0.0 { "inf" } else { "-inf" }.to_string()
-    } else if x == x.trunc() && x.abs() < 1e16 {
-        format!("{x:.1}")
+        return "nan".to_string();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
+    // Rust's `{:e}` and `{}` both give the shortest round-trip digits, as Python does.
+    let scientific = format!("{x:e}");
+    let (mantissa, exponent) = scientific
+        .split_once('e')
+        .and_then(|(m, e)| Some((m, e.parse::<i32>().ok()?)))
+        .unwrap_or((&scientific, 0));
+    if (-4..16).contains(&exponent) {
+        let written = format!("{x}");
+        if written.contains('.') {
+            written
+        } else {
+            written + ".0"
+        }
     } else {
-        format!("{x}")
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_float;
+
+    #[test]
+    fn floats_print_as_python_prints_them() {
+        for (x, python) in [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.5, "1.5"),
+            (100.0, "100.0"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1.0 / 3.0, "0.3333333333333333"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (2.5e-8, "2.5e-08"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.2345678901234568e17, "1.2345678901234568e+17"),
+            (-1e301, "-1e+301"),
+            (5e-324, "5e-324"),
+            (f64::INFINITY, "inf"),
+            (f64::NAN, "nan"),
+        ] {
+            assert_eq!(format_float(x), python, "{x:?}");
+        }
     }
 }
 
