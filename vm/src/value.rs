@@ -457,6 +457,24 @@ pub fn format_float(x: f64) -> String {
     }
 }
 
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.repr())
+    }
+}
+
+/// Drops a value, skipping the out-of-line destructor call for the scalars that have none
+/// (most values on a hot path are ints and bools).
+#[inline(always)]
+pub(crate) fn drop_value(v: Value) {
+    match v {
+        Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Function(_) => {
+            std::mem::forget(v)
+        }
+        other => drop(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_float;
@@ -483,23 +501,5 @@ mod tests {
         ] {
             assert_eq!(format_float(x), python, "{x:?}");
         }
-    }
-}
-
-impl std::fmt::Debug for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.repr())
-    }
-}
-
-/// Drops a value, skipping the out-of-line destructor call for the scalars that have none
-/// (most values on a hot path are ints and bools).
-#[inline(always)]
-pub(crate) fn drop_value(v: Value) {
-    match v {
-        Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Function(_) => {
-            std::mem::forget(v)
-        }
-        other => drop(other),
     }
 }
