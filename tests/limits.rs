@@ -6,20 +6,31 @@ use sglc::{Engine, Error, JitTiers, Limits, RunConfig, RuntimeError, TestBackend
 use std::time::{Duration, Instant};
 
 /// Runs `main` of `source` under `limits` and returns the error it must end with.
+/// The error `source` stops with under `limits`, interpreted; compiled from the start
+/// (`--jit eager`) it must stop with the same message at the same place.
 fn limit_error(source: &str, limits: Limits) -> RuntimeError {
     let engine = Engine::new(TestBackend::new());
     let script = engine
         .compile("limits.sgl", source)
         .unwrap_or_else(|e| panic!("{}", e.render(false)));
-    let config = RunConfig {
-        limits,
-        ..RunConfig::default()
-    };
-    match engine.run(&script, "main", json!({}), &config) {
-        Ok(state) => panic!("expected a limit error, got {:?}", state.return_value),
-        Err(Error::Runtime(error)) => error,
-        Err(other) => panic!("expected a runtime error, got {other}"),
-    }
+    let [interpreted, compiled] = [sglc::JitMode::Off, sglc::JitMode::Eager].map(|jit| {
+        let mut config = RunConfig {
+            limits: limits.clone(),
+            ..RunConfig::default()
+        };
+        config.jit.mode = jit;
+        match engine.run(&script, "main", json!({}), &config) {
+            Ok(state) => panic!("expected a limit error, got {:?}", state.return_value),
+            Err(Error::Runtime(error)) => error,
+            Err(other) => panic!("expected a runtime error, got {other}"),
+        }
+    });
+    assert_eq!(
+        (&compiled.message, compiled.span()),
+        (&interpreted.message, interpreted.span()),
+        "compiled code stops as the interpreter does"
+    );
+    interpreted
 }
 
 /// The source text the error's innermost span covers.

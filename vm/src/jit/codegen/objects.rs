@@ -14,7 +14,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     AbiParam, Block, InstBuilder, Signature, StackSlotData, StackSlotKind, Value, types,
 };
-use sglc_compiler::bytecode::{Constant, Instr};
+use sglc_compiler::bytecode::{Constant, Instr, NO_KEYWORDS};
 use std::collections::HashMap;
 
 /// What `object_instruction` did.
@@ -51,7 +51,6 @@ pub fn borrowable(
     plan: &crate::jit::analyze::Plan,
     constants: &[Constant],
 ) -> Vec<bool> {
-    use sglc_compiler::bytecode::NO_KEYWORDS;
     // (values popped, values pushed) of what may come between the push and its reader.
     let effect = |instr: &Instr| -> Option<(usize, usize)> {
         Some(match *instr {
@@ -610,6 +609,27 @@ impl FunctionCodegen<'_, '_> {
                     1,
                     (frame, ip),
                 );
+            }
+            Instr::CallMethod {
+                name,
+                argc: 1,
+                keywords: NO_KEYWORDS,
+            } if matches!(&self.program.constants[name as usize], Constant::Str(s) if s == "append") =>
+            {
+                // `xs.append(item)`, as a list comprehension appends (`append_under`): the
+                // generic method call looked the method up by name and receiver type, caught
+                // panics and boxed its `none`, about 190 instructions a call. A receiver that
+                // is not a list, or is full, deopts, and the interpreter calls the method.
+                let mut temps = Vec::new();
+                let list = self.object_of(top(1), ty_at(1), &mut temps);
+                let item = self.object_of(top(0), ty_at(0), &mut temps);
+                let ctx = self.ctx();
+                let args = [ctx, list, item];
+                let append = runtime::append_under as *const ();
+                self.checked(append, &args, temps, FAIL, 2, (frame, ip));
+                // It returns none: the object slot 0.
+                let none = self.b.ins().iconst(types::I64, 0);
+                self.set(push_slot - 2, Ty::Obj, none);
             }
             Instr::CallMethod { name, argc, .. } => {
                 let count = argc as usize + 1;
