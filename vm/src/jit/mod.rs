@@ -1718,8 +1718,9 @@ fn host_tables(
 /// `HELPER_BOUND` or more of its hot path (its blocks that are not cold) calls a helper.
 /// Compiled by both tiers, the benchmark programs that work on strings and lists (one call
 /// in 7 to 11 instructions) ran within 1% of each other's instruction counts, and their
-/// optimized compile took 2-3 times the baseline one, on the compile thread; the numeric
-/// ones call no helper, and run 1.4-2 times faster optimized.
+/// optimized compile took 2-3 times the baseline one, on the compile thread. The numeric
+/// ones call no helper, and their optimized code runs 1.4 to 3 times fewer instructions (the
+/// nested loop 1.4x, the float integration 1.7x, fib, with its calls inlined, 3.1x).
 fn helper_bound(function: &cranelift_codegen::ir::Function) -> bool {
     let layout = &function.layout;
     let (mut instructions, mut helper_calls) = (0usize, 0usize);
