@@ -9,8 +9,8 @@
 
 use super::runtime::Host;
 use super::{Spec, Ty};
+use foldhash::{HashMap, HashMapExt};
 use sglc_compiler::bytecode::{Constant, Instr, NO_KEYWORDS, Program};
-use std::collections::HashMap;
 
 /// A local slot's type where control flow meets: one type, or unknown (uninitialised on some
 /// path, or of different types on different paths). Reading an unknown slot is ineligible.

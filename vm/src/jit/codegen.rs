@@ -22,8 +22,8 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 use cranelift_module::{FuncId, Module};
+use foldhash::{HashMap, HashMapExt};
 use sglc_compiler::bytecode::{Constant, Instr, Program};
-use std::collections::HashMap;
 
 /// How a deopt block reports its frame.
 #[derive(Clone, Copy)]
@@ -109,7 +109,7 @@ pub struct FunctionCodegen<'a, 'b> {
     borrows: Vec<bool>,
     /// Stack slots that hold a borrowed box just now: freeing one does nothing, and a deopt
     /// clones it so the interpreter gets a value of its own.
-    borrowed: std::collections::HashSet<usize>,
+    borrowed: foldhash::HashSet<usize>,
     /// What the code knows of int values: their lower bounds (`Bounds`).
     bounds: Bounds,
     /// Emit the function's prefix only (`in_prefix`), handing over to its whole code, this
@@ -302,7 +302,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             pinned,
             helper_sigs: HashMap::new(),
             borrows: Vec::new(),
-            borrowed: std::collections::HashSet::new(),
+            borrowed: foldhash::HashSet::default(),
             bounds: Bounds::default(),
             prefix_of: None,
             entry_args: Vec::new(),

@@ -26,8 +26,8 @@ use cranelift_codegen::ir::{
     Value, ValueDef,
 };
 use cranelift_codegen::ir::{InstBuilder, types};
+use foldhash::HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// IR to inline, by the id (`FuncId::as_u32`) of the code whose calls it replaces, as

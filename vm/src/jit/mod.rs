@@ -25,7 +25,9 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Module};
 use sglc_compiler::bytecode::{FunctionId, Program};
 use std::cell::RefCell;
-use std::collections::HashMap;
+// (foldhash, not SipHash, in the compiler's maps: 1.4% fewer instructions compiling the
+// benchmark functions by the baseline tier.)
+use foldhash::{HashMap, HashMapExt};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -426,7 +428,7 @@ pub struct Jit {
     /// The tier-up compiling on its own thread, if any.
     tier_up_job: Option<TierUpJob>,
     /// Loop entries tiered up: compiled by the optimizing tier from now on.
-    optimized_osr: std::collections::HashSet<(FunctionId, u32)>,
+    optimized_osr: foldhash::HashSet<(FunctionId, u32)>,
     /// Functions declared so far, which numbers their names.
     declared: u64,
     /// Work done and entries made since the last tier-up (`count_baseline_run`).
@@ -700,7 +702,7 @@ impl Jit {
             baseline_prefix_ir: HashMap::new(),
             inlined_calls: 0,
             tier_up_job: None,
-            optimized_osr: std::collections::HashSet::new(),
+            optimized_osr: foldhash::HashSet::default(),
             declared: 0,
             baseline_work: 0,
             baseline_entries: 0,

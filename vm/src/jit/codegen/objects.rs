@@ -14,8 +14,8 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     AbiParam, Block, InstBuilder, Signature, StackSlotData, StackSlotKind, Value, types,
 };
+use foldhash::HashMap;
 use sglc_compiler::bytecode::{Constant, Instr, NO_KEYWORDS};
-use std::collections::HashMap;
 
 /// What `object_instruction` did.
 pub(super) enum ObjectStep {
