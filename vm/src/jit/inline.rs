@@ -232,43 +232,38 @@ pub fn hoist_entry_checks(function: &mut Function) {
 /// The depth offset of the entry check `condition` branches on (`depth + offset & 3`), if it
 /// is one.
 fn entry_check_offset(function: &Function, depth: Value, condition: Value) -> Option<i64> {
-    let dfg = &function.dfg;
-    let ValueDef::Result(inst, 0) = dfg.value_def(dfg.resolve_aliases(condition)) else {
-        return None;
-    };
-    let InstructionData::Binary {
-        opcode: Opcode::Band,
-        args,
-    } = dfg.insts[inst]
-    else {
-        return None;
-    };
-    if constant(function, args[1]) != Some(3) {
+    let [masked, mask] = operands(function, condition, Opcode::Band)?;
+    if constant(function, mask) != Some(3) {
         return None;
     }
-    depth_offset(function, depth, args[0])
+    depth_offset(function, depth, masked)
 }
 
 /// `value` as `depth` plus a constant, as calls pass their callees' depths (`depth + 1`).
 fn depth_offset(function: &Function, depth: Value, value: Value) -> Option<i64> {
-    let dfg = &function.dfg;
-    let mut value = dfg.resolve_aliases(value);
+    let mut value = function.dfg.resolve_aliases(value);
     let mut offset = 0i64;
     while value != depth {
-        let ValueDef::Result(inst, 0) = dfg.value_def(value) else {
-            return None;
-        };
-        let InstructionData::Binary {
-            opcode: Opcode::Iadd,
-            args,
-        } = dfg.insts[inst]
-        else {
-            return None;
-        };
-        offset = offset.checked_add(constant(function, args[1])?)?;
-        value = dfg.resolve_aliases(args[0]);
+        let [base, added] = operands(function, value, Opcode::Iadd)?;
+        offset = offset.checked_add(constant(function, added)?)?;
+        value = function.dfg.resolve_aliases(base);
     }
     Some(offset)
+}
+
+/// The two operands of the `opcode` instruction that defines `value`, if one does.
+fn operands(function: &Function, value: Value, opcode: Opcode) -> Option<[Value; 2]> {
+    let dfg = &function.dfg;
+    let ValueDef::Result(inst, 0) = dfg.value_def(dfg.resolve_aliases(value)) else {
+        return None;
+    };
+    match dfg.insts[inst] {
+        InstructionData::Binary {
+            opcode: found,
+            args,
+        } if found == opcode => Some(args),
+        _ => None,
+    }
 }
 
 /// The value of an `iconst`.
@@ -363,22 +358,8 @@ fn thread_one(
         .args(&dfg.value_lists)
         .map(|arg| arg.as_value())
         .collect::<Option<_>>()?;
-    let flag = dfg.resolve_aliases(*passed.get(at)?);
-    let ValueDef::Result(def, _) = dfg.value_def(flag) else {
-        return None;
-    };
-    let InstructionData::UnaryImm {
-        opcode: Opcode::Iconst,
-        imm,
-    } = dfg.insts[def]
-    else {
-        return None;
-    };
-    let taken = if imm.bits() != 0 {
-        targets[0]
-    } else {
-        targets[1]
-    };
+    let flag = constant(function, *passed.get(at)?)?;
+    let taken = if flag != 0 { targets[0] } else { targets[1] };
     let target = taken.block(&dfg.value_lists);
     if target == block {
         return None;
