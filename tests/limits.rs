@@ -6,25 +6,35 @@ use sglc::{Engine, Error, JitTiers, Limits, RunConfig, RuntimeError, TestBackend
 use std::time::{Duration, Instant};
 
 /// Runs `main` of `source` under `limits` and returns the error it must end with.
-/// The error `source` stops with under `limits`, interpreted; compiled from the start
-/// (`--jit eager`) it must stop with the same message at the same place.
-fn limit_error(source: &str, limits: Limits) -> RuntimeError {
+/// The error `source` stops with under `limits`, run with the JIT in `jit` mode.
+fn run_to_error(source: &str, limits: Limits, jit: sglc::JitMode) -> RuntimeError {
     let engine = Engine::new(TestBackend::new());
     let script = engine
         .compile("limits.sgl", source)
         .unwrap_or_else(|e| panic!("{}", e.render(false)));
-    let [interpreted, compiled] = [sglc::JitMode::Off, sglc::JitMode::Eager].map(|jit| {
-        let mut config = RunConfig {
-            limits: limits.clone(),
-            ..RunConfig::default()
-        };
-        config.jit.mode = jit;
-        match engine.run(&script, "main", json!({}), &config) {
-            Ok(state) => panic!("expected a limit error, got {:?}", state.return_value),
-            Err(Error::Runtime(error)) => error,
-            Err(other) => panic!("expected a runtime error, got {other}"),
-        }
-    });
+    let mut config = RunConfig {
+        limits,
+        ..RunConfig::default()
+    };
+    config.jit.mode = jit;
+    match engine.run(&script, "main", json!({}), &config) {
+        Ok(state) => panic!("expected a limit error, got {:?}", state.return_value),
+        Err(Error::Runtime(error)) => error,
+        Err(other) => panic!("expected a runtime error, got {other}"),
+    }
+}
+
+/// The error `source` stops with under `limits`, with the default JIT settings.
+fn limit_error(source: &str, limits: Limits) -> RuntimeError {
+    run_to_error(source, limits, RunConfig::default().jit.mode)
+}
+
+/// The error a limit that does not depend on time stops `source` with, interpreted;
+/// compiled from the start (`--jit eager`) it must stop with the same message at the same
+/// place. (A deadline falls wherever the program happens to be.)
+fn same_limit_error(source: &str, limits: Limits) -> RuntimeError {
+    let interpreted = run_to_error(source, limits.clone(), sglc::JitMode::Off);
+    let compiled = run_to_error(source, limits, sglc::JitMode::Eager);
     assert_eq!(
         (&compiled.message, compiled.span()),
         (&interpreted.message, interpreted.span()),
@@ -42,7 +52,7 @@ fn blamed<'s>(source: &'s str, error: &RuntimeError) -> &'s str {
 }
 
 fn assert_limit(source: &str, limits: Limits, name: &str, code: &str) {
-    let error = limit_error(source, limits);
+    let error = same_limit_error(source, limits);
     assert!(
         error.message.contains(&format!("({name})")),
         "`{}` does not name {name}",
@@ -291,7 +301,7 @@ fn forks_stop_at_the_program_limit() {
 #[test]
 fn call_depth_is_limited() {
     let source = "fn down(n) {\n    return down(n + 1)\n}\n\nfn main() {\n    return down(0)\n}\n";
-    let error = limit_error(
+    let error = same_limit_error(
         source,
         Limits {
             max_call_depth: 50,
