@@ -432,86 +432,87 @@ mod tests {
     use cranelift_codegen::isa::CallConv;
     use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
-    /// `f(x, c)`: where `c` is nonzero, a "callee" that deopts (passes 7) and one that
-    /// returns `x + 1` (passes 0) both jump to `check(result, flag)`, which branches to
-    /// `deopted` or `after(result)`.
-    fn inlined_shape() -> (Function, [Block; 4]) {
+    /// A function `(i64, i64) -> i64` whose body `build` makes (given the builder and the
+    /// entry block, its parameters appended), sealed and finalized.
+    fn function_of<R>(build: impl FnOnce(&mut FunctionBuilder, Block) -> R) -> (Function, R) {
         let mut signature = Signature::new(CallConv::SystemV);
         signature.params = vec![AbiParam::new(types::I64); 2];
         signature.returns = vec![AbiParam::new(types::I64)];
         let mut function = Function::with_name_signature(UserFuncName::user(0, 0), signature);
         let mut builder_ctx = FunctionBuilderContext::new();
         let mut b = FunctionBuilder::new(&mut function, &mut builder_ctx);
-        let [entry, returns, deopts, check, deopted, after] = [(); 6].map(|_| b.create_block());
+        let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
-        b.append_block_param(check, types::I64);
-        b.append_block_param(check, types::I64);
-        b.append_block_param(after, types::I64);
-        b.switch_to_block(entry);
-        let [x, c] = [b.block_params(entry)[0], b.block_params(entry)[1]];
-        b.ins().brif(c, deopts, &[], returns, &[]);
-        b.switch_to_block(returns);
-        let sum = b.ins().iadd_imm_s(x, 1);
-        let zero = b.ins().iconst(types::I64, 0);
-        b.ins().jump(check, &[sum.into(), zero.into()]);
-        b.switch_to_block(deopts);
-        let site = b.ins().iconst(types::I64, 7);
-        let nothing = b.ins().iconst(types::I64, 0);
-        b.ins().jump(check, &[nothing.into(), site.into()]);
-        b.switch_to_block(check);
-        let [result, flag] = [b.block_params(check)[0], b.block_params(check)[1]];
-        b.ins().brif(flag, deopted, &[], after, &[result.into()]);
-        b.switch_to_block(deopted);
-        let minus = b.ins().iconst(types::I64, -1);
-        b.ins().return_(&[minus]);
-        b.switch_to_block(after);
-        let r = b.block_params(after)[0];
-        b.ins().return_(&[r]);
+        let made = build(&mut b, entry);
         b.seal_all_blocks();
         let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
         let isa = cranelift_native::builder().unwrap().finish(flags).unwrap();
         b.finalize(isa.frontend_config());
-        (function, [returns, deopts, deopted, after])
+        (function, made)
+    }
+
+    /// `f(x, c)`: where `c` is nonzero, a "callee" that deopts (passes 7) and one that
+    /// returns `x + 1` (passes 0) both jump to `check(result, flag)`, which branches to
+    /// `deopted` or `after(result)`.
+    fn inlined_shape() -> (Function, [Block; 4]) {
+        function_of(|b, entry| {
+            let [returns, deopts, check, deopted, after] = [(); 5].map(|_| b.create_block());
+            b.append_block_param(check, types::I64);
+            b.append_block_param(check, types::I64);
+            b.append_block_param(after, types::I64);
+            b.switch_to_block(entry);
+            let [x, c] = [b.block_params(entry)[0], b.block_params(entry)[1]];
+            b.ins().brif(c, deopts, &[], returns, &[]);
+            b.switch_to_block(returns);
+            let sum = b.ins().iadd_imm_s(x, 1);
+            let zero = b.ins().iconst(types::I64, 0);
+            b.ins().jump(check, &[sum.into(), zero.into()]);
+            b.switch_to_block(deopts);
+            let site = b.ins().iconst(types::I64, 7);
+            let nothing = b.ins().iconst(types::I64, 0);
+            b.ins().jump(check, &[nothing.into(), site.into()]);
+            b.switch_to_block(check);
+            let [result, flag] = [b.block_params(check)[0], b.block_params(check)[1]];
+            b.ins().brif(flag, deopted, &[], after, &[result.into()]);
+            b.switch_to_block(deopted);
+            let minus = b.ins().iconst(types::I64, -1);
+            b.ins().return_(&[minus]);
+            b.switch_to_block(after);
+            let r = b.block_params(after)[0];
+            b.ins().return_(&[r]);
+            [returns, deopts, deopted, after]
+        })
     }
 
     /// `f(depth, x)` with an entry check of its own at `depth` and an inlined body's at
     /// `depth + 1`, as `codegen` emits them (limit 512, a multiple of 4): each branches on
     /// `depth & 3` to its body or to a cold slow path that tests the limit.
     fn entry_checks_shape() -> (Function, [Block; 4]) {
-        let mut signature = Signature::new(CallConv::SystemV);
-        signature.params = vec![AbiParam::new(types::I64); 2];
-        signature.returns = vec![AbiParam::new(types::I64)];
-        let mut function = Function::with_name_signature(UserFuncName::user(0, 0), signature);
-        let mut builder_ctx = FunctionBuilderContext::new();
-        let mut b = FunctionBuilder::new(&mut function, &mut builder_ctx);
-        let [entry, slow, deopt, body, inner_slow, inner] = [(); 6].map(|_| b.create_block());
-        for cold in [slow, deopt, inner_slow] {
-            b.set_cold_block(cold);
-        }
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let [depth, x] = [b.block_params(entry)[0], b.block_params(entry)[1]];
-        let check = |b: &mut FunctionBuilder, at: Value, slow: Block, on: Block| {
-            let low = b.ins().band_imm_u(at, 3);
-            b.ins().brif(low, on, &[], slow, &[]);
-            b.switch_to_block(slow);
-            let too_deep = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, at, 512);
-            b.ins().brif(too_deep, deopt, &[], on, &[]);
-        };
-        check(&mut b, depth, slow, body);
-        b.switch_to_block(deopt);
-        let minus = b.ins().iconst(types::I64, -1);
-        b.ins().return_(&[minus]);
-        b.switch_to_block(body);
-        let callee_depth = b.ins().iadd_imm_s(depth, 1);
-        check(&mut b, callee_depth, inner_slow, inner);
-        b.switch_to_block(inner);
-        b.ins().return_(&[x]);
-        b.seal_all_blocks();
-        let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
-        let isa = cranelift_native::builder().unwrap().finish(flags).unwrap();
-        b.finalize(isa.frontend_config());
-        (function, [entry, slow, body, inner])
+        function_of(|b, entry| {
+            let [slow, deopt, body, inner_slow, inner] = [(); 5].map(|_| b.create_block());
+            for cold in [slow, deopt, inner_slow] {
+                b.set_cold_block(cold);
+            }
+            b.switch_to_block(entry);
+            let [depth, x] = [b.block_params(entry)[0], b.block_params(entry)[1]];
+            let check = |b: &mut FunctionBuilder, at: Value, slow: Block, on: Block| {
+                let low = b.ins().band_imm_u(at, 3);
+                b.ins().brif(low, on, &[], slow, &[]);
+                b.switch_to_block(slow);
+                let too_deep = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, at, 512);
+                b.ins().brif(too_deep, deopt, &[], on, &[]);
+            };
+            check(b, depth, slow, body);
+            b.switch_to_block(deopt);
+            let minus = b.ins().iconst(types::I64, -1);
+            b.ins().return_(&[minus]);
+            b.switch_to_block(body);
+            let callee_depth = b.ins().iadd_imm_s(depth, 1);
+            check(b, callee_depth, inner_slow, inner);
+            b.switch_to_block(inner);
+            b.ins().return_(&[x]);
+            [entry, slow, body, inner]
+        })
     }
 
     #[test]
