@@ -87,6 +87,11 @@ pub struct BenchJitArgs {
 }
 
 impl BenchJitArgs {
+    /// Runs per measurement: one with `--quick`.
+    fn runs(&self) -> usize {
+        if self.quick { 1 } else { self.runs.max(1) }
+    }
+
     fn programs(&self) -> impl Iterator<Item = &'static Program> + '_ {
         PROGRAMS.iter().filter(|p| {
             self.only
@@ -111,7 +116,7 @@ fn time_program(
     args: &BenchJitArgs,
     mut python: Option<PythonRunner>,
 ) -> Result<Timings> {
-    let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let runs = args.runs();
     let engine = Engine::new(TestBackend::new());
     let script = engine
         .compile(program.name, program.sgl)
@@ -237,7 +242,7 @@ pub fn bench_jit(args: BenchJitArgs) -> Result<ExitCode> {
 
 /// Runs every program interpreted, compiled and under CPython; prints the table and verdicts.
 fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
-    let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let runs = args.runs();
     let dir = std::env::temp_dir().join(format!("sglc-bench-jit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("runner.py"), PY_RUNNER)?;

@@ -265,6 +265,15 @@ impl FunctionCodegen<'_, '_> {
         )
     }
 
+    /// The text of int, float or bool `v` (of type `ty`), as `str()` and an f-string's
+    /// `{value}` show it: a new string's object slot.
+    fn scalar_text(&mut self, v: Value, ty: Ty) -> Value {
+        let bits = self.as_bits(v, ty);
+        let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
+        self.helper(runtime::format_scalar as *const (), &[kind, bits], true)
+            .expect("returns")
+    }
+
     fn deopt_when_equal(&mut self, value: Value, sentinel: i64, frame: &Frame, ip: usize) {
         let failed = self.b.ins().icmp_imm_s(IntCC::Equal, value, sentinel);
         self.deopt_if(failed, frame, ip, frame.stack.len());
@@ -484,11 +493,7 @@ impl FunctionCodegen<'_, '_> {
                     // instructions, for 20,000 `str(i % 13)`).
                     let ty = *ty;
                     let v = self.get(top(0), ty);
-                    let bits = self.as_bits(v, ty);
-                    let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
-                    let r = self
-                        .helper(runtime::format_scalar as *const (), &[kind, bits], true)
-                        .expect("returns");
+                    let r = self.scalar_text(v, ty);
                     self.set(top(0), Ty::Obj, r);
                     return Ok(ObjectStep::Done(true));
                 }
@@ -585,12 +590,10 @@ impl FunctionCodegen<'_, '_> {
                 let v = self.get(top(0), ty);
                 let r = if is_object(ty) || ty == Ty::None {
                     self.helper(runtime::format as *const (), &[v], true)
+                        .expect("returns")
                 } else {
-                    let bits = self.as_bits(v, ty);
-                    let kind = self.b.ins().iconst(types::I64, scalar_kind(ty));
-                    self.helper(runtime::format_scalar as *const (), &[kind, bits], true)
-                }
-                .expect("returns");
+                    self.scalar_text(v, ty)
+                };
                 self.free_slot(top(0), ty);
                 self.set(top(0), Ty::Obj, r);
             }
