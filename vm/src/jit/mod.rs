@@ -434,7 +434,8 @@ pub struct Jit {
     /// Work done and entries made since the last tier-up (`count_baseline_run`).
     baseline_work: u64,
     baseline_entries: u32,
-    module: JITModule,
+    /// Taken by `Drop for Jit`, which frees its code.
+    module: std::mem::ManuallyDrop<JITModule>,
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
     deopt_fn: FuncId,
@@ -544,6 +545,18 @@ fn send_to_compile_thread(work: CompileWork) -> Result<(), CompileWork> {
             Err(returned.0)
         }
         None => unreachable!("the sender was set above"),
+    }
+}
+
+impl Drop for Jit {
+    /// Frees the JIT's code. A cranelift module dropped as it is keeps its code pages (a
+    /// function pointer taken from it may still be in use), and a JIT is made per batch: a
+    /// host that runs programs for days would keep a page or more for every run.
+    fn drop(&mut self) {
+        // SAFETY: compiled code is reached only through this JIT (`call`, `osr`), and runs
+        // only within those calls, so none runs now or later. The tier-up thread holds IR and
+        // machine code it compiled, none of the module's memory.
+        unsafe { std::mem::ManuallyDrop::take(&mut self.module).free_memory() }
     }
 }
 
@@ -707,7 +720,7 @@ impl Jit {
             baseline_work: 0,
             baseline_entries: 0,
             ctx: module.make_context(),
-            module,
+            module: std::mem::ManuallyDrop::new(module),
             builder_ctx: FunctionBuilderContext::new(),
             deopt_fn,
             refuel_fn,
@@ -1508,7 +1521,7 @@ impl Jit {
         // An on-stack replacement entry takes one argument: the buffer of slots.
         let is_osr = osr_entry.is_some();
         let argc = if is_osr { 1 } else { plan.spec.args.len() };
-        self.ctx.func.signature = codegen::signature(&self.module, argc);
+        self.ctx.func.signature = codegen::signature(&*self.module, argc);
         let mut callee_refs = HashMap::new();
         for callee in &plan.callees {
             let id = ids
@@ -1623,7 +1636,7 @@ impl Jit {
         plan: &analyze::Plan,
         whole: FuncId,
     ) -> Option<cranelift_codegen::ir::Function> {
-        let signature = codegen::signature(&self.module, plan.spec.args.len());
+        let signature = codegen::signature(&*self.module, plan.spec.args.len());
         let mut function = cranelift_codegen::ir::Function::with_name_signature(
             cranelift_codegen::ir::UserFuncName::default(),
             signature,
