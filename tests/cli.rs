@@ -361,7 +361,8 @@ fn bench_jit_smoke_run_agrees_with_the_interpreter() {
         "scoring strings",
         "compile latency",
         "fib::fib",
-        "to native code (baseline tier;",
+        "median over 12 functions: baseline",
+        "to native code (baseline tier, best compiles)",
     ] {
         assert!(table.contains(row), "no `{row}`:\n{table}");
     }
@@ -379,6 +380,37 @@ fn bench_jit_smoke_run_agrees_with_the_interpreter() {
             "`{other}` with --only fib:\n{table}"
         );
     }
+    // `--jit-mode auto` compiles as a run does; `--jit-tiers` picks the latency's tiers too.
+    let out = sglc(&[
+        "bench",
+        "jit",
+        "--quick",
+        "--no-python",
+        "--only",
+        "fib",
+        "--jit-mode",
+        "auto",
+        "--jit-tiers",
+        "optimized",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("JIT (--jit auto)"), "{table}");
+    assert!(
+        table.contains("optimized median/best") && !table.contains("baseline median/best"),
+        "{table}"
+    );
+    assert!(
+        table.contains("to native code (optimized tier, best compiles)"),
+        "{table}"
+    );
+    let out = sglc(&["bench", "jit", "--quick", "--jit-mode", "off"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--jit-mode is auto or eager"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Each of `--jit-tiers` runs a program to the same result; another value is a clear error.

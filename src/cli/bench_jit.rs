@@ -84,6 +84,11 @@ pub struct BenchJitArgs {
         value_name = "tiered|baseline|optimized"
     )]
     jit_tiers: JitTiers,
+    /// When the JIT column compiles: `eager` (every function at its first call, so compile
+    /// time counts in full) or `auto` (as a run does by default: functions and loops once
+    /// they are hot).
+    #[arg(long, default_value = "eager", value_name = "eager|auto")]
+    jit_mode: JitMode,
 }
 
 impl BenchJitArgs {
@@ -121,7 +126,7 @@ fn time_program(
     let script = engine
         .compile(program.name, program.sgl)
         .map_err(|e| anyhow::anyhow!(e.render(false)))?;
-    let mut timings = [JitMode::Off, JitMode::Eager].map(|mode| {
+    let mut timings = [JitMode::Off, args.jit_mode].map(|mode| {
         let mut config = RunConfig::default();
         config.jit.mode = mode;
         config.jit.tiers = args.jit_tiers;
@@ -242,6 +247,9 @@ pub fn bench_jit(args: BenchJitArgs) -> Result<ExitCode> {
 
 /// Runs every program interpreted, compiled and under CPython; prints the table and verdicts.
 fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
+    if args.jit_mode == JitMode::Off {
+        bail!("--jit-mode is auto or eager: the JIT column needs the JIT");
+    }
     let runs = args.runs();
     let dir = std::env::temp_dir().join(format!("sglc-bench-jit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -249,8 +257,12 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
     for program in args.programs() {
         std::fs::write(dir.join(format!("{}.py", program.name)), program.py)?;
     }
+    let mode = match args.jit_mode {
+        JitMode::Eager => "eager",
+        _ => "auto",
+    };
     outln!(
-        "sglc bench jit: best of {runs} run(s), interpreter, JIT and CPython taking turns; JIT times include compiling"
+        "sglc bench jit: best of {runs} run(s), interpreter, JIT (--jit {mode}) and CPython taking turns; JIT times include compiling"
     );
     if args.jit_tiers != JitTiers::Tiered {
         outln!("(the JIT column: {:?} tier only)", args.jit_tiers);

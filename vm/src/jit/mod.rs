@@ -423,8 +423,6 @@ pub struct Jit {
     /// The IR of small optimized code and of prefixes, for the optimizing tier to inline
     /// into callers.
     inlinable: inline::Inlinable,
-    /// The prefixes of baseline code (`codegen::in_prefix`), kept for its tier-up.
-    baseline_prefix_ir: HashMap<FuncId, cranelift_codegen::ir::Function>,
     /// The tier-up compiling on its own thread, if any.
     tier_up_job: Option<TierUpJob>,
     /// Loop entries tiered up: compiled by the optimizing tier from now on.
@@ -712,7 +710,6 @@ impl Jit {
             baseline_osr: Vec::new(),
             baseline_ir: HashMap::new(),
             inlinable: inline::Inlinable::default(),
-            baseline_prefix_ir: HashMap::new(),
             inlined_calls: 0,
             tier_up_job: None,
             optimized_osr: foldhash::HashSet::default(),
@@ -850,7 +847,7 @@ impl Jit {
         turn: Turn,
     ) -> JitCall {
         if self.runtime.tier_up_due || self.tier_up_job.is_some() {
-            self.advance_tier_up();
+            self.advance_tier_up(program, globals);
         }
         let failed = &self.osr_failed[function as usize];
         if !self.compiled_for(limits) || failed.contains(&ip) {
@@ -952,7 +949,7 @@ impl Jit {
             JitMode::Eager => 0,
         };
         if self.runtime.tier_up_due || self.tier_up_job.is_some() {
-            self.advance_tier_up();
+            self.advance_tier_up(program, globals);
         }
         let Some(state) = self.functions.get_mut(function as usize) else {
             return JitCall::Interpret;
@@ -1274,7 +1271,7 @@ impl Jit {
 
     /// Moves tiering up along: installs the optimized code of a tier-up whose thread is done,
     /// and starts the next one when one is due.
-    fn advance_tier_up(&mut self) {
+    fn advance_tier_up(&mut self, program: &Program, globals: &[Value]) {
         if let Some(job) = &self.tier_up_job {
             if !job.is_finished() {
                 return;
@@ -1285,7 +1282,7 @@ impl Jit {
             }
         }
         if self.runtime.tier_up_due {
-            self.start_tier_up();
+            self.start_tier_up(program, globals);
         }
     }
 
@@ -1294,7 +1291,7 @@ impl Jit {
     /// thread of its own while the baseline code goes on running (`advance_tier_up` installs
     /// the result), so a tier-up costs the program's thread next to nothing. Code of the
     /// baseline tier that calls another function calls its baseline code, which is kept.
-    fn start_tier_up(&mut self) {
+    fn start_tier_up(&mut self, program: &Program, globals: &[Value]) {
         self.runtime.tier_up_due = false;
         self.runtime.baseline_code = false;
         self.baseline_work = 0;
@@ -1314,7 +1311,8 @@ impl Jit {
                 continue;
             };
             if let Some(new) = self.declare_tier_up(old, &mut functions) {
-                if let Some(prefix) = self.baseline_prefix_ir.remove(&old) {
+                if let Some(prefix) = self.tier_up_prefix(program, globals, &spec, old, &functions)
+                {
                     prefixes.push((new, prefix));
                 }
                 renamed.insert(old, new);
@@ -1386,6 +1384,28 @@ impl Jit {
         }
         // (No thread to be had: the baseline code stays, as correct as optimized code.)
         self.compile_nanos += started.elapsed().as_nanos() as u64;
+    }
+
+    /// The prefix (`codegen::in_prefix`) of baseline code `old` of `spec`, whose IR was just
+    /// queued last in `functions`, when it is small enough to inline: made now rather than
+    /// with the baseline code, which waits for no IR its tier-up may never need.
+    fn tier_up_prefix(
+        &mut self,
+        program: &Program,
+        globals: &[Value],
+        spec: &Spec,
+        old: FuncId,
+        functions: &[(FuncId, cranelift_codegen::ir::Function)],
+    ) -> Option<cranelift_codegen::ir::Function> {
+        let (_, function) = functions.last()?;
+        if !inline::is_small(function) {
+            return None;
+        }
+        let host = self.runtime.host.clone();
+        let plan = analyze::Analyzer::new(program, globals, host)
+            .plan(spec)
+            .ok()?;
+        self.prefix_ir(program, globals, &plan, old)
     }
 
     /// Declares the optimized twin of baseline code `baseline` and queues its IR in
@@ -1558,29 +1578,21 @@ impl Jit {
         }
         // Its IR and prefix, for the optimizing tier to inline into callers: recorded before
         // its own calls are inlined, so an inlined body never holds another one.
+        // (Baseline code's prefix is made at its tier-up: `tier_up_prefix`.)
         let tiers_up = self.tiers_up(tier);
-        let small =
-            !is_osr && (tier == Tier::Optimized || tiers_up) && inline::is_small(&self.ctx.func);
-        let prefix = if small {
-            self.prefix_ir(program, globals, plan, id)
-        } else {
-            None
-        };
         if tier == Tier::Optimized {
-            if small {
+            if !is_osr && inline::is_small(&self.ctx.func) {
                 self.inlinable
                     .bodies
                     .insert(id.as_u32(), Arc::new(self.ctx.func.clone()));
-            }
-            if let Some(prefix) = prefix {
-                self.inlinable
-                    .prefixes
-                    .insert(id.as_u32(), Arc::new(prefix));
+                if let Some(prefix) = self.prefix_ir(program, globals, plan, id) {
+                    self.inlinable
+                        .prefixes
+                        .insert(id.as_u32(), Arc::new(prefix));
+                }
             }
             self.inlined_calls += inline::inline_calls(&mut self.ctx, &self.inlinable)?;
             inline::thread_deopt_checks(&mut self.ctx.func);
-        } else if let Some(prefix) = prefix {
-            self.baseline_prefix_ir.insert(id, prefix);
         }
         let ir = self
             .clif
