@@ -489,6 +489,8 @@ struct TierUpJob {
     inlinable: inline::Inlinable,
     /// Set by the compile thread when `compiled` holds the result.
     done: Arc<AtomicBool>,
+    /// Set when the JIT is dropped: the compile thread skips what is left of the job.
+    abandoned: Arc<AtomicBool>,
     compiled: std::sync::mpsc::Receiver<Result<Vec<MachineCode>, String>>,
 }
 
@@ -504,6 +506,10 @@ impl TierUpJob {
             .unwrap_or_else(|_| Err("the compiling thread stopped".to_string()))
     }
 }
+
+/// Tier-ups the compile thread skipped (all or part) because their JIT was dropped.
+#[cfg(test)]
+static ABANDONED_TIER_UPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Work for the compile thread: it compiles, sends the result and sets the job's `done`.
 type CompileWork = Box<dyn FnOnce() + Send>;
@@ -551,6 +557,12 @@ impl Drop for Jit {
     /// function pointer taken from it may still be in use), and a JIT is made per batch: a
     /// host that runs programs for days would keep a page or more for every run.
     fn drop(&mut self) {
+        // Nothing will install what a tier-up in flight compiles: a host running short
+        // batches one after another would otherwise queue work the compile thread does for
+        // nothing, as fast as batches end.
+        if let Some(job) = &self.tier_up_job {
+            job.abandoned.store(true, Ordering::Relaxed);
+        }
         // SAFETY: compiled code is reached only through this JIT (`call`, `osr`), and runs
         // only within those calls, so none runs now or later. The tier-up thread holds IR and
         // machine code it compiled, none of the module's memory.
@@ -1349,14 +1361,20 @@ impl Jit {
         inlinable.extend(new_inlinable.clone());
         let isa = self.optimized_isa.clone();
         let done = Arc::new(AtomicBool::new(false));
+        let abandoned = Arc::new(AtomicBool::new(false));
         let (send_compiled, compiled) = std::sync::mpsc::channel();
         let compile_all: CompileWork = {
-            let done = done.clone();
+            let (done, abandoned) = (done.clone(), abandoned.clone());
             Box::new(move || {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     functions
                         .into_iter()
                         .map(|(id, function)| {
+                            if abandoned.load(Ordering::Relaxed) {
+                                #[cfg(test)]
+                                ABANDONED_TIER_UPS.fetch_add(1, Ordering::Relaxed);
+                                return Err("the JIT is gone".to_string());
+                            }
                             let mut ctx = cranelift_codegen::Context::for_function(function);
                             let inlined = inline::inline_calls(&mut ctx, &inlinable)?;
                             inline::thread_deopt_checks(&mut ctx.func);
@@ -1379,6 +1397,7 @@ impl Jit {
                 loops: job_loops,
                 inlinable: new_inlinable,
                 done,
+                abandoned,
                 compiled,
             });
         }
@@ -2178,6 +2197,56 @@ mod tests {
             _ => panic!("the loop was not compiled"),
         }
         assert_eq!(jit.osr_compiled.len(), 1);
+    }
+
+    /// A tier-up still queued when its JIT is dropped is not compiled.
+    #[test]
+    fn the_tier_up_of_a_dropped_jit_is_not_compiled() {
+        let program = compile(
+            "fn fib(n) {\n    if n < 2 { return n }\n    return fib(n - 1) + fib(n - 2)\n}\n",
+        );
+        let fib = program.function("fib").unwrap();
+        let limits = crate::interp::Limits::default();
+        let mut jit = eager_jit(&program, &limits);
+        let call = |jit: &mut Jit, n: i64| {
+            jit.call(
+                &program,
+                &[],
+                fib,
+                &[Value::Int(n)],
+                0,
+                &limits,
+                Turn::default(),
+            )
+        };
+        // Out of fuel in baseline code (as in the test above): a tier-up is due.
+        call(&mut jit, 10);
+        call(&mut jit, 27);
+        assert!(jit.runtime.tier_up_due);
+        // The compile thread is held up by other work while the tier-up is queued behind it.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let held = send_to_compile_thread(Box::new(move || {
+            let _ = hold.recv();
+        }));
+        assert!(held.is_ok(), "a compile thread");
+        let before = ABANDONED_TIER_UPS.load(Ordering::Relaxed);
+        assert!(matches!(
+            call(&mut jit, 10),
+            JitCall::Returned(Value::Int(55))
+        ));
+        let done = jit
+            .tier_up_job
+            .as_ref()
+            .expect("a tier-up queued")
+            .done
+            .clone();
+        drop(jit);
+        release.send(()).unwrap();
+        while !done.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // (Other tests may abandon tier-ups too: the count only grows.)
+        assert!(ABANDONED_TIER_UPS.load(Ordering::Relaxed) > before);
     }
 
     /// A JIT that compiles every function at its first call, with the default tiers.
