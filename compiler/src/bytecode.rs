@@ -353,6 +353,25 @@ pub enum Instr {
     /// variable, `[iterator] -> [iterator]`, or when exhausted `[iterator] -> []` and jump to
     /// `exit`.
     FusedForIterStore { exit: u32, slot: u32 },
+    /// `Jump(header)`, the back edge of a loop whose header is `LoadLocal a; LoadLocal b;
+    /// <op>; JumpIfFalse exit`: on two ints, the header's test too, `[] -> []`, going on into
+    /// the body (`header + 4`) or to `exit`. Otherwise the jump alone.
+    FusedLoopCompareLocals {
+        a: u16,
+        b: u16,
+        op: CompareOp,
+        header: u32,
+        exit: u32,
+    },
+    /// `Jump(header)` to a header `LoadLocal a; PushInt k; <op>; JumpIfFalse exit`, as
+    /// `FusedLoopCompareLocals` for an int and a constant.
+    FusedLoopCompareLocalInt {
+        a: u16,
+        op: CompareOp,
+        k: i32,
+        header: u32,
+        exit: u32,
+    },
 }
 
 /// Marks a fused arithmetic instruction that leaves its result on the stack.

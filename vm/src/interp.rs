@@ -858,13 +858,44 @@ impl Instance {
             Instr::PushBool(b) => push_value(stack, Value::Bool(b)),
             Instr::Pop => drop_value(stack.pop().unwrap_or_default()),
             Instr::Jump(target) => {
-                if let Some(uncompilable) = count_back_edges
-                    && (target as usize) < *ip
-                    && !uncompilable.contains(&target)
-                {
+                if Self::counted_back_edge(count_back_edges, target, *ip) {
                     return false;
                 }
                 *ip = target as usize;
+            }
+            Instr::FusedLoopCompareLocals {
+                a,
+                b,
+                op,
+                header,
+                exit,
+            } => {
+                // A back edge the JIT counts is `step`'s, as a plain jump's is.
+                if Self::counted_back_edge(count_back_edges, header, *ip) {
+                    return false;
+                }
+                let (a, b) = (base + a as usize, base + b as usize);
+                *ip = match (&stack[a], &stack[b]) {
+                    (Value::Int(x), Value::Int(y)) => {
+                        Self::loop_test(budget, op.ints(*x, *y), header, exit)
+                    }
+                    _ => header as usize,
+                };
+            }
+            Instr::FusedLoopCompareLocalInt {
+                a,
+                op,
+                k,
+                header,
+                exit,
+            } => {
+                if Self::counted_back_edge(count_back_edges, header, *ip) {
+                    return false;
+                }
+                *ip = match stack[base + a as usize] {
+                    Value::Int(x) => Self::loop_test(budget, op.ints(x, k as i64), header, exit),
+                    _ => header as usize,
+                };
             }
             Instr::JumpIfFalse(target) => {
                 let v = stack.pop().unwrap_or_default();
@@ -1087,6 +1118,27 @@ impl Instance {
         }
     }
 
+    /// Whether a jump to `target` from before `ip` is a back edge the JIT counts (`step`
+    /// counts it), given the loop headers it cannot compile, or `None` when it counts none.
+    #[inline(always)]
+    fn counted_back_edge(count_back_edges: Option<&Vec<u32>>, target: u32, ip: usize) -> bool {
+        count_back_edges
+            .is_some_and(|uncompilable| (target as usize) < ip && !uncompilable.contains(&target))
+    }
+
+    /// Where a fused back edge goes once its loop header's test is made: into the body, past
+    /// the header's four instructions, or out of the loop. The header's instructions count
+    /// against the budget as if they ran.
+    #[inline(always)]
+    fn loop_test(budget: &mut u32, holds: bool, header: u32, exit: u32) -> usize {
+        *budget = budget.saturating_sub(4);
+        if holds {
+            header as usize + 4
+        } else {
+            exit as usize
+        }
+    }
+
     fn step(&mut self, instr: Instr, env: &mut Env) -> OpResult {
         match instr {
             // `fast_step` does these whole, or their first instruction.
@@ -1164,7 +1216,10 @@ impl Instance {
             Instr::Ge => self.op_compare(">=", |o| o.is_ge())?,
             Instr::In => self.op_binary(|a, b| contains(b, a).map(Value::Bool))?,
             Instr::NotIn => self.op_binary(|a, b| contains(b, a).map(|c| Value::Bool(!c)))?,
-            Instr::Jump(target) => {
+            // A fused back edge whose loop the JIT counts: the jump alone.
+            Instr::Jump(target)
+            | Instr::FusedLoopCompareLocals { header: target, .. }
+            | Instr::FusedLoopCompareLocalInt { header: target, .. } => {
                 // The frame's ip is already past this jump: a target before it is a loop.
                 let backward = target < self.frame().ip;
                 self.jump(target);

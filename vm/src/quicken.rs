@@ -1,7 +1,7 @@
 //! Quickening: the interpreter's own copy of each function's code, with common sequences of
 //! instructions fused into one (compare two locals and branch, test a local's membership in
-//! another, add to a local, index a list by a local...), so a loop body takes a third as many
-//! dispatches.
+//! another, add to a local, index a list by a local, a `while` loop's back edge and its test...),
+//! so a loop body takes a third as many dispatches.
 //!
 //! A fused instruction replaces only the first instruction of its sequence, and the rest stays
 //! in place. So instruction indices, the span table, jump
@@ -22,6 +22,7 @@ pub fn quicken(code: &[Instr], range: Option<u32>) -> Vec<Instr> {
         .map(|ip| {
             fuse_range_loop(code, ip, range)
                 .or_else(|| fuse_for_item(code, ip))
+                .or_else(|| fuse_loop_test(code, ip))
                 .or_else(|| thread_jump(code, ip))
                 .or_else(|| fuse_at(code, ip))
                 .unwrap_or(code[ip])
@@ -50,6 +51,32 @@ fn fuse_for_item(code: &[Instr], ip: usize) -> Option<Instr> {
         (Instr::ForIter { exit }, Some(Instr::StoreLocal(slot))) => {
             Some(Instr::FusedForIterStore { exit, slot: *slot })
         }
+        _ => None,
+    }
+}
+
+/// `Jump(header)` back to a loop header that compares a local with a local or a small int
+/// and branches: the back edge runs the header's test as well, so a `while` loop's iteration
+/// takes one dispatch fewer. (The header itself is fused as well, for the loop's entry.)
+fn fuse_loop_test(code: &[Instr], ip: usize) -> Option<Instr> {
+    let Instr::Jump(header) = code[ip] else {
+        return None;
+    };
+    match fuse_at(code, header as usize)? {
+        Instr::FusedCompareLocals { a, b, op, target } => Some(Instr::FusedLoopCompareLocals {
+            a,
+            b,
+            op,
+            header,
+            exit: target,
+        }),
+        Instr::FusedCompareLocalInt { a, op, k, target } => Some(Instr::FusedLoopCompareLocalInt {
+            a,
+            op,
+            k,
+            header,
+            exit: target,
+        }),
         _ => None,
     }
 }
@@ -180,8 +207,9 @@ mod tests {
             }
         );
         assert_eq!(quick[9], Instr::FusedIndexLocals { list: 2, index: 0 });
-        // Everything after a fused instruction's first is the original code.
-        for ip in [1, 2, 3, 5, 6, 7, 8, 11, 12] {
+        // Everything after a fused instruction's first is the original code. (The back edge
+        // at 8 is fused with the loop's test: `fuses_a_loop_back_edge_with_its_header_test`.)
+        for ip in [1, 2, 3, 5, 6, 7, 11, 12] {
             assert_eq!(quick[ip], code[ip], "instruction {ip}");
         }
     }
@@ -246,6 +274,54 @@ mod tests {
         assert_eq!(quick[2], Instr::Jump(0));
         // A jump to itself is left alone.
         assert_eq!(quick[4], Instr::Jump(4));
+    }
+
+    #[test]
+    fn fuses_a_loop_back_edge_with_its_header_test() {
+        let code = vec![
+            Instr::LoadLocal(0),
+            Instr::LoadLocal(1),
+            Instr::Lt,
+            Instr::JumpIfFalse(9),
+            Instr::LoadLocal(0),
+            Instr::PushInt(1),
+            Instr::AddAssign,
+            Instr::StoreLocal(0),
+            Instr::Jump(0),
+            Instr::LoadLocal(0),
+            Instr::PushInt(7),
+            Instr::NotEq,
+            Instr::JumpIfFalse(14),
+            Instr::Jump(9),
+            Instr::Jump(4),
+            Instr::Return,
+        ];
+        let quick = quicken(&code, None);
+        assert_eq!(
+            quick[8],
+            Instr::FusedLoopCompareLocals {
+                a: 0,
+                b: 1,
+                op: CompareOp::Lt,
+                header: 0,
+                exit: 9
+            }
+        );
+        assert_eq!(
+            quick[13],
+            Instr::FusedLoopCompareLocalInt {
+                a: 0,
+                op: CompareOp::NotEq,
+                k: 7,
+                header: 9,
+                exit: 14
+            }
+        );
+        // A jump to anything else is a jump (threaded, where it lands on one).
+        assert_eq!(quick[14], Instr::Jump(4));
+        // The headers are fused too, for the loops' entries.
+        assert!(matches!(quick[0], Instr::FusedCompareLocals { .. }));
+        assert!(matches!(quick[9], Instr::FusedCompareLocalInt { .. }));
     }
 
     #[test]
