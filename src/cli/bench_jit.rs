@@ -60,9 +60,13 @@ for _ in sys.stdin:
 
 #[derive(Args, Debug)]
 pub struct BenchJitArgs {
-    /// Runs per measurement; the best is reported.
+    /// Runs per measurement, at least; the best is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// A short program runs more times than `--runs` (up to 60), until its interpreter runs
+    /// add up to this many seconds: a few noisy milliseconds weigh less in a best of more.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    min_time: f64,
     /// Small inputs, one run: checks the benchmark works, not the figures.
     #[arg(long)]
     quick: bool,
@@ -109,12 +113,16 @@ impl BenchJitArgs {
 /// A best time and the result of that program's run.
 type Timing = (f64, String);
 
-/// The interpreter's and the JIT's timings, and CPython's with its version.
-type Timings = ([Timing; 2], Option<(Timing, String)>);
+/// The interpreter's and the JIT's timings, CPython's with its version, and the runs made.
+type Timings = ([Timing; 2], Option<(Timing, String)>, usize);
+
+/// The most runs `--min-time` asks of a short program.
+const MAX_RUNS: usize = 60;
 
 /// Best-of-`runs` wall times of `main(n)` interpreted, JIT-compiled (compile time included)
 /// and, given a runner, under CPython, with their results (and CPython's version). The three
-/// take turns run by run, so a machine that slows down for a while slows all alike.
+/// take turns run by run, so a machine that slows down for a while slows all alike; a short
+/// program takes more turns (`--min-time`).
 fn time_program(
     program: &Program,
     n: i64,
@@ -133,13 +141,19 @@ fn time_program(
         (config, f64::INFINITY, String::new())
     });
     let mut python_best: Option<Timing> = None;
-    for _ in 0..runs {
-        for (config, best, result) in &mut timings {
+    let (mut made, mut interpreted_for) = (0, 0.0);
+    while made < runs || (!args.quick && interpreted_for < args.min_time && made < MAX_RUNS) {
+        made += 1;
+        for (k, (config, best, result)) in timings.iter_mut().enumerate() {
             let started = Instant::now();
             let state = engine
                 .run(&script, "main", serde_json::json!({ "n": n }), config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", program.name))?;
-            *best = best.min(started.elapsed().as_secs_f64());
+            let seconds = started.elapsed().as_secs_f64();
+            *best = best.min(seconds);
+            if k == 0 {
+                interpreted_for += seconds;
+            }
             *result = result_text(state.return_value);
         }
         if let Some(runner) = &mut python {
@@ -153,6 +167,7 @@ fn time_program(
     Ok((
         timings.map(|(_, best, result)| (best, result)),
         python_best.zip(version),
+        made,
     ))
 }
 
@@ -262,21 +277,28 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
         _ => "auto",
     };
     outln!(
-        "sglc bench jit: best of {runs} run(s), interpreter, JIT (--jit {mode}) and CPython taking turns; JIT times include compiling"
+        "sglc bench jit: best of at least {runs} run(s), interpreter, JIT (--jit {mode}) and CPython taking turns; JIT times include compiling"
     );
+    if !args.quick {
+        outln!(
+            "(a short program runs until its interpreter runs add up to {} s, at most {MAX_RUNS} times)",
+            args.min_time
+        );
+    }
     if args.jit_tiers != JitTiers::Tiered {
         outln!("(the JIT column: {:?} tier only)", args.jit_tiers);
     }
     outln!();
     outln!(
-        "{:<20} {:>11} {:>11} {:>9} {:>11} {:>13} {:>11}",
+        "{:<20} {:>11} {:>11} {:>9} {:>11} {:>13} {:>11} {:>5}",
         "program",
         "interpreter",
         "jit",
         "speedup",
         "CPython",
         "CPython/interp",
-        "CPython/jit"
+        "CPython/jit",
+        "runs"
     );
     let mut exit = ExitCode::SUCCESS;
     let mut version = String::new();
@@ -292,7 +314,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
         } else {
             Some(PythonRunner::start(&dir, program, n)?)
         };
-        let ([(interpreted, expected), (compiled, result)], python) =
+        let ([(interpreted, expected), (compiled, result)], python, made) =
             time_program(program, n, args, runner)?;
         if result != expected {
             eprintln!(
@@ -318,7 +340,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
             python.map_or("-".to_string(), |p| format!("{:.digits$}x", p / to))
         };
         outln!(
-            "{:<20} {:>11} {:>11} {:>8.1}x {:>11} {:>13} {:>11}",
+            "{:<20} {:>11} {:>11} {:>8.1}x {:>11} {:>13} {:>11} {:>5}",
             program.label,
             ms(interpreted),
             ms(compiled),
@@ -326,6 +348,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
             python.map_or("-".into(), ms),
             ratio(interpreted, 2),
             ratio(compiled, 1),
+            made,
         );
         let jit_target = if program.numeric {
             speedup >= 10.0
@@ -377,7 +400,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
 /// programs' times are (best of the runs): on a shared machine the median also measures
 /// whatever else runs.
 fn report_compile_latency(args: &BenchJitArgs) -> Result<()> {
-    let rounds = if args.quick { 3 } else { 25 };
+    let rounds = if args.quick { 3 } else { 50 };
     let tiers: &[JitTier] = match args.jit_tiers {
         JitTiers::Tiered => &[JitTier::Baseline, JitTier::Optimized],
         JitTiers::Baseline => &[JitTier::Baseline],
