@@ -863,38 +863,40 @@ impl Instance {
                 }
                 *ip = target as usize;
             }
-            Instr::FusedLoopCompareLocals {
-                a,
-                b,
-                op,
-                header,
-                exit,
-            } => {
+            Instr::FusedLoopCompareLocals { header, exit, .. }
+            | Instr::FusedLoopCompareLocalInt { header, exit, .. } => {
                 // A back edge the JIT counts is `step`'s, as a plain jump's is.
                 if Self::counted_back_edge(count_back_edges, header, *ip) {
                     return false;
                 }
-                let (a, b) = (base + a as usize, base + b as usize);
-                *ip = match (&stack[a], &stack[b]) {
-                    (Value::Int(x), Value::Int(y)) => {
-                        Self::loop_test(budget, op.ints(*x, *y), header, exit)
+                let holds = match *instr {
+                    Instr::FusedLoopCompareLocals { a, b, op, .. } => {
+                        match (&stack[base + a as usize], &stack[base + b as usize]) {
+                            (Value::Int(x), Value::Int(y)) => Some(op.ints(*x, *y)),
+                            _ => None,
+                        }
                     }
-                    _ => header as usize,
+                    Instr::FusedLoopCompareLocalInt { a, op, k, .. } => {
+                        match stack[base + a as usize] {
+                            Value::Int(x) => Some(op.ints(x, k as i64)),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
                 };
-            }
-            Instr::FusedLoopCompareLocalInt {
-                a,
-                op,
-                k,
-                header,
-                exit,
-            } => {
-                if Self::counted_back_edge(count_back_edges, header, *ip) {
-                    return false;
-                }
-                *ip = match stack[base + a as usize] {
-                    Value::Int(x) => Self::loop_test(budget, op.ints(x, k as i64), header, exit),
-                    _ => header as usize,
+                // The header's test made: on into the body past its four instructions, which
+                // count against the budget as if they ran, or out of the loop. Otherwise the
+                // jump alone, and the header runs.
+                *ip = match holds {
+                    Some(holds) => {
+                        *budget = budget.saturating_sub(4);
+                        if holds {
+                            header as usize + 4
+                        } else {
+                            exit as usize
+                        }
+                    }
+                    None => header as usize,
                 };
             }
             Instr::JumpIfFalse(target) => {
@@ -1124,19 +1126,6 @@ impl Instance {
     fn counted_back_edge(count_back_edges: Option<&Vec<u32>>, target: u32, ip: usize) -> bool {
         count_back_edges
             .is_some_and(|uncompilable| (target as usize) < ip && !uncompilable.contains(&target))
-    }
-
-    /// Where a fused back edge goes once its loop header's test is made: into the body, past
-    /// the header's four instructions, or out of the loop. The header's instructions count
-    /// against the budget as if they ran.
-    #[inline(always)]
-    fn loop_test(budget: &mut u32, holds: bool, header: u32, exit: u32) -> usize {
-        *budget = budget.saturating_sub(4);
-        if holds {
-            header as usize + 4
-        } else {
-            exit as usize
-        }
     }
 
     fn step(&mut self, instr: Instr, env: &mut Env) -> OpResult {

@@ -2202,23 +2202,10 @@ mod tests {
     /// A tier-up still queued when its JIT is dropped is not compiled.
     #[test]
     fn the_tier_up_of_a_dropped_jit_is_not_compiled() {
-        let program = compile(
-            "fn fib(n) {\n    if n < 2 { return n }\n    return fib(n - 1) + fib(n - 2)\n}\n",
-        );
-        let fib = program.function("fib").unwrap();
+        let program = fib_program();
         let limits = crate::interp::Limits::default();
         let mut jit = eager_jit(&program, &limits);
-        let call = |jit: &mut Jit, n: i64| {
-            jit.call(
-                &program,
-                &[],
-                fib,
-                &[Value::Int(n)],
-                0,
-                &limits,
-                Turn::default(),
-            )
-        };
+        let call = |jit: &mut Jit, n: i64| call_fib(jit, &program, &limits, n);
         // Out of fuel in baseline code (as in the test above): a tier-up is due.
         call(&mut jit, 10);
         call(&mut jit, 27);
@@ -2258,25 +2245,37 @@ mod tests {
         Jit::new(program, &crate::native::Natives::new(), options, limits).unwrap()
     }
 
+    /// Recursive fib, the tier-up tests' program.
+    fn fib_program() -> Program {
+        compile("fn fib(n) {\n    if n < 2 { return n }\n    return fib(n - 1) + fib(n - 2)\n}\n")
+    }
+
+    /// `fib(n)` through `jit`, as the interpreter calls it.
+    fn call_fib(
+        jit: &mut Jit,
+        program: &Program,
+        limits: &crate::interp::Limits,
+        n: i64,
+    ) -> JitCall {
+        let fib = program.function("fib").unwrap();
+        jit.call(
+            program,
+            &[],
+            fib,
+            &[Value::Int(n)],
+            0,
+            limits,
+            Turn::default(),
+        )
+    }
+
     #[test]
     fn baseline_code_that_keeps_running_is_compiled_again_optimized() {
-        let program = compile(
-            "fn fib(n) {\n    if n < 2 { return n }\n    return fib(n - 1) + fib(n - 2)\n}\n",
-        );
+        let program = fib_program();
         let fib = program.function("fib").unwrap();
         let limits = crate::interp::Limits::default();
         let mut jit = eager_jit(&program, &limits);
-        let call = |jit: &mut Jit, n: i64| {
-            jit.call(
-                &program,
-                &[],
-                fib,
-                &[Value::Int(n)],
-                0,
-                &limits,
-                Turn::default(),
-            )
-        };
+        let call = |jit: &mut Jit, n: i64| call_fib(jit, &program, &limits, n);
         // Small enough to finish on its first tank: baseline code, awaiting a tier-up.
         assert!(matches!(
             call(&mut jit, 10),
