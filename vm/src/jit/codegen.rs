@@ -543,7 +543,27 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
             .b
             .ins()
             .icmp_imm_u(IntCC::UnsignedLessThan, x, 1i64 << 32);
-        let (direct_block, general_block, done) = (
+        self.usually(
+            small,
+            |this| {
+                let fraction = this.b.ins().imul_imm_u(x, direct as i64);
+                let divisor = this.b.ins().iconst(types::I64, magic.divisor as i64);
+                this.b.ins().umulhi(fraction, divisor)
+            },
+            |this| this.remainder_through_quotient(x, magic),
+        )
+    }
+
+    /// An int made by `usual` where `condition` holds, which it almost always does, and by
+    /// `rare` where it does not: a branch the CPU predicts, and unlike a `select` the result
+    /// waits only for the side taken. The usual side is laid out first.
+    fn usually(
+        &mut self,
+        condition: Value,
+        usual: impl FnOnce(&mut Self) -> Value,
+        rare: impl FnOnce(&mut Self) -> Value,
+    ) -> Value {
+        let (usual_block, rare_block, done) = (
             self.b.create_block(),
             self.b.create_block(),
             self.b.create_block(),
@@ -551,17 +571,15 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.append_block_param(done, types::I64);
         self.b
             .ins()
-            .brif(small, direct_block, &[], general_block, &[]);
-        self.b.seal_block(direct_block);
-        self.b.seal_block(general_block);
-        self.b.switch_to_block(direct_block);
-        let fraction = self.b.ins().imul_imm_u(x, direct as i64);
-        let divisor = self.b.ins().iconst(types::I64, magic.divisor as i64);
-        let r = self.b.ins().umulhi(fraction, divisor);
-        self.b.ins().jump(done, &[r.into()]);
-        self.b.switch_to_block(general_block);
-        let r = self.remainder_through_quotient(x, magic);
-        self.b.ins().jump(done, &[r.into()]);
+            .brif(condition, usual_block, &[], rare_block, &[]);
+        self.b.seal_block(usual_block);
+        self.b.seal_block(rare_block);
+        self.b.switch_to_block(usual_block);
+        let v = usual(self);
+        self.b.ins().jump(done, &[v.into()]);
+        self.b.switch_to_block(rare_block);
+        let v = rare(self);
+        self.b.ins().jump(done, &[v.into()]);
         self.b.seal_block(done);
         self.b.switch_to_block(done);
         self.b.block_params(done)[0]
@@ -1114,34 +1132,28 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                     // predicts): an unsigned remainder, shorter than the signed one and its
                     // sign fix-up, which matters when the result feeds the next iteration.
                     let either = self.b.ins().bor(a, b);
-                    let negative = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, either, 0);
-                    let unsigned = self.b.create_block();
-                    let signed = self.b.create_block();
-                    let done = self.b.create_block();
-                    self.b.append_block_param(done, types::I64);
-                    self.b.ins().brif(negative, signed, &[], unsigned, &[]);
-                    self.b.seal_block(signed);
-                    self.b.seal_block(unsigned);
-                    self.b.switch_to_block(unsigned);
-                    let r = match self.constant_bits(b).and_then(magic_for_63_bits) {
-                        Some(magic) => self.remainder_by_magic(a, magic),
-                        None => self.b.ins().urem(a, b),
-                    };
-                    self.b.ins().jump(done, &[r.into()]);
-                    self.b.switch_to_block(signed);
-                    let r = self.b.ins().srem(a, b);
-                    // Floored like Python: a nonzero remainder takes the divisor's sign.
-                    let r_nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
-                    let r_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
-                    let b_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
-                    let signs_differ = self.b.ins().bxor(r_neg, b_neg);
-                    let fix = self.b.ins().band(r_nonzero, signs_differ);
-                    let adjusted = self.b.ins().iadd(r, b);
-                    let v = self.b.ins().select(fix, adjusted, r);
-                    self.b.ins().jump(done, &[v.into()]);
-                    self.b.seal_block(done);
-                    self.b.switch_to_block(done);
-                    let v = self.b.block_params(done)[0];
+                    let non_negative =
+                        self.b
+                            .ins()
+                            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, either, 0);
+                    let v = self.usually(
+                        non_negative,
+                        |this| match this.constant_bits(b).and_then(magic_for_63_bits) {
+                            Some(magic) => this.remainder_by_magic(a, magic),
+                            None => this.b.ins().urem(a, b),
+                        },
+                        |this| {
+                            let r = this.b.ins().srem(a, b);
+                            // Floored like Python: a nonzero remainder takes the divisor's sign.
+                            let r_nonzero = this.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+                            let r_neg = this.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+                            let b_neg = this.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
+                            let signs_differ = this.b.ins().bxor(r_neg, b_neg);
+                            let fix = this.b.ins().band(r_nonzero, signs_differ);
+                            let adjusted = this.b.ins().iadd(r, b);
+                            this.b.ins().select(fix, adjusted, r)
+                        },
+                    );
                     self.set(top(1), Ty::Int, v);
                 } else {
                     let (x, y) = (self.as_f64(a, ta), self.as_f64(b, tb));

@@ -507,9 +507,8 @@ impl TierUpJob {
     }
 }
 
-/// Tier-ups the compile thread skipped (all or part) because their JIT was dropped.
-#[cfg(test)]
-static ABANDONED_TIER_UPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// What a tier-up whose JIT was dropped gives instead of code.
+const ABANDONED: &str = "the JIT is gone";
 
 /// Work for the compile thread: it compiles, sends the result and sets the job's `done`.
 type CompileWork = Box<dyn FnOnce() + Send>;
@@ -1371,9 +1370,7 @@ impl Jit {
                         .into_iter()
                         .map(|(id, function)| {
                             if abandoned.load(Ordering::Relaxed) {
-                                #[cfg(test)]
-                                ABANDONED_TIER_UPS.fetch_add(1, Ordering::Relaxed);
-                                return Err("the JIT is gone".to_string());
+                                return Err(ABANDONED.to_string());
                             }
                             let mut ctx = cranelift_codegen::Context::for_function(function);
                             let inlined = inline::inline_calls(&mut ctx, &inlinable)?;
@@ -2206,7 +2203,8 @@ mod tests {
         let limits = crate::interp::Limits::default();
         let mut jit = eager_jit(&program, &limits);
         let call = |jit: &mut Jit, n: i64| call_fib(jit, &program, &limits, n);
-        // Out of fuel in baseline code (as in the test above): a tier-up is due.
+        // Out of fuel in baseline code (as in
+        // `baseline_code_that_keeps_running_is_compiled_again_optimized`): a tier-up is due.
         call(&mut jit, 10);
         call(&mut jit, 27);
         assert!(jit.runtime.tier_up_due);
@@ -2216,24 +2214,20 @@ mod tests {
             let _ = hold.recv();
         }));
         assert!(held.is_ok(), "a compile thread");
-        let before = ABANDONED_TIER_UPS.load(Ordering::Relaxed);
         assert!(matches!(
             call(&mut jit, 10),
             JitCall::Returned(Value::Int(55))
         ));
-        let done = jit
-            .tier_up_job
-            .as_ref()
-            .expect("a tier-up queued")
-            .done
-            .clone();
+        // What the thread makes of the job, read here once the JIT is gone.
+        let job = jit.tier_up_job.as_mut().expect("a tier-up queued");
+        let outcome = std::mem::replace(&mut job.compiled, std::sync::mpsc::channel().1);
         drop(jit);
         release.send(()).unwrap();
-        while !done.load(Ordering::Acquire) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        match outcome.recv() {
+            Ok(Err(reason)) => assert_eq!(reason, ABANDONED),
+            Ok(Ok(code)) => panic!("the thread compiled {} functions for nobody", code.len()),
+            Err(_) => panic!("the thread sent nothing"),
         }
-        // (Other tests may abandon tier-ups too: the count only grows.)
-        assert!(ABANDONED_TIER_UPS.load(Ordering::Relaxed) > before);
     }
 
     /// A JIT that compiles every function at its first call, with the default tiers.
