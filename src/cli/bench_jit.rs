@@ -251,17 +251,25 @@ fn verdict(met: bool, quick: bool) -> &'static str {
 }
 
 pub fn bench_jit(args: BenchJitArgs) -> Result<ExitCode> {
+    // A slice before the programs and one after each.
+    let slices = if args.latency_only || args.quick {
+        1
+    } else {
+        args.programs().count() + 1
+    };
+    let mut latency = CompileLatency::new(&args, slices)?;
+    latency.slice()?;
     let exit = if args.latency_only {
         ExitCode::SUCCESS
     } else {
-        run_programs(&args)?
+        run_programs(&args, &mut latency)?
     };
-    report_compile_latency(&args)?;
+    latency.report(args.quick);
     Ok(exit)
 }
 
 /// Runs every program interpreted, compiled and under CPython; prints the table and verdicts.
-fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
+fn run_programs(args: &BenchJitArgs, latency: &mut CompileLatency) -> Result<ExitCode> {
     if args.jit_mode == JitMode::Off {
         bail!("--jit-mode is auto or eager: the JIT column needs the JIT");
     }
@@ -316,6 +324,7 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
         };
         let ([(interpreted, expected), (compiled, result)], python, made) =
             time_program(program, n, args, runner)?;
+        latency.slice()?;
         if result != expected {
             eprintln!(
                 "{}: the JIT gave {result}, the interpreter {expected}",
@@ -394,78 +403,147 @@ fn run_programs(args: &BenchJitArgs) -> Result<ExitCode> {
     Ok(exit)
 }
 
-/// Prints the compile time of each benchmark function by the tiers `--jit-tiers` names (median
-/// and best of `rounds` compiles), and the medians over the functions: the first tier's is how
-/// long a hot function waits for native code. The target is judged on the best compiles, as the
-/// programs' times are (best of the runs): on a shared machine the median also measures
-/// whatever else runs.
-fn report_compile_latency(args: &BenchJitArgs) -> Result<()> {
-    let rounds = if args.quick { 3 } else { 50 };
-    let tiers: &[JitTier] = match args.jit_tiers {
-        JitTiers::Tiered => &[JitTier::Baseline, JitTier::Optimized],
-        JitTiers::Baseline => &[JitTier::Baseline],
-        JitTiers::Optimized => &[JitTier::Optimized],
-    };
-    let tier_name = |tier: JitTier| match tier {
-        JitTier::Baseline => "baseline",
-        JitTier::Optimized => "optimized",
-    };
-    outln!(
-        "compile latency (each function with what it calls, for int arguments; {rounds} compiles each):"
-    );
-    let mut header = format!("  {:<24}", "");
-    for tier in tiers {
-        header += &format!(" {:>21}", format!("{} median/best", tier_name(*tier)));
+/// Compile times of every benchmark function by the tiers `--jit-tiers` names, gathered in
+/// slices spread over the whole run, between the programs' timings (`--latency-only`: in one
+/// go): a function's best compile is then the best of moments seconds apart, as a program's
+/// best run is, and not of one second that a slow stretch of a shared machine may cover.
+struct CompileLatency {
+    engine: Engine,
+    tiers: &'static [JitTier],
+    /// Compiles of each function per slice.
+    rounds: usize,
+    /// Slices taken, and to take: more calls of `slice` do nothing.
+    slices: usize,
+    planned: usize,
+    programs: Vec<ProgramCompiles>,
+}
+
+/// A program's name and script and, per tier, its functions' compile times so far.
+type ProgramCompiles = (
+    &'static str,
+    sglc::Script,
+    Vec<Vec<sglc_vm::jit::CompileTime>>,
+);
+
+/// Compiles of each function for the latency, in all.
+const LATENCY_COMPILES: usize = 50;
+
+impl CompileLatency {
+    /// Ready to take `slices` slices (`slice`).
+    fn new(args: &BenchJitArgs, slices: usize) -> Result<CompileLatency> {
+        let engine = Engine::new(TestBackend::new());
+        let programs = args
+            .programs()
+            .map(|program| {
+                let script = engine
+                    .compile(program.name, program.sgl)
+                    .map_err(|e| anyhow::anyhow!(e.render(false)))?;
+                Ok((program.name, script, Vec::new()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total = if args.quick { 3 } else { LATENCY_COMPILES };
+        Ok(CompileLatency {
+            engine,
+            tiers: match args.jit_tiers {
+                JitTiers::Tiered => &[JitTier::Baseline, JitTier::Optimized],
+                JitTiers::Baseline => &[JitTier::Baseline],
+                JitTiers::Optimized => &[JitTier::Optimized],
+            },
+            rounds: total.div_ceil(slices.max(1)),
+            slices: 0,
+            planned: slices.max(1),
+            programs,
+        })
     }
-    outln!("{header}");
-    let engine = Engine::new(TestBackend::new());
-    // Per tier, the median and the best compile of every compiled function, in nanoseconds.
-    let mut medians = vec![Vec::new(); tiers.len()];
-    let mut bests = vec![Vec::new(); tiers.len()];
-    let micros = |nanos: u64| nanos as f64 / 1e3;
-    for program in args.programs() {
-        let script = engine
-            .compile(program.name, program.sgl)
-            .map_err(|e| anyhow::anyhow!(e.render(false)))?;
-        let times = tiers
-            .iter()
-            .map(|tier| engine.jit_compile_times(&script, rounds, *tier))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (function, first) in times[0].iter().enumerate() {
-            if !first.compiled {
-                continue;
-            }
-            let mut row = format!("  {:<24}", format!("{}::{}", program.name, first.function));
-            for (tier, tier_times) in times.iter().enumerate() {
-                let time = &tier_times[function];
-                medians[tier].push(time.median_nanos);
-                bests[tier].push(time.best_nanos);
-                row += &format!(
-                    " {:>8.1} /{:>7.1} µs",
-                    micros(time.median_nanos),
-                    micros(time.best_nanos)
-                );
-            }
-            outln!("{row}");
+
+    /// Compiles every function `rounds` times more by each tier, unless all slices are taken.
+    fn slice(&mut self) -> Result<()> {
+        if self.slices == self.planned {
+            return Ok(());
         }
+        self.slices += 1;
+        for (_, script, times) in &mut self.programs {
+            for (k, tier) in self.tiers.iter().enumerate() {
+                let slice = self.engine.jit_compile_times(script, self.rounds, *tier)?;
+                match times.get_mut(k) {
+                    Some(so_far) => {
+                        for (function, more) in so_far.iter_mut().zip(slice) {
+                            function.nanos.extend(more.nanos);
+                        }
+                    }
+                    None => times.push(slice),
+                }
+            }
+        }
+        Ok(())
     }
-    let median = |nanos: &mut Vec<u64>| {
-        nanos.sort_unstable();
-        nanos.get(nanos.len() / 2).map(|m| micros(*m))
-    };
-    let summaries: Option<Vec<(f64, f64)>> = medians
-        .iter_mut()
-        .zip(&mut bests)
-        .map(|(medians, bests)| median(medians).zip(median(bests)))
-        .collect();
-    if let Some(summaries) = summaries {
-        let parts: Vec<String> = tiers
+
+    /// Prints each function's median and best compile by each tier, and the medians over the
+    /// functions: the first tier's is how long a hot function waits for native code. The
+    /// target is judged on the best compiles, as the programs' times are (best of the runs):
+    /// on a shared machine the median also measures whatever else runs.
+    fn report(self, quick: bool) {
+        let tier_name = |tier: JitTier| match tier {
+            JitTier::Baseline => "baseline",
+            JitTier::Optimized => "optimized",
+        };
+        outln!(
+            "compile latency (each function with what it calls, for int arguments; {} compiles each, in {} slice(s) over the run):",
+            self.rounds * self.slices,
+            self.slices
+        );
+        let mut header = format!("  {:<24}", "");
+        for tier in self.tiers {
+            header += &format!(" {:>21}", format!("{} median/best", tier_name(*tier)));
+        }
+        outln!("{header}");
+        // Per tier, the median and the best compile of every compiled function, in nanoseconds.
+        let mut medians = vec![Vec::new(); self.tiers.len()];
+        let mut bests = vec![Vec::new(); self.tiers.len()];
+        let micros = |nanos: u64| nanos as f64 / 1e3;
+        let median = |nanos: &mut Vec<u64>| {
+            nanos.sort_unstable();
+            nanos.get(nanos.len() / 2).copied()
+        };
+        for (name, _, mut times) in self.programs {
+            let Some(first) = times.first().cloned() else {
+                continue;
+            };
+            for (function, first) in first.iter().enumerate() {
+                if !first.compiled {
+                    continue;
+                }
+                let mut row = format!("  {:<24}", format!("{name}::{}", first.function));
+                for (tier, tier_times) in times.iter_mut().enumerate() {
+                    let nanos = &mut tier_times[function].nanos;
+                    let (Some(mid), Some(&best)) = (median(nanos), nanos.first()) else {
+                        continue;
+                    };
+                    medians[tier].push(mid);
+                    bests[tier].push(best);
+                    row += &format!(" {:>8.1} /{:>7.1} µs", micros(mid), micros(best));
+                }
+                outln!("{row}");
+            }
+        }
+        let summaries: Option<Vec<(u64, u64)>> = medians
+            .iter_mut()
+            .zip(&mut bests)
+            .map(|(medians, bests)| median(medians).zip(median(bests)))
+            .collect();
+        let Some(summaries) = summaries else {
+            return;
+        };
+        let parts: Vec<String> = self
+            .tiers
             .iter()
             .zip(&summaries)
-            .map(|(tier, (median, best))| {
+            .map(|(tier, (mid, best))| {
                 format!(
-                    "{} {median:.1} µs ({best:.1} µs of the best compiles)",
-                    tier_name(*tier)
+                    "{} {:.1} µs ({:.1} µs of the best compiles)",
+                    tier_name(*tier),
+                    micros(*mid),
+                    micros(*best)
                 )
             })
             .collect();
@@ -475,12 +553,11 @@ fn report_compile_latency(args: &BenchJitArgs) -> Result<()> {
             parts.join(", ")
         );
         // The first tier measured is the one that gives a hot function native code.
-        let to_native = summaries[0].1;
+        let to_native = micros(summaries[0].1);
         outln!(
             "  target < 200 µs to native code ({} tier, best compiles): {}",
-            tier_name(tiers[0]),
-            verdict(to_native < 200.0, args.quick)
+            tier_name(self.tiers[0]),
+            verdict(to_native < 200.0, quick)
         );
     }
-    Ok(())
 }

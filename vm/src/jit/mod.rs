@@ -1979,10 +1979,8 @@ pub fn listing(
 #[derive(Clone, Debug)]
 pub struct CompileTime {
     pub function: String,
-    /// The median compile, in nanoseconds.
-    pub median_nanos: u64,
-    /// The fastest: the cost with the least interference from the rest of the machine.
-    pub best_nanos: u64,
+    /// Each compile's time, in nanoseconds.
+    pub nanos: Vec<u64>,
     /// False when the function is not compiled (then the times are those of finding out).
     pub compiled: bool,
 }
@@ -2034,14 +2032,10 @@ pub fn compile_times(
     Ok(samples
         .into_iter()
         .flatten()
-        .map(|(function, mut nanos, compiled)| {
-            nanos.sort_unstable();
-            CompileTime {
-                function,
-                median_nanos: nanos[nanos.len() / 2],
-                best_nanos: nanos[0],
-                compiled,
-            }
+        .map(|(function, nanos, compiled)| CompileTime {
+            function,
+            nanos,
+            compiled,
         })
         .collect())
 }
