@@ -1577,6 +1577,21 @@ pub(crate) fn magic_for_63_bits(d: i64) -> Option<DivisionMagic> {
 mod tests {
     use super::*;
 
+    /// Dividends below `2^bits` to divide by `d`: the edges (around `d`, the largest, the
+    /// largest multiple of `d`), then `walk` more from a fixed-seed linear congruential walk.
+    fn dividends(d: u64, bits: u32, walk: usize, seed: &mut u64) -> Vec<u64> {
+        let top = (1u64 << bits) - 1;
+        let edges = [0, 1, d - 1, d, d + 1, top, top - (top + 1) % d];
+        let mut all: Vec<u64> = edges.into_iter().filter(|n| *n <= top).collect();
+        for _ in 0..walk {
+            *seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            all.push(*seed >> (64 - bits));
+        }
+        all
+    }
+
     #[test]
     fn division_magic_gives_the_quotient_of_every_dividend_below_2_pow_63() {
         let divisors = [
@@ -1593,31 +1608,14 @@ mod tests {
             i64::MAX - 1,
             i64::MAX,
         ];
-        // A fixed-seed linear congruential walk over the dividends, with the edges.
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         for d in divisors {
             let magic = magic_for_63_bits(d).expect("a magic for a divisor that is not 2^k");
             let quotient = |x: u64| {
                 ((u128::from(x) * u128::from(magic.multiplier)) >> 64) as u64 >> magic.shift
             };
             let d = d as u64;
-            let edges = [
-                0,
-                1,
-                d - 1,
-                d,
-                d + 1,
-                (1 << 63) - 1,
-                (1 << 63) - 1 - (1 << 63) % d,
-            ];
-            for n in edges.into_iter().filter(|n| *n < 1 << 63) {
-                assert_eq!(quotient(n), n / d, "{n} / {d}");
-            }
-            for _ in 0..20_000 {
-                x = x
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                let n = x >> 1;
+            for n in dividends(d, 63, 20_000, &mut seed) {
                 assert_eq!(quotient(n), n / d, "{n} / {d}");
             }
         }
@@ -1641,7 +1639,7 @@ mod tests {
             (1 << 32) - 5,
             (1 << 32) - 1,
         ];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         for d in divisors {
             let magic = magic_for_63_bits(d).expect("a magic for a divisor that is not 2^k");
             let c = magic
@@ -1649,23 +1647,7 @@ mod tests {
                 .expect("a direct remainder below 2^32");
             let d = d as u64;
             let remainder = |n: u64| ((u128::from(c.wrapping_mul(n)) * u128::from(d)) >> 64) as u64;
-            let edges = [
-                0,
-                1,
-                d - 1,
-                d,
-                d + 1,
-                (1 << 32) - 1,
-                (1 << 32) - 1 - (1 << 32) % d,
-            ];
-            for n in edges.into_iter().filter(|n| *n < 1 << 32) {
-                assert_eq!(remainder(n), n % d, "{n} % {d}");
-            }
-            for _ in 0..50_000 {
-                x = x
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                let n = x >> 32;
+            for n in dividends(d, 32, 50_000, &mut seed) {
                 assert_eq!(remainder(n), n % d, "{n} % {d}");
             }
         }
