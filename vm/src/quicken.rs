@@ -169,9 +169,9 @@ fn fuse_at(code: &[Instr], ip: usize) -> Option<Instr> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fuses_only_the_first_instruction_of_a_sequence() {
-        let code = vec![
+    /// `while x0 < x1 { x0 += 1 }`, leaving at 9.
+    fn counting_loop() -> Vec<Instr> {
+        vec![
             Instr::LoadLocal(0),
             Instr::LoadLocal(1),
             Instr::Lt,
@@ -181,11 +181,18 @@ mod tests {
             Instr::AddAssign,
             Instr::StoreLocal(0),
             Instr::Jump(0),
+        ]
+    }
+
+    #[test]
+    fn fuses_only_the_first_instruction_of_a_sequence() {
+        let mut code = counting_loop();
+        code.extend([
             Instr::LoadLocal(2),
             Instr::LoadLocal(0),
             Instr::Index,
             Instr::Return,
-        ];
+        ]);
         let quick = quicken(&code, None);
         assert_eq!(quick.len(), code.len());
         assert_eq!(
@@ -278,16 +285,8 @@ mod tests {
 
     #[test]
     fn fuses_a_loop_back_edge_with_its_header_test() {
-        let code = vec![
-            Instr::LoadLocal(0),
-            Instr::LoadLocal(1),
-            Instr::Lt,
-            Instr::JumpIfFalse(9),
-            Instr::LoadLocal(0),
-            Instr::PushInt(1),
-            Instr::AddAssign,
-            Instr::StoreLocal(0),
-            Instr::Jump(0),
+        let mut code = counting_loop();
+        code.extend([
             Instr::LoadLocal(0),
             Instr::PushInt(7),
             Instr::NotEq,
@@ -295,7 +294,7 @@ mod tests {
             Instr::Jump(9),
             Instr::Jump(4),
             Instr::Return,
-        ];
+        ]);
         let quick = quicken(&code, None);
         assert_eq!(
             quick[8],

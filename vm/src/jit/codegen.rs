@@ -585,6 +585,17 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
         self.b.block_params(done)[0]
     }
 
+    /// Whether a division truncated toward zero, leaving the remainder `r` of a division by
+    /// `b`, missed Python's floored result: `r` is nonzero and its sign (the dividend's) is not
+    /// the divisor's. Then the floored quotient is one less and the remainder `r + b`.
+    fn truncation_off_floor(&mut self, r: Value, b: Value) -> Value {
+        let r_nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+        let r_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+        let b_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
+        let signs_differ = self.b.ins().bxor(r_neg, b_neg);
+        self.b.ins().band(r_nonzero, signs_differ)
+    }
+
     /// `x - (x / d) * d`, the quotient by `magic`'s multiplication and shift.
     fn remainder_through_quotient(&mut self, x: Value, magic: DivisionMagic) -> Value {
         let multiplier = self.b.ins().iconst(types::I64, magic.multiplier as i64);
@@ -1145,11 +1156,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                         |this| {
                             let r = this.b.ins().srem(a, b);
                             // Floored like Python: a nonzero remainder takes the divisor's sign.
-                            let r_nonzero = this.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
-                            let r_neg = this.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
-                            let b_neg = this.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
-                            let signs_differ = this.b.ins().bxor(r_neg, b_neg);
-                            let fix = this.b.ins().band(r_nonzero, signs_differ);
+                            let fix = this.truncation_off_floor(r, b);
                             let adjusted = this.b.ins().iadd(r, b);
                             this.b.ins().select(fix, adjusted, r)
                         },
@@ -1274,11 +1281,7 @@ impl<'a, 'b> FunctionCodegen<'a, 'b> {
                         self.deopt_if(bad, frame, ip, depth);
                         let q = self.b.ins().sdiv(a, b);
                         let r = self.b.ins().srem(a, b);
-                        let r_nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
-                        let a_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, a, 0);
-                        let b_neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
-                        let signs_differ = self.b.ins().bxor(a_neg, b_neg);
-                        let floor = self.b.ins().band(r_nonzero, signs_differ);
+                        let floor = self.truncation_off_floor(r, b);
                         let lower = self.b.ins().iadd_imm_s(q, -1);
                         let v = self.b.ins().select(floor, lower, q);
                         self.set(top(1), Ty::Int, v);

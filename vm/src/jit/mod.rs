@@ -1315,6 +1315,8 @@ impl Jit {
         let mut renamed: HashMap<FuncId, FuncId> = HashMap::new();
         let mut functions = Vec::new();
         let mut prefixes = Vec::new();
+        // Plans for the small functions' prefixes (`tier_up_prefix`), one analysis for all.
+        let mut analyzer = analyze::Analyzer::new(program, globals, self.runtime.host.clone());
         let mut job_specs = Vec::new();
         let mut job_loops = Vec::new();
         for spec in specs {
@@ -1322,7 +1324,8 @@ impl Jit {
                 continue;
             };
             if let Some(new) = self.declare_tier_up(old, &mut functions) {
-                if let Some(prefix) = self.tier_up_prefix(program, globals, &spec, old, &functions)
+                if let Some(prefix) =
+                    self.tier_up_prefix(program, &mut analyzer, &spec, old, &functions)
                 {
                     prefixes.push((new, prefix));
                 }
@@ -1408,7 +1411,7 @@ impl Jit {
     fn tier_up_prefix(
         &mut self,
         program: &Program,
-        globals: &[Value],
+        analyzer: &mut analyze::Analyzer,
         spec: &Spec,
         old: FuncId,
         functions: &[(FuncId, cranelift_codegen::ir::Function)],
@@ -1417,11 +1420,8 @@ impl Jit {
         if !inline::is_small(function) {
             return None;
         }
-        let host = self.runtime.host.clone();
-        let plan = analyze::Analyzer::new(program, globals, host)
-            .plan(spec)
-            .ok()?;
-        self.prefix_ir(program, globals, &plan, old)
+        let plan = analyzer.plan(spec).ok()?;
+        self.prefix_ir(program, analyzer.globals, &plan, old)
     }
 
     /// Declares the optimized twin of baseline code `baseline` and queues its IR in
