@@ -434,14 +434,18 @@ fn install_str_methods(n: &mut Natives) {
             // the bytes (no char decoding; for short strings, faster than `memchr`'s setup).
             (Some(sep), _) if sep.len() == 1 => {
                 let byte = sep.as_bytes()[0];
-                let count = s.bytes().filter(|&b| b == byte).count() + 1;
-                let mut parts = Vec::with_capacity(count);
+                // One pass; a sentence's words fit the first allocation.
+                let mut parts = Vec::with_capacity(8);
                 let mut start = 0;
-                for (at, _) in s.bytes().enumerate().filter(|&(_, b)| b == byte) {
-                    parts.push(Value::str(&s[start..at]));
-                    start = at + 1;
+                for (at, &b) in s.as_bytes().iter().enumerate() {
+                    if b == byte {
+                        // SAFETY: `byte` is ASCII (a one-byte `&str`), so the positions on
+                        // either side of it are character boundaries, as are 0 and the end.
+                        parts.push(Value::str(unsafe { s.get_unchecked(start..at) }));
+                        start = at + 1;
+                    }
                 }
-                parts.push(Value::str(&s[start..]));
+                parts.push(Value::str(unsafe { s.get_unchecked(start..) }));
                 // Strings: nothing to pack (see `Items`), so no scan for it.
                 return Ok(Value::list_of(Items::Values(parts)));
             }

@@ -100,6 +100,7 @@ impl Str {
     }
 
     /// `concat` for a string that fits in the word (`len <= INLINE_MAX`).
+    #[inline(always)]
     fn inline<'a>(len: usize, parts: impl IntoIterator<Item = &'a str>) -> Str {
         let mut word = [0u8; std::mem::size_of::<usize>()];
         let mut written = 0;
@@ -194,8 +195,13 @@ impl Drop for Str {
 }
 
 impl From<&str> for Str {
+    /// Short strings (most words, map keys, numbers as text) are made right here, without the
+    /// call into `concat`: each word `split` makes takes this path.
     #[inline]
     fn from(s: &str) -> Str {
+        if s.len() <= INLINE_MAX {
+            return Str::inline(s.len(), [s]);
+        }
         Str::concat(s.len(), [s])
     }
 }
