@@ -449,6 +449,11 @@ pub struct Jit {
     osr_failed: Vec<Rc<Vec<u32>>>,
     /// Distinct loop headers per function, counted on first need.
     loop_headers: Vec<Option<usize>>,
+    /// Which locals each instruction may read, per function, made at its first loop entry:
+    /// an entry's shape leaves out the scalars its loop writes before it reads them.
+    osr_liveness: Vec<Option<analyze::Liveness>>,
+    /// Back edges per function taken in the interpreter after its code was compiled.
+    resumed_back_edges: Vec<u32>,
     sites: Vec<DeoptSite>,
     /// Cranelift IR of every compiled specialization, when asked for (`sglc disasm --jit`).
     clif: Option<Vec<(Spec, String)>>,
@@ -471,11 +476,10 @@ pub struct Jit {
     pub inlined_calls: usize,
 }
 
-/// A loop entry compiled by the baseline tier (`Jit::osr`): its function and header, the slot
-/// types it was entered with, and its code's id.
+/// A loop entry compiled by the baseline tier (`Jit::osr`): its function and header, and its
+/// code's id (the entries holding that code get the optimized code instead at the tier-up).
 struct BaselineLoop {
     key: (FunctionId, u32),
-    shape: OsrShape,
     id: FuncId,
 }
 
@@ -740,6 +744,10 @@ impl Jit {
             osr_compiled: HashMap::new(),
             osr_failed: vec![Rc::default(); program.functions.len()],
             loop_headers: vec![None; program.functions.len()],
+            osr_liveness: std::iter::repeat_with(|| None)
+                .take(program.functions.len())
+                .collect(),
+            resumed_back_edges: vec![0; program.functions.len()],
             sites: Vec::new(),
             clif: None,
             rejected: Vec::new(),
@@ -808,6 +816,19 @@ impl Jit {
                 *count = count.saturating_add(1);
                 *count > threshold
             }
+            // The function has compiled code, so a deopt left this call of it in the loop (out
+            // of fuel, say), and its next call runs compiled. An entry into the loop is only
+            // worth compiling if the loop proves hot, by the threshold of `auto` in every
+            // mode: the scoring benchmark compiled one for a loop over a sentence's words with
+            // a word or two left, 3% of its run.
+            Some(FunctionState::Tried(specs))
+                if specs.iter().any(|(_, entry)| entry.is_some())
+                    && !self.osr_compiled.contains_key(&(function, header)) =>
+            {
+                let count = &mut self.resumed_back_edges[function as usize];
+                *count = count.saturating_add(1);
+                *count > self.options.threshold
+            }
             Some(_) => true,
             None => false,
         }
@@ -875,10 +896,14 @@ impl Jit {
             Rc::make_mut(&mut self.osr_failed[function as usize]).push(ip);
             return JitCall::Interpret;
         };
+        let live = self.osr_liveness[function as usize].get_or_insert_with(|| {
+            analyze::Liveness::of(&program.functions[function as usize].code, local_count)
+        });
+        let key = forget_dead_scalars(&shape, &mut raw, live, ip as usize);
         let known = self
             .osr_compiled
             .get(&(function, ip))
-            .and_then(|entries| entries.iter().find(|(s, _)| *s == shape))
+            .and_then(|entries| entries.iter().find(|(s, _)| *s == key))
             .map(|(_, entry)| *entry);
         let (pointer, return_type) = match known {
             Some(entry) => entry,
@@ -893,7 +918,7 @@ impl Jit {
                         self.osr_compiled
                             .entry((function, ip))
                             .or_default()
-                            .push((shape, entry));
+                            .push((key, entry));
                         entry
                     }
                     Err(reason) => {
@@ -1474,9 +1499,10 @@ impl Jit {
             self.inlined_calls += inlined;
             for (entry, id) in loops {
                 let pointer = self.module.get_finalized_function(id);
+                let baseline = self.module.get_finalized_function(entry.id);
                 if let Some(entries) = self.osr_compiled.get_mut(&entry.key) {
-                    for (shape, (code, _)) in entries.iter_mut() {
-                        if *shape == entry.shape {
+                    for (_, (code, _)) in entries.iter_mut() {
+                        if *code == baseline {
                             *code = pointer;
                         }
                     }
@@ -1537,7 +1563,6 @@ impl Jit {
         if self.record_compiled_tier(tier) {
             self.baseline_osr.push(BaselineLoop {
                 key: (function, ip as u32),
-                shape: shape.clone(),
                 id,
             });
         }
@@ -1793,6 +1818,33 @@ pub struct OsrShape {
     /// registers than the same nest compiled as a whole function, and cranelift kept a
     /// loop's running total on the stack instead.
     pub counting: Vec<bool>,
+}
+
+/// The shape under which an entry for `shape` is kept: its scalar locals that the loop at
+/// `ip` writes before it reads them made `none`, and their slots in `raw` (the locals come
+/// first, a word each) made 0, which reads as 0, 0.0, false or `none` in whatever type the
+/// entry has for them. Those locals' types only tell apart frames the same entry runs, and they
+/// change under a loop: a deopt hands the interpreter `none` for a scalar it will not read, so
+/// the next entry to a `for i in range(n)` loop finds `i` none where the first found an int,
+/// and without this compiled the loop again (twice more, for the scoring benchmark's main
+/// loop). An entry is still compiled for the shape first met, not for this one: a local the
+/// loop fills with an object would be an object at the header when `none`, and the loop would
+/// compile where the frame first met rules it out (the sieve's last loop, over a list of
+/// bools, runs faster in the interpreter than through compiled code's object helpers).
+fn forget_dead_scalars(
+    shape: &OsrShape,
+    raw: &mut [i64],
+    live: &analyze::Liveness,
+    ip: usize,
+) -> OsrShape {
+    let mut key = shape.clone();
+    for (slot, local) in key.frame.locals.iter_mut().enumerate() {
+        if matches!(local, analyze::Local::Known(ty) if ty.is_scalar()) && !live.at(ip, slot) {
+            *local = analyze::Local::Known(Ty::None);
+            raw[slot] = 0;
+        }
+    }
+    key
 }
 
 /// The shape and raw bits of an interpreter frame's slots, for on-stack replacement: scalars
@@ -2188,6 +2240,98 @@ mod tests {
             _ => panic!("the loop was not compiled"),
         }
         assert_eq!(jit.osr_compiled.len(), 1);
+    }
+
+    /// A deopt hands the interpreter `none` for a scalar it will not read again; an entry
+    /// compiled where that local held an int still serves.
+    #[test]
+    fn a_loop_entry_serves_whatever_its_dead_scalars_hold() {
+        let program = compile(
+            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
+        );
+        let (main, header, mut jit) = loop_setup(&program);
+        // At the header, `n` (read once, before the loop) and `i` (stored before it is read)
+        // are dead; `total` is live.
+        let first = [
+            Value::Int(10),
+            Value::Int(3),
+            Value::Int(2),
+            range_iter(0, 10, 3),
+        ];
+        let after_a_deopt = [
+            Value::None,
+            Value::Int(10),
+            Value::None,
+            range_iter(0, 10, 5),
+        ];
+        for (values, expected) in [(&first, 45), (&after_a_deopt, 45)] {
+            match enter_loop(&mut jit, &program, (main, header), values) {
+                JitCall::Returned(Value::Int(total)) => assert_eq!(total, expected),
+                _ => panic!("the loop was not compiled"),
+            }
+        }
+        assert_eq!(jit.osr_compiled[&(main, header)].len(), 1, "compiled once");
+        // A live local of another type is another entry.
+        let float_total = [
+            Value::None,
+            Value::Float(0.5),
+            Value::None,
+            range_iter(0, 10, 0),
+        ];
+        match enter_loop(&mut jit, &program, (main, header), &float_total) {
+            JitCall::Returned(Value::Float(total)) => assert_eq!(total, 45.5),
+            _ => panic!("the loop was not compiled"),
+        }
+        assert_eq!(jit.osr_compiled[&(main, header)].len(), 2);
+    }
+
+    /// A loop the interpreter runs in a function that has compiled code (left there by a
+    /// deopt) is compiled for entry only once it is hot by the `auto` threshold, even when
+    /// eager; a loop that has an entry is entered at once.
+    #[test]
+    fn a_loop_left_to_the_interpreter_by_a_deopt_waits_for_the_threshold() {
+        let program = compile(
+            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
+        );
+        let limits = crate::interp::Limits::default();
+        let (main, header, _) = loop_setup(&program);
+        let mut jit = eager_jit(&program, &limits);
+        // Never called yet: eager compiles at the first back edge.
+        assert!(jit.back_edge(main, header));
+        match jit.call(
+            &program,
+            &[],
+            main,
+            &[Value::Int(5)],
+            0,
+            &limits,
+            Turn::default(),
+        ) {
+            JitCall::Returned(Value::Int(10)) => {}
+            _ => panic!("main was not compiled"),
+        }
+        let threshold = jit.options.threshold;
+        for _ in 0..threshold {
+            assert!(
+                !jit.back_edge(main, header),
+                "compiled before the threshold"
+            );
+        }
+        assert!(jit.back_edge(main, header));
+        // With an entry for the loop, at once.
+        let mut fresh = eager_jit(&program, &limits);
+        let _ = fresh.call(
+            &program,
+            &[],
+            main,
+            &[Value::Int(5)],
+            0,
+            &limits,
+            Turn::default(),
+        );
+        let values = [Value::None, Value::Int(0), Value::None, range_iter(0, 5, 0)];
+        let _ = enter_loop(&mut fresh, &program, (main, header), &values);
+        assert!(fresh.back_edge(main, header));
     }
 
     /// A tier-up still queued when its JIT is dropped is not compiled.
