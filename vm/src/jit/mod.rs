@@ -2220,11 +2220,16 @@ mod tests {
         )
     }
 
+    /// `main(n)`: the sum of `range(n)` in a `for` loop; its locals are `n`, `total` and `i`.
+    fn range_sum_program() -> Program {
+        compile(
+            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
+        )
+    }
+
     #[test]
     fn a_loop_is_entered_where_the_interpreter_stands() {
-        let program = compile(
-            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
-        );
+        let program = range_sum_program();
         let (main, header, mut jit) = loop_setup(&program);
         // n = 10, total = 0 + 1 + 2 after three iterations, i = 2, the iterator 3 items in.
         let values = [
@@ -2246,9 +2251,7 @@ mod tests {
     /// compiled where that local held an int still serves.
     #[test]
     fn a_loop_entry_serves_whatever_its_dead_scalars_hold() {
-        let program = compile(
-            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
-        );
+        let program = range_sum_program();
         let (main, header, mut jit) = loop_setup(&program);
         // At the header, `n` (read once, before the loop) and `i` (stored before it is read)
         // are dead; `total` is live.
@@ -2290,9 +2293,7 @@ mod tests {
     /// eager; a loop that has an entry is entered at once.
     #[test]
     fn a_loop_left_to_the_interpreter_by_a_deopt_waits_for_the_threshold() {
-        let program = compile(
-            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
-        );
+        let program = range_sum_program();
         let limits = crate::interp::Limits::default();
         let (main, header, _) = loop_setup(&program);
         let mut jit = eager_jit(&program, &limits);
@@ -2594,9 +2595,7 @@ mod tests {
     /// thread, and its next entry runs the optimized code.
     #[test]
     fn a_baseline_loop_tiers_up_on_the_compiling_thread() {
-        let program = compile(
-            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
-        );
+        let program = range_sum_program();
         let (main, header, mut jit) = loop_setup(&program);
         // n = 10, total = 0, i = 0, the iterator `next` items in.
         let entry = |jit: &mut Jit, next: usize| {
@@ -2636,9 +2635,7 @@ mod tests {
 
     #[test]
     fn a_loop_entered_counting_from_zero_takes_its_start_and_step_as_constants() {
-        let program = compile(
-            "fn main(n) {\n    let total = 0\n    for i in range(n) {\n        total += i\n    }\n    return total\n}\n",
-        );
+        let program = range_sum_program();
         let (main, header, mut jit) = loop_setup(&program);
         jit.record_clif();
         let entry = |jit: &mut Jit, start: i64| {
