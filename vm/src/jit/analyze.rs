@@ -425,7 +425,8 @@ impl<'a> Analyzer<'a> {
             }
             Instr::ForIter { exit } => {
                 let item = match stack.last() {
-                    Some(Ty::RangeIter) => Ty::Int,
+                    Some(Ty::RangeIter | Ty::IntsIter) => Ty::Int,
+                    Some(Ty::BoolsIter) => Ty::Bool,
                     Some(Ty::ObjIter) => Ty::Obj,
                     _ => return Err("iterates over something it cannot".into()),
                 };
@@ -530,6 +531,12 @@ fn merge_slot(a: Ty, b: Ty) -> Result<Ty, &'static str> {
     match (a, b) {
         _ if a == b => Ok(a),
         (Ty::None, Ty::Obj) | (Ty::Obj, Ty::None) => Ok(Ty::Obj),
+        // Every iterator is an object slot; where an iterator whose items are taken as scalars
+        // meets another, the items are objects.
+        (
+            Ty::ObjIter | Ty::IntsIter | Ty::BoolsIter,
+            Ty::ObjIter | Ty::IntsIter | Ty::BoolsIter,
+        ) => Ok(Ty::ObjIter),
         _ => Err("a slot holds an object on one path and not on another"),
     }
 }

@@ -47,6 +47,11 @@ pub enum Ty {
     Obj,
     /// A `for` loop's iterator over an object: an object slot.
     ObjIter,
+    /// A `for` loop's iterator over a list of ints, as a loop entry met it (packed): an object
+    /// slot, whose items compiled code takes as ints behind a guard (`runtime::next_scalar`).
+    IntsIter,
+    /// The same over a list of bools.
+    BoolsIter,
 }
 
 impl std::str::FromStr for Ty {
@@ -95,7 +100,7 @@ impl Ty {
             Ty::None => "none",
             Ty::Range | Ty::RangeIter => "a range",
             Ty::Obj => "an object",
-            Ty::ObjIter => "an iterator",
+            Ty::ObjIter | Ty::IntsIter | Ty::BoolsIter => "an iterator",
         }
     }
 
@@ -107,7 +112,7 @@ impl Ty {
             Ty::None => 'n',
             Ty::Range | Ty::RangeIter => 'r',
             Ty::Obj => 'o',
-            Ty::ObjIter => 'j',
+            Ty::ObjIter | Ty::IntsIter | Ty::BoolsIter => 'j',
         }
     }
 
@@ -122,7 +127,9 @@ impl Ty {
             Ty::Float => Value::Float(f64::from_bits(bits as u64)),
             Ty::Bool => Value::Bool(bits != 0),
             // SAFETY: as the caller guarantees.
-            Ty::Obj | Ty::ObjIter => unsafe { runtime::from_slot(bits) },
+            Ty::Obj | Ty::ObjIter | Ty::IntsIter | Ty::BoolsIter => unsafe {
+                runtime::from_slot(bits)
+            },
             _ => Value::None,
         }
     }
@@ -1916,7 +1923,7 @@ fn osr_frame(
                 counting[stack.len() - 1] = (start, step) == (0, 1);
             }
             None => {
-                stack.push(Ty::ObjIter);
+                stack.push(scalar_items(&iter).unwrap_or(Ty::ObjIter));
                 objects.push((raw.len(), i));
                 raw.push(0);
             }
@@ -1945,6 +1952,20 @@ fn spent_iterator(value: &Value) -> bool {
     }
 }
 
+/// The iterator type for a loop entry over a packed list of ints or bools, whose items
+/// compiled code can take as scalars. (A list of other values, even numbers only, would take a
+/// scan of its items at every entry to tell.)
+fn scalar_items(iter: &Iter) -> Option<Ty> {
+    let Iter::List { list, .. } = iter else {
+        return None;
+    };
+    match &*list.borrow() {
+        crate::list::Items::Ints(_) => Some(Ty::IntsIter),
+        crate::list::Items::Bools(_) => Some(Ty::BoolsIter),
+        crate::list::Items::Values(_) => None,
+    }
+}
+
 /// The rest of a list iterator as (start, step, count) when its items are ints in an
 /// arithmetic run (what `range()` made).
 fn int_run(iter: &Iter) -> Option<(i64, i64, i64)> {
@@ -1952,27 +1973,31 @@ fn int_run(iter: &Iter) -> Option<(i64, i64, i64)> {
         return None;
     };
     let items = list.borrow();
-    let ints: Vec<i64> = items
-        .iter()
-        .skip(*next)
-        .map(|v| match v {
-            Value::Int(n) => Some(n),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
-    let start = ints.first().copied().unwrap_or(0);
-    let step = match ints.as_slice() {
-        [a, b, ..] => b.checked_sub(*a)?,
-        _ => 1,
+    // One pass that stops at the first item out of the run: a loop entry meets this at every
+    // re-entry, and a long list that is not a run is usually found out in three items.
+    let mut ints = items.iter().skip(*next).map(|v| match v {
+        Value::Int(n) => Some(n),
+        _ => None,
+    });
+    let Some(first) = ints.next() else {
+        return Some((0, 1, 0));
     };
-    if step == 0
-        || ints
-            .windows(2)
-            .any(|w| w[1].checked_sub(w[0]) != Some(step))
-    {
-        return None;
+    let first = first?;
+    let mut count = 1i64;
+    let mut step = None;
+    let mut last = first;
+    for n in ints {
+        let n = n?;
+        let gap = n.checked_sub(last)?;
+        match step {
+            None if gap != 0 => step = Some(gap),
+            Some(step) if step == gap => {}
+            _ => return None,
+        }
+        last = n;
+        count += 1;
     }
-    Some((start, step, ints.len() as i64))
+    Some((first, step.unwrap_or(1), count))
 }
 
 /// The program's top-level constants, computed as a run computes them (compiled code embeds
@@ -2779,6 +2804,51 @@ mod tests {
             jit.rejected
         );
         assert_eq!(jit.osr_compiled.len(), 1);
+    }
+
+    /// A loop entered over a packed list takes its items as scalars (ints here, bools below),
+    /// not as objects; items of another type (a list that is not packed) are objects still.
+    #[test]
+    fn a_loop_over_a_packed_list_takes_its_items_as_scalars() {
+        let program = compile(
+            "fn main(xs) {\n    let total = 0\n    for x in xs {\n        if x { total += 1 }\n    }\n    return total\n}\n",
+        );
+        let (main, header, mut jit) = loop_setup(&program);
+        let cases = [
+            // Not a run, so not entered as a range.
+            (
+                vec![Value::Int(3), Value::Int(0), Value::Int(4)],
+                0,
+                2,
+                Ty::IntsIter,
+            ),
+            (
+                vec![Value::Bool(true), Value::Bool(false), Value::Bool(true)],
+                0,
+                2,
+                Ty::BoolsIter,
+            ),
+            (
+                vec![Value::Int(3), Value::str("a"), Value::None],
+                0,
+                2,
+                Ty::ObjIter,
+            ),
+        ];
+        for (items, next, expected, iter_ty) in cases {
+            let values = [
+                Value::None,
+                Value::Int(0),
+                Value::None,
+                list_iter_at(items, next),
+            ];
+            match enter_loop(&mut jit, &program, (main, header), &values) {
+                JitCall::Returned(Value::Int(total)) => assert_eq!(total, expected),
+                _ => panic!("the loop was not compiled"),
+            }
+            let shapes = &jit.osr_compiled[&(main, header)];
+            assert_eq!(shapes.last().unwrap().0.frame.stack, [iter_ty]);
+        }
     }
 
     #[test]

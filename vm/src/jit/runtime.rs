@@ -552,6 +552,32 @@ pub(crate) unsafe extern "C" fn next(iter: i64) -> i64 {
     }
 }
 
+/// `next_scalar`: the next item is not of the kind asked for; the iterator has not moved.
+pub const NOT_OF_KIND: i64 = 2;
+
+/// The next item of an iterator over a list, when it is a scalar of `kind` (as `box_scalar`),
+/// as bits into `out`: 1, or 0 when no items are left, or `NOT_OF_KIND`.
+pub(crate) unsafe extern "C" fn next_scalar(iter: i64, kind: i64, out: *mut i64) -> i64 {
+    // SAFETY: compiled code passes a live slot holding an iterator.
+    let Value::Iterator(iter) = (unsafe { value(iter) }) else {
+        return NOT_OF_KIND;
+    };
+    let mut iter = iter.borrow_mut();
+    let crate::value::Iter::List { list, next } = &mut *iter else {
+        return NOT_OF_KIND;
+    };
+    let bits = match (kind, list.borrow().get(*next)) {
+        (_, None) => return 0,
+        (1, Some(Value::Int(n))) => n,
+        (3, Some(Value::Bool(b))) => i64::from(b),
+        _ => return NOT_OF_KIND,
+    };
+    *next += 1;
+    // SAFETY: compiled code passes an 8-byte stack slot.
+    unsafe { *out = bits };
+    1
+}
+
 /// A native function (one marked safe for compiled code) on `count` slots.
 pub(crate) unsafe extern "C" fn call_native(
     ctx: *mut JitCtx,

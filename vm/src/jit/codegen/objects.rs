@@ -28,7 +28,7 @@ pub(super) enum ObjectStep {
 }
 
 fn is_object(ty: Ty) -> bool {
-    matches!(ty, Ty::Obj | Ty::ObjIter)
+    matches!(ty, Ty::Obj | Ty::ObjIter | Ty::IntsIter | Ty::BoolsIter)
 }
 
 /// The `kind` argument of `runtime::box_scalar` and `runtime::unbox`.
@@ -520,6 +520,43 @@ impl FunctionCodegen<'_, '_> {
                 self.deopt_when_equal(r, FAIL, frame, ip);
                 self.free_slot(top(0), ty_at(0));
                 self.set(top(0), Ty::ObjIter, r);
+            }
+            Instr::ForIter { exit } if matches!(ty_at(0), Ty::IntsIter | Ty::BoolsIter) => {
+                let iter_ty = ty_at(0);
+                let item_ty = if iter_ty == Ty::IntsIter {
+                    Ty::Int
+                } else {
+                    Ty::Bool
+                };
+                let iter = self.get(top(0), iter_ty);
+                let out = self.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    8,
+                    3,
+                ));
+                let out_address = self.b.ins().stack_addr(types::I64, out, 0);
+                let kind = self.b.ins().iconst(types::I64, scalar_kind(item_ty));
+                let status = self
+                    .helper(
+                        runtime::next_scalar as *const (),
+                        &[iter, kind, out_address],
+                        true,
+                    )
+                    .expect("returns");
+                // The next item is not of the type (the list changed): the interpreter takes
+                // it, from the iterator as it was.
+                self.deopt_when_equal(status, runtime::NOT_OF_KIND, frame, ip);
+                let item = self.read_unboxed(out, item_ty);
+                self.set(push_slot, item_ty, item);
+                let finished = self.b.create_block();
+                self.b
+                    .ins()
+                    .brif(status, blocks[&(ip + 1)], &[], finished, &[]);
+                self.b.seal_block(finished);
+                self.b.switch_to_block(finished);
+                self.free(iter);
+                self.b.ins().jump(blocks[&(exit as usize)], &[]);
+                return Ok(ObjectStep::Done(false));
             }
             Instr::ForIter { exit } => {
                 if ty_at(0) != Ty::ObjIter {
