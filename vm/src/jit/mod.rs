@@ -1836,8 +1836,8 @@ pub struct OsrShape {
 /// and without this compiled the loop again (twice more, for the scoring benchmark's main
 /// loop). An entry is still compiled for the shape first met, not for this one: a local the
 /// loop fills with an object would be an object at the header when `none`, and the loop would
-/// compile where the frame first met rules it out (the sieve's last loop, over a list of
-/// bools, runs faster in the interpreter than through compiled code's object helpers).
+/// compile where the frame first met rules it out (a loop over a list whose items compiled
+/// code takes as objects runs faster in the interpreter than through the object helpers).
 fn forget_dead_scalars(
     shape: &OsrShape,
     raw: &mut [i64],
