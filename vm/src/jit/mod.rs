@@ -2224,6 +2224,34 @@ mod tests {
         )
     }
 
+    /// What the loop at `header` of `function` returns, entered with `values` (`enter_loop`);
+    /// a panic, with the JIT's reasons, when it did not run compiled to its return.
+    fn loop_result(
+        jit: &mut Jit,
+        program: &Program,
+        at: (FunctionId, u32),
+        values: &[Value],
+    ) -> Value {
+        match enter_loop(jit, program, at, values) {
+            JitCall::Returned(value) => value,
+            _ => panic!("the loop was not compiled: {:?}", jit.rejected),
+        }
+    }
+
+    fn int(value: Value) -> i64 {
+        match value {
+            Value::Int(n) => n,
+            other => panic!("not an int: {other:?}"),
+        }
+    }
+
+    fn float(value: Value) -> f64 {
+        match value {
+            Value::Float(x) => x,
+            other => panic!("not a float: {other:?}"),
+        }
+    }
+
     /// `main`, its `for` loop's header, and a JIT.
     fn loop_setup(program: &Program) -> (FunctionId, u32, Jit) {
         let main = program.function("main").unwrap();
@@ -2265,10 +2293,10 @@ mod tests {
         ];
         let locals = program.functions[main as usize].local_count as usize;
         assert_eq!(values.len(), locals + 1, "locals, then the iterator");
-        match enter_loop(&mut jit, &program, (main, header), &values) {
-            JitCall::Returned(Value::Int(total)) => assert_eq!(total, 45),
-            _ => panic!("the loop was not compiled"),
-        }
+        assert_eq!(
+            int(loop_result(&mut jit, &program, (main, header), &values)),
+            45
+        );
         assert_eq!(jit.osr_compiled.len(), 1);
     }
 
@@ -2293,10 +2321,10 @@ mod tests {
             range_iter(0, 10, 5),
         ];
         for (values, expected) in [(&first, 45), (&after_a_deopt, 45)] {
-            match enter_loop(&mut jit, &program, (main, header), values) {
-                JitCall::Returned(Value::Int(total)) => assert_eq!(total, expected),
-                _ => panic!("the loop was not compiled"),
-            }
+            assert_eq!(
+                int(loop_result(&mut jit, &program, (main, header), values)),
+                expected
+            );
         }
         assert_eq!(jit.osr_compiled[&(main, header)].len(), 1, "compiled once");
         // A live local of another type is another entry.
@@ -2306,10 +2334,15 @@ mod tests {
             Value::None,
             range_iter(0, 10, 0),
         ];
-        match enter_loop(&mut jit, &program, (main, header), &float_total) {
-            JitCall::Returned(Value::Float(total)) => assert_eq!(total, 45.5),
-            _ => panic!("the loop was not compiled"),
-        }
+        assert_eq!(
+            float(loop_result(
+                &mut jit,
+                &program,
+                (main, header),
+                &float_total
+            )),
+            45.5
+        );
         assert_eq!(jit.osr_compiled[&(main, header)].len(), 2);
     }
 
@@ -2713,10 +2746,10 @@ mod tests {
                 Value::Int(0),
                 range_iter(0, 3, 0),
             ];
-            match enter_loop(jit, &program, (main, header), &values) {
-                JitCall::Returned(Value::Str(s)) => assert_eq!(s.as_str(), "ababab"),
-                _ => panic!("the loop was not compiled"),
-            }
+            assert_eq!(
+                loop_result(jit, &program, (main, header), &values).as_str(),
+                Some("ababab")
+            );
         };
         entry(&mut jit);
         let baseline_ir = &jit.baseline_ir[&jit.baseline_osr[0].id];
@@ -2765,10 +2798,10 @@ mod tests {
             Value::None,
             range_iter(0, 10, 0),
         ];
-        match enter_loop(&mut jit, &program, (main, header), &values) {
-            JitCall::Returned(Value::Int(total)) => assert_eq!(total, 90),
-            _ => panic!("the loop was not compiled: {:?}", jit.rejected),
-        }
+        assert_eq!(
+            int(loop_result(&mut jit, &program, (main, header), &values)),
+            90
+        );
         assert_eq!(jit.compiled_count, 1, "`double` was compiled once");
     }
 
@@ -2842,10 +2875,10 @@ mod tests {
                 Value::None,
                 list_iter_at(items, next),
             ];
-            match enter_loop(&mut jit, &program, (main, header), &values) {
-                JitCall::Returned(Value::Int(total)) => assert_eq!(total, expected),
-                _ => panic!("the loop was not compiled"),
-            }
+            assert_eq!(
+                int(loop_result(&mut jit, &program, (main, header), &values)),
+                expected
+            );
             let shapes = &jit.osr_compiled[&(main, header)];
             assert_eq!(shapes.last().unwrap().0.frame.stack, [iter_ty]);
         }

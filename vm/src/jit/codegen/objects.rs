@@ -529,12 +529,7 @@ impl FunctionCodegen<'_, '_> {
                     Ty::Bool
                 };
                 let iter = self.get(top(0), iter_ty);
-                let out = self.b.create_sized_stack_slot(StackSlotData::new(
-                    StackSlotKind::ExplicitSlot,
-                    8,
-                    3,
-                ));
-                let out_address = self.b.ins().stack_addr(types::I64, out, 0);
+                let (out, out_address) = self.scalar_out();
                 let kind = self.b.ins().iconst(types::I64, scalar_kind(item_ty));
                 let status = self
                     .helper(
@@ -548,14 +543,7 @@ impl FunctionCodegen<'_, '_> {
                 self.deopt_when_equal(status, runtime::NOT_OF_KIND, frame, ip);
                 let item = self.read_unboxed(out, item_ty);
                 self.set(push_slot, item_ty, item);
-                let finished = self.b.create_block();
-                self.b
-                    .ins()
-                    .brif(status, blocks[&(ip + 1)], &[], finished, &[]);
-                self.b.seal_block(finished);
-                self.b.switch_to_block(finished);
-                self.free(iter);
-                self.b.ins().jump(blocks[&(exit as usize)], &[]);
+                self.next_item_or_exit(status, iter, blocks[&(ip + 1)], blocks[&(exit as usize)]);
                 return Ok(ObjectStep::Done(false));
             }
             Instr::ForIter { exit } => {
@@ -567,15 +555,8 @@ impl FunctionCodegen<'_, '_> {
                     .helper(runtime::next as *const (), &[iter], true)
                     .expect("returns");
                 self.set(push_slot, Ty::Obj, item);
-                let done = self.b.ins().icmp_imm_s(IntCC::Equal, item, DONE);
-                let finished = self.b.create_block();
-                self.b
-                    .ins()
-                    .brif(done, finished, &[], blocks[&(ip + 1)], &[]);
-                self.b.seal_block(finished);
-                self.b.switch_to_block(finished);
-                self.free(iter);
-                self.b.ins().jump(blocks[&(exit as usize)], &[]);
+                let more = self.b.ins().icmp_imm_s(IntCC::NotEqual, item, DONE);
+                self.next_item_or_exit(more, iter, blocks[&(ip + 1)], blocks[&(exit as usize)]);
                 return Ok(ObjectStep::Done(false));
             }
             Instr::Index => {
@@ -736,10 +717,7 @@ impl FunctionCodegen<'_, '_> {
         ty: Ty,
         ints_as_floats: bool,
     ) -> (Value, cranelift_codegen::ir::StackSlot) {
-        let out =
-            self.b
-                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
-        let out_address = self.b.ins().stack_addr(types::I64, out, 0);
+        let (out, out_address) = self.scalar_out();
         let ok = if ty == Ty::Float && ints_as_floats {
             self.helper(
                 runtime::unbox_number as *const (),
@@ -756,6 +734,26 @@ impl FunctionCodegen<'_, '_> {
         }
         .expect("returns");
         (ok, out)
+    }
+
+    /// An 8-byte stack slot for a helper to write a scalar's bits into, and its address.
+    fn scalar_out(&mut self) -> (cranelift_codegen::ir::StackSlot, Value) {
+        let out =
+            self.b
+                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
+        let address = self.b.ins().stack_addr(types::I64, out, 0);
+        (out, address)
+    }
+
+    /// `ForIter`'s branch: on to the loop body when `more` holds, else the iterator freed and
+    /// out of the loop.
+    fn next_item_or_exit(&mut self, more: Value, iter: Value, body: Block, exit: Block) {
+        let finished = self.b.create_block();
+        self.b.ins().brif(more, body, &[], finished, &[]);
+        self.b.seal_block(finished);
+        self.b.switch_to_block(finished);
+        self.free(iter);
+        self.b.ins().jump(exit, &[]);
     }
 
     fn read_unboxed(&mut self, out: cranelift_codegen::ir::StackSlot, ty: Ty) -> Value {
